@@ -1,0 +1,101 @@
+"""The `helios` command line.
+
+Parsing lives here and imports nothing heavy, so `helios --help` works with the light client alone;
+commands that need the model import the runtime when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+RUNTIME_HINT = (
+    "this command needs the runtime: pip install 'helios-world-sdk[runtime]' "
+    "(on a CPU-only machine: pip install torch==2.13.0 first)"
+)
+
+MODEL_HELP = (
+    "a preset (tiny, 1.3b, 14b; random weights) or a diffusers-format Helios transformer folder "
+    "(e.g. Helios-Distilled/transformer). Default: tiny, the embedded default"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helios",
+        description="Helios world-simulation SDK: run the Helios video world model and inspect checkpoints.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"helios-world-sdk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fwd = sub.add_parser(
+        "forward",
+        help="denoise one chunk with its full multi-term memory (one transformer forward) and report it",
+        description=(
+            "Run one Helios transformer forward on a chunk of 9 noisy latent frames (33 video frames) "
+            "with the full multi-term memory (first-frame anchor + long 16 / mid 2 / short 1 history "
+            "latents), print the token layout, timing and output statistics."
+        ),
+    )
+    fwd.add_argument("--model", default="tiny", help=MODEL_HELP)
+    fwd.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)"
+    )
+    fwd.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: bfloat16 on GPU, float32 on CPU",
+    )
+    fwd.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="video height in pixels, a multiple of 16 (default: 96 for tiny, 384 otherwise)",
+    )
+    fwd.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="video width in pixels, a multiple of 16 (default: 160 for tiny, 640 otherwise)",
+    )
+    fwd.add_argument("--batch", type=int, default=1, help="sessions in the batch (default 1)")
+    fwd.add_argument(
+        "--timestep", type=float, default=999.0, help="diffusion timestep in [0, 1000] (default 999)"
+    )
+    fwd.add_argument("--seed", type=int, default=0, help="seed of the random inputs and random weights")
+    fwd.add_argument("--repeat", type=int, default=3, help="timed forwards after one warm-up (default 3)")
+    fwd.add_argument(
+        "--save", default=None, metavar="FOLDER", help="also write the model as a diffusers-format folder"
+    )
+
+    info = sub.add_parser(
+        "info", help="print a model's config and parameter count (built on the meta device)"
+    )
+    info.add_argument("--model", default="tiny", help=MODEL_HELP)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        from helios_runtime import commands
+    except ImportError as exc:
+        print(f"helios {args.command}: {RUNTIME_HINT} ({exc})", file=sys.stderr)
+        return 2
+    try:
+        return getattr(commands, args.command)(args)
+    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+        print(f"helios {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Implementations of the `helios` commands that run the model (parsing is in helios_sdk.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .model.checkpoint import resolve_device
+from .model.config import PRESETS
+from .model.transformer import HeliosTransformer, forward_flops
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Frame indices of one chunk with the default memory (spec 3.5): anchor 0, long 1..16, mid 17-18,
+# newest history frame 19, noisy 20..28; the same for every chunk.
+HISTORY_SPLIT = (1, 16, 2, 1, 9)
+
+
+def chunk_inputs(
+    model: HeliosTransformer, batch: int, lat_h: int, lat_w: int, timestep: float, seed: int
+) -> dict:
+    """Random inputs of one chunk: 9 noisy latent frames and a full multi-term memory."""
+    cfg, device = model.config, model.device
+    g = torch.Generator(device=device).manual_seed(seed)
+    C = cfg.in_channels
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device=device)
+
+    idx = torch.arange(sum(HISTORY_SPLIT), device=device).expand(batch, -1)
+    anchor, long_, mid, newest, noisy = idx.split(HISTORY_SPLIT, dim=1)
+    return dict(
+        hidden_states=randn(batch, C, 9, lat_h, lat_w),
+        timestep=torch.full((batch,), timestep, device=device),
+        encoder_hidden_states=randn(batch, 512 if cfg.text_dim >= 1024 else 16, cfg.text_dim),
+        indices_hidden_states=noisy,
+        indices_latents_history_short=torch.cat([anchor, newest], dim=1),
+        indices_latents_history_mid=mid,
+        indices_latents_history_long=long_,
+        latents_history_short=randn(batch, C, 2, lat_h, lat_w),
+        latents_history_mid=randn(batch, C, 2, lat_h, lat_w),
+        latents_history_long=randn(batch, C, 16, lat_h, lat_w),
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    tiny = args.model == "tiny"
+    height = args.height or (96 if tiny else 384)
+    width = args.width or (160 if tiny else 640)
+    if height % 16 or width % 16 or height <= 0 or width <= 0:
+        raise ValueError(
+            f"--height and --width must be positive multiples of 16 (VAE ×8, patch ×2), got {height}×{width}"
+        )
+    if args.batch < 1 or args.repeat < 1:
+        raise ValueError(f"--batch and --repeat must be at least 1, got {args.batch} and {args.repeat}")
+
+    print(f"loading {args.model} on {device} ...", flush=True)
+    t0 = time.perf_counter()
+    model = HeliosTransformer.load(args.model, device=device, dtype=dtype, seed=args.seed).eval()
+    _sync(device)
+    print(
+        f"  {model.num_parameters():,} parameters, {model.dtype}, ready in {time.perf_counter() - t0:.2f} s"
+    )
+    if args.save:
+        model.save_pretrained(args.save)
+        print(f"  saved to {args.save}")
+
+    lat_h, lat_w = height // 8, width // 8
+    inputs = chunk_inputs(model, args.batch, lat_h, lat_w, args.timestep, args.seed)
+    ph, pw = model.config.patch_size[1:]
+    n = 9 * (lat_h // ph) * (lat_w // pw)
+    with torch.inference_mode():
+        out = model(**inputs)  # warm-up; also gives the token layout below
+        _sync(device)
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            out = model(**inputs)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+
+    hist = _history_tokens(model, lat_h, lat_w)
+    K = inputs["encoder_hidden_states"].shape[1]
+    best = min(times)
+    flops = forward_flops(model.config, n, sum(hist.values()), K) * args.batch
+    print(
+        f"chunk: {args.batch} × 33 frames at {height}×{width} (latent 9×{lat_h}×{lat_w}), t={args.timestep:g}"
+    )
+    print("sequence: " + " | ".join(f"{k} {v}" for k, v in hist.items()) + f" | noisy {n}  (tokens)")
+    print(f"forward: {best * 1e3:.1f} ms best of {args.repeat} ({flops / best / 1e12:.2f} TFLOP/s)")
+    o = out.float()
+    print(
+        f"output: {tuple(out.shape)} {out.dtype}, mean {o.mean().item():+.4f}, std {o.std().item():.4f}, "
+        f"finite {bool(torch.isfinite(o).all())}"
+    )
+    return 0
+
+
+def _history_tokens(model: HeliosTransformer, lat_h: int, lat_w: int) -> dict[str, int]:
+    """Token count of each memory term (spec 3.3): convs (1,2,2), (2,4,4), (4,8,8) with replicate padding."""
+    _, ph, pw = model.config.patch_size
+
+    def count(frames: int, k: int) -> int:
+        return -(-frames // k) * -(-lat_h // (ph * k)) * -(-lat_w // (pw * k))
+
+    return {"long": count(16, 4), "mid": count(2, 2), "short": count(2, 1)}
+
+
+def info(args: argparse.Namespace) -> int:
+    if args.model in PRESETS:
+        cfg = PRESETS[args.model]
+        source = f"preset {args.model!r}"
+    else:
+        from .model.checkpoint import read_config
+        from .model.config import CLASS_NAME, HeliosConfig
+
+        cfg = HeliosConfig.from_dict(read_config(args.model, [CLASS_NAME], "Helios transformer"))
+        source = args.model
+    with torch.device("meta"):
+        count = HeliosTransformer(cfg).num_parameters()
+    print(f"{source}: {count:,} parameters ({count * 2 / 1e9:.2f} GB in bfloat16)")
+    for key, value in cfg.to_dict().items():
+        if not key.startswith("_"):
+            print(f"  {key}: {value}")
+    return 0

@@ -1,0 +1,87 @@
+"""The one attention dispatch point of the runtime.
+
+Every softmax attention of the Helios transformer (self- and cross-) goes through `attention`, so
+performance work changes this file only. Layout in and out: (B, S, H, D) — batch, sequence, heads,
+head width — which is what FlashAttention takes natively; SDPA gets a transposed view.
+
+Backends:
+- "sdpa": torch.nn.functional.scaled_dot_product_attention (any device, any dtype; the default).
+- "flash3": FlashAttention-3 (`flash_attn_interface`, Hopper), CUDA + fp16/bf16 only.
+- "flash2": FlashAttention-2 (`flash_attn`), CUDA + fp16/bf16 only.
+- "auto": flash3, then flash2, where importable and applicable; otherwise sdpa.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "sdpa", "flash3", "flash2")
+_backend = "auto"
+
+
+@functools.cache
+def _flash_fn(name: str) -> Callable | None:
+    """The FlashAttention function of `name`, or None when the package is not importable."""
+    module = {"flash3": "flash_attn_interface", "flash2": "flash_attn"}[name]
+    try:
+        return importlib.import_module(module).flash_attn_func
+    except Exception:  # a missing or broken install (ABI mismatch) both mean "not available"
+        return None
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process (flash ones need their package and a CUDA device)."""
+    found = ["sdpa"]
+    if torch.cuda.is_available():
+        found += [name for name in ("flash3", "flash2") if _flash_fn(name) is not None]
+    return found
+
+
+def set_attention_backend(name: str) -> None:
+    """Choose the backend for every later call; a flash backend must be available now."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; expected one of {BACKENDS}")
+    if name in ("flash3", "flash2") and name not in available_backends():
+        raise ValueError(
+            f"attention backend {name!r} is not available here; available: {available_backends()}"
+        )
+    _backend = name
+
+
+def get_attention_backend() -> str:
+    return _backend
+
+
+def _pick(q: torch.Tensor) -> str:
+    if _backend == "sdpa":
+        return "sdpa"
+    flash_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+    if _backend in ("flash3", "flash2"):
+        return _backend if flash_ok else "sdpa"
+    if flash_ok:
+        if torch.cuda.get_device_capability(q.device)[0] >= 9 and _flash_fn("flash3") is not None:
+            return "flash3"
+        if _flash_fn("flash2") is not None:
+            return "flash2"
+    return "sdpa"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Full (unmasked, non-causal) softmax attention with scale 1/sqrt(D).
+
+    q: (B, Sq, H, D); k, v: (B, Sk, H, D) -> (B, Sq, H, D) in q's dtype.
+    """
+    backend = _pick(q)
+    if backend != "sdpa":
+        out = _flash_fn(backend)(q, k, v, causal=False)
+        # Some FlashAttention-3 releases return (out, softmax_lse).
+        return out[0] if isinstance(out, tuple) else out
+    # SDPA wants (B, H, S, D).
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)

@@ -1,0 +1,90 @@
+"""The package as users get it: a wheel built from this tree, installed without `-e`.
+
+The folders runtime/ and kernels/ are remapped to helios_runtime / helios_kernels by pyproject's
+package-dir; an editable install would hide a broken mapping, so this builds and installs a wheel
+into a fresh virtual environment and loads a saved tiny checkpoint through it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    src = tmp_path_factory.mktemp("src") / "tree"
+    skip = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__")
+    shutil.copytree(ROOT, src, ignore=skip)
+    pip_wheel = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)]
+    subprocess.run([sys.executable, "-m", *pip_wheel], check=True, timeout=300)
+    (path,) = out.glob("helios_world_sdk-*.whl")
+    return path
+
+
+def test_wheel_contents(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in (
+        "helios_sdk/__init__.py",
+        "helios_sdk/py.typed",
+        "helios_runtime/__init__.py",
+        "helios_runtime/py.typed",
+        "helios_runtime/model/transformer.py",
+        "helios_kernels/__init__.py",
+    ):
+        assert required in names
+    assert not any(n.startswith(("runtime/", "kernels/", "tests/")) for n in names)
+
+
+def test_every_package_folder_is_shipped(wheel):
+    """A new sub-package must be added to pyproject's package list; this catches forgetting it."""
+    names = zipfile.ZipFile(wheel).namelist()
+    for folder, package in (
+        ("helios_sdk", "helios_sdk"),
+        ("runtime", "helios_runtime"),
+        ("kernels", "helios_kernels"),
+    ):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            if "_proto" in init.parts or "__pycache__" in init.parts:
+                continue
+            rel = init.relative_to(ROOT / folder).as_posix()
+            assert f"{package}/{rel}" in names, f"{folder}/{rel} is not packaged: add it to pyproject.toml"
+
+
+def test_non_editable_install_loads_a_checkpoint(wheel, tmp_path):
+    env = tmp_path / "venv"
+    venv.create(env, system_site_packages=True, with_pip=True)
+    python = env / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    code = (
+        "import sys, torch, helios_runtime\n"
+        "from helios_runtime.model.transformer import HeliosTransformer\n"
+        f"assert helios_runtime.__file__.startswith({str(env)!r}), helios_runtime.__file__\n"
+        "m = HeliosTransformer.from_config('tiny', device='cpu', seed=1)\n"
+        f"m.save_pretrained({str(tmp_path / 'ckpt')!r})\n"
+        f"m = HeliosTransformer.from_pretrained({str(tmp_path / 'ckpt')!r}, device='cpu')\n"
+        "x = m(torch.randn(1, 16, 1, 4, 4), torch.tensor([500.0]), torch.randn(1, 3, 32))\n"
+        "print(tuple(x.shape))\n"
+    )
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 16, 1, 4, 4)"
+    cli = subprocess.run(
+        [str(env / "bin" / "helios"), "info"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "parameters" in cli.stdout
