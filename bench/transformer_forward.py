@@ -14,6 +14,7 @@ Run on the GPU machine (diffusers carried as a wheel):
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import platform
@@ -163,7 +164,21 @@ def main() -> None:
     with torch.inference_mode():
         fp32_err = rel(small(**inputs), small_ref(**inputs, return_dict=False)[0])
     results["fp32_parity_2_layers_rel_l2"] = fp32_err
-    del small, small_ref, inputs
+    # bf16 accuracy of both implementations against the float32 answer on the same weights: equal
+    # errors mean bf16 differences between them are rounding, not a different function.
+    half = copy.deepcopy(small).to_dtype(torch.bfloat16)
+    half_ref = reference_from(half)
+    half_inputs = {k: v.bfloat16() if v.is_floating_point() else v for k, v in inputs.items()}
+    with torch.inference_mode():
+        exact = small(**inputs)
+        ours16, ref16 = half(**half_inputs), half_ref(**half_inputs, return_dict=False)[0]
+    results["bf16_2_layers_rel_l2"] = {
+        "ours_vs_fp32": rel(ours16, exact),
+        "diffusers_vs_fp32": rel(ref16, exact),
+        "ours_vs_diffusers": rel(ours16, ref16),
+        "bit_identical": bool(torch.equal(ours16, ref16)),
+    }
+    del small, small_ref, half, half_ref, inputs, half_inputs
     torch.cuda.empty_cache()
 
     # 2. bf16 at the full preset.
@@ -218,6 +233,12 @@ def main() -> None:
 
     print(f"\n{results['device']}, torch {torch.__version__}, diffusers {diffusers.__version__}, eager, SDPA")
     print(f"float32 parity, 2 layers of {args.preset}: rel L2 {fp32_err:.2e}")
+    b = results["bf16_2_layers_rel_l2"]
+    print(
+        f"bf16, 2 layers: ours vs fp32 {b['ours_vs_fp32']:.2e}, "
+        f"diffusers vs fp32 {b['diffusers_vs_fp32']:.2e}, "
+        f"ours vs diffusers {b['ours_vs_diffusers']:.2e} (bit-identical: {b['bit_identical']})"
+    )
     print(
         f"{args.preset}: {results['parameters']:,} parameters, "
         f"built on the GPU in {results['build_seconds']} s"

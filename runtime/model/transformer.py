@@ -460,6 +460,13 @@ class HeliosTransformer(nn.Module):
             )
         return cls.from_pretrained(model, device=device, dtype=dtype)
 
+    def to_dtype(self, dtype: torch.dtype) -> HeliosTransformer:
+        """Cast the compute tensors to `dtype` in place; the float32 ones of spec 3.12 stay float32."""
+        for name, param in self.named_parameters():
+            if param.is_floating_point():
+                param.data = param.data.to(torch.float32 if keeps_fp32(name) else dtype)
+        return self
+
     def save_pretrained(self, folder: str | Path, *, max_shard_bytes: int | None = 10 * 1024**3) -> None:
         """Write config.json and safetensors weights in the diffusers layout (sharded above the limit)."""
         write_config(folder, self.config.to_dict())
@@ -540,12 +547,12 @@ class HeliosTransformer(nn.Module):
 
         # Timestep conditioning: noisy tokens use t, history tokens t = 0 (zero_history_timestep).
         context = self.condition_embedder.text_embedder(encoder_hidden_states.to(dtype))  # (B, K, D)
+        temb, proj = self.condition_embedder.time(t, dtype)  # (B, D), (B, 6, D)
         if cfg.zero_history_timestep and n_hist > 0:
-            temb_all, proj_all = self.condition_embedder.time(torch.cat([t.new_zeros(1), t]), dtype)
-            temb, proj = temb_all[1:], proj_all[1:]  # (B, D), (B, 6, D)
-            mod = torch.stack([proj_all[:1].expand(B, -1, -1), proj], dim=1)  # (B, 2, 6, D)
+            # A separate batch-1 call, as in the reference, so the bf16 GEMMs round the same way.
+            _, proj0 = self.condition_embedder.time(t.new_zeros(1), dtype)
+            mod = torch.stack([proj0.expand(B, -1, -1), proj], dim=1)  # (B, 2, 6, D)
         else:
-            temb, proj = self.condition_embedder.time(t, dtype)
             mod = torch.stack([proj, proj], dim=1)
 
         for block in self.blocks:

@@ -259,3 +259,17 @@ def test_history_on_a_model_without_memory_patch():
     with torch.no_grad():
         out = model(**make_inputs(1, 2, (4, 4), history=False))
     assert out.shape == (1, 16, 2, 4, 4)
+
+
+def test_to_dtype_equals_loading_in_that_dtype(tmp_path):
+    model = HeliosTransformer.from_config("tiny", device="cpu", seed=4)
+    model.save_pretrained(tmp_path)
+    loaded = HeliosTransformer.from_pretrained(tmp_path, device="cpu", dtype=torch.bfloat16)
+    model.to_dtype(torch.bfloat16)
+    assert {k: v.dtype for k, v in model.state_dict().items()} == {
+        k: v.dtype for k, v in loaded.state_dict().items()
+    }
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
