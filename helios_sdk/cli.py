@@ -72,6 +72,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--save", default=None, metavar="FOLDER", help="also write the model as a diffusers-format folder"
     )
 
+    roll = sub.add_parser(
+        "rollout",
+        help="generate a world chunk by chunk with the stepwise engine and write it to an mp4",
+        description=(
+            "Reset a world from a prompt (optionally an image or a video), step it chunk by chunk "
+            "(33 frames each), and write every frame to an mp4 as it is decoded. Prompt changes "
+            "blend in over 3 chunks, as in Helios' interactive mode."
+        ),
+    )
+    roll.add_argument(
+        "--model", default="tiny", help="tiny (random weights) or a downloaded Helios pipeline folder"
+    )
+    roll.add_argument(
+        "--prompt", default="a lighthouse on a cliff above a stormy sea", help="the scene prompt"
+    )
+    roll.add_argument(
+        "--switch",
+        action="append",
+        default=[],
+        metavar="CHUNK=PROMPT",
+        help="change the prompt at chunk CHUNK (repeatable), e.g. --switch '4=the storm clears'",
+    )
+    roll.add_argument("--image", default=None, help="start from this image (image-to-video)")
+    roll.add_argument(
+        "--video", default=None, help="continue this video (video-to-video; at least 33 frames)"
+    )
+    roll.add_argument("--chunks", type=int, default=4, help="chunks to generate, 33 frames each (default 4)")
+    roll.add_argument("--seed", type=int, default=0, help="world seed (same seed and actions, same video)")
+    roll.add_argument("--height", type=int, default=None, help="pixels (default: the model's; tiny 192)")
+    roll.add_argument("--width", type=int, default=None, help="pixels (default: the model's; tiny 320)")
+    roll.add_argument("--fps", type=int, default=16, help="frame rate of the mp4 (default 16, Wan's)")
+    roll.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
+    roll.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+
     info = sub.add_parser(
         "info", help="print a model's config and parameter count (built on the meta device)"
     )
@@ -92,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return getattr(commands, args.command)(args)
-    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+    except (ValueError, OSError, ImportError) as exc:  # CheckpointError, InvalidInput: ValueErrors
         print(f"helios {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -131,4 +132,90 @@ def info(args: argparse.Namespace) -> int:
     for key, value in cfg.to_dict().items():
         if not key.startswith("_"):
             print(f"  {key}: {value}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# helios rollout
+# ---------------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr: chunks done, elapsed time, frames per second."""
+
+    def __init__(self, total: int, stream=sys.stderr, width: int = 24):
+        self.total, self.stream, self.width = total, stream, width
+        self.start = time.perf_counter()
+
+    def update(self, done: int, frames: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        filled = round(self.width * done / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        fps = frames / elapsed if elapsed > 0 else 0.0
+        end = "\n" if done == self.total else ""
+        line = f"chunk {done}/{self.total} [{bar}] {elapsed:6.1f} s, {frames} frames, {fps:5.1f} fps"
+        self.stream.write("\r" + line + end)
+        self.stream.flush()
+
+
+def parse_switches(specs: list[str], chunks: int) -> dict[int, str]:
+    """--switch CHUNK=PROMPT values -> {chunk: prompt}; chunk 0 is the reset, so CHUNK >= 1."""
+    out = {}
+    for spec in specs:
+        index, sep, prompt = spec.partition("=")
+        if not sep or not index.strip().isdigit():
+            raise ValueError(f"--switch takes CHUNK=PROMPT (e.g. '3=a desert'), got {spec!r}")
+        k = int(index)
+        if not 1 <= k < chunks:
+            raise ValueError(f"--switch chunk {k} is outside 1..{chunks - 1} (chunk 0 is the --prompt)")
+        out[k] = prompt
+    return out
+
+
+def rollout(args: argparse.Namespace) -> int:
+    from helios_sdk.video import Mp4Writer, read_frames
+
+    from .engine.actions import Transition
+    from .engine.engine import WorldEngine
+    from .engine.world_model import WorldModel
+
+    if args.chunks < 1:
+        raise ValueError(f"--chunks must be at least 1, got {args.chunks}")
+    if args.image and args.video:
+        raise ValueError("give --image or --video, not both")
+    switches = parse_switches(args.switch, args.chunks)
+    image = read_frames(args.image, max_frames=1)[0] if args.image else None
+    video = read_frames(args.video) if args.video else None
+
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    model = WorldModel.load(args.model, device=args.device, seed=args.seed)
+    engine = WorldEngine(model)
+    height = args.height or model.default_size[0]
+    width = args.width or model.default_size[1]
+    print(
+        f"world: {args.prompt!r}, seed {args.seed}, {args.chunks} chunks of 33 frames at {height}×{width} "
+        f"on {model.device}",
+        file=sys.stderr,
+    )
+    progress = Progress(args.chunks)
+    with Mp4Writer(args.out, fps=args.fps) as writer:
+
+        def on_frame(_: int, frame: torch.Tensor) -> None:
+            writer.write(frame.numpy())
+
+        first = engine.reset(
+            args.prompt,
+            image=image,
+            video=video,
+            seed=args.seed,
+            height=height,
+            width=width,
+            on_frame=on_frame,
+        )
+        progress.update(1, writer.frames_written)
+        for k in range(1, args.chunks):
+            action = Transition(switches[k], 3) if k in switches else None
+            engine.step(first.session_id, action, on_frame=on_frame)
+            progress.update(k + 1, writer.frames_written)
+    print(f"wrote {writer.frames_written} frames to {args.out}")
     return 0

@@ -33,6 +33,31 @@ def test_forward_on_the_embedded_default(tmp_path):
     assert again.stdout.splitlines()[-1] == out.stdout.splitlines()[-1]  # same weights, same inputs
 
 
+def test_rollout_writes_an_mp4(tmp_path):
+    from helios_sdk.video import read_frames
+
+    out = tmp_path / "world.mp4"
+    args = (
+        "rollout",
+        "--chunks",
+        "2",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--switch",
+        "1=a desert",
+        "--out",
+        str(out),
+    )
+    done = helios(*args)
+    assert done.returncode == 0, done.stderr
+    assert "chunk 2/2" in done.stderr and "wrote 66 frames" in done.stdout
+    frames = read_frames(out)
+    assert frames.shape == (66, 64, 64, 3)
+    assert frames.std() > 1  # not a blank video
+
+
 def test_info_of_the_released_config():
     out = helios("info", "--model", "14b")
     assert out.returncode == 0
@@ -46,6 +71,10 @@ def test_info_of_the_released_config():
         (("forward", "--height", "100"), "multiples of 16"),
         (("forward", "--batch", "0"), "at least 1"),
         (("info", "--model", "/no/such/folder"), "does not exist"),
+        (("rollout", "--chunks", "2", "--switch", "5=x"), "outside 1..1"),
+        (("rollout", "--switch", "x"), "CHUNK=PROMPT"),
+        (("rollout", "--height", "100"), "multiple of 64"),
+        (("rollout", "--image", "/no/such.png"), "no such file"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args, message):

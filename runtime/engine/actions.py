@@ -1,0 +1,182 @@
+"""What a session is stepped with, and how structured input becomes conditioning.
+
+Conditioning actions (applied at the next chunk boundary):
+- `Prompt(text)`: switch to a new prompt at once (a plain `str` means the same);
+- `Blend(prompts, weights)`: a weighted mean of several prompts' embeddings;
+- `Transition(text, chunks)`: move to a new prompt over `chunks` chunks by interpolating the
+  embeddings with weights linspace(0, 1, chunks) — the reference's interactive mode (spec 5.11)
+  uses 3 chunks: (0, 0.5, 1.0), so the first chunk after the change still shows the old prompt;
+- `None`: keep going with the current conditioning.
+
+Structured actions (keyboard, mouse, camera) are mappings that an `ActionAdapter` turns into one of
+the above. `PromptTemplateAdapter` does it with prompt templates: each pressed key, mouse motion
+and camera move adds a phrase to the session's scene prompt. Learned action embeddings can plug in
+as another adapter later.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidInput
+
+MAX_TRANSITION_CHUNKS = 64
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+
+
+@dataclass(frozen=True)
+class Blend:
+    prompts: tuple[str, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Transition:
+    text: str
+    chunks: int = 3
+
+
+Conditioning = Prompt | Blend | Transition
+
+
+def _check_text(text: Any, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a str, got {type(text).__name__}")
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL character")
+    return text
+
+
+def validate(cond: Conditioning) -> Conditioning:
+    """Check a conditioning action's fields; raise InvalidInput naming what is wrong."""
+    if isinstance(cond, Prompt):
+        _check_text(cond.text, "Prompt.text")
+    elif isinstance(cond, Transition):
+        _check_text(cond.text, "Transition.text")
+        if not isinstance(cond.chunks, int) or isinstance(cond.chunks, bool):
+            raise InvalidInput(f"Transition.chunks must be an int, got {type(cond.chunks).__name__}")
+        if not 1 <= cond.chunks <= MAX_TRANSITION_CHUNKS:
+            raise InvalidInput(
+                f"Transition.chunks must be in [1, {MAX_TRANSITION_CHUNKS}], got {cond.chunks}"
+            )
+    elif isinstance(cond, Blend):
+        if not cond.prompts:
+            raise InvalidInput("Blend needs at least one prompt")
+        if len(cond.prompts) != len(cond.weights):
+            raise InvalidInput(f"Blend has {len(cond.prompts)} prompts but {len(cond.weights)} weights")
+        for i, text in enumerate(cond.prompts):
+            _check_text(text, f"Blend.prompts[{i}]")
+        for i, w in enumerate(cond.weights):
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+                raise InvalidInput(f"Blend.weights[{i}] must be a finite number >= 0, got {w!r}")
+        if sum(cond.weights) <= 0:
+            raise InvalidInput(f"Blend.weights must have a positive sum, got {list(cond.weights)}")
+    else:
+        raise InvalidInput(f"unknown conditioning action {type(cond).__name__}")
+    return cond
+
+
+class ActionAdapter(ABC):
+    """Turns a structured action (a mapping) into conditioning, given the session's scene prompt."""
+
+    @abstractmethod
+    def to_conditioning(self, action: Mapping[str, Any], scene: str) -> Conditioning | None: ...
+
+
+def _number(value: Any, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidInput(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PromptTemplateAdapter(ActionAdapter):
+    """Keyboard / mouse / camera → a phrase list appended to the scene prompt.
+
+    Action mapping (all fields optional):
+      {"keys": ["w", "shift"],            # pressed keys, names from `keys`
+       "mouse": {"dx": 12.0, "dy": -3.0},  # pointer motion in pixels since the last step
+       "camera": {"yaw": 15.0, "pitch": 0.0, "zoom": 0.0}}  # degrees (yaw right +, pitch up +), zoom in +
+    Motion below the thresholds adds nothing. No phrase at all gives the scene prompt unchanged.
+    The result is a `Transition` over `transition_chunks` chunks (1: immediate).
+    """
+
+    keys: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "w": "moving forward",
+            "s": "moving backward",
+            "a": "moving to the left",
+            "d": "moving to the right",
+            "space": "jumping",
+            "shift": "running",
+        }
+    )
+    mouse_threshold: float = 4.0  # pixels
+    camera_threshold: float = 2.0  # degrees (zoom: any non-zero beyond 0.05)
+    template: str = "{scene}, {motion}"
+    transition_chunks: int = 1
+
+    def to_conditioning(self, action: Mapping[str, Any], scene: str) -> Conditioning | None:
+        unknown = set(action) - {"keys", "mouse", "camera"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown structured action fields {sorted(unknown)}; expected keys, mouse, camera"
+            )
+        phrases: list[str] = []
+        keys = action.get("keys", [])
+        if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
+            raise InvalidInput(f"'keys' must be a list of key names, got {type(keys).__name__}")
+        for key in keys:
+            name = str(key).lower()
+            if name not in self.keys:
+                raise InvalidInput(f"unknown key {key!r}; known keys: {sorted(self.keys)}")
+            phrases.append(self.keys[name])
+        mouse = action.get("mouse", {})
+        if not isinstance(mouse, Mapping):
+            raise InvalidInput(f"'mouse' must be a mapping with dx, dy, got {type(mouse).__name__}")
+        dx, dy = (_number(mouse.get(k, 0.0), f"mouse.{k}") for k in ("dx", "dy"))
+        if abs(dx) >= self.mouse_threshold:
+            phrases.append("turning right" if dx > 0 else "turning left")
+        if abs(dy) >= self.mouse_threshold:
+            phrases.append("looking down" if dy > 0 else "looking up")  # screen y grows downwards
+        camera = action.get("camera", {})
+        if not isinstance(camera, Mapping):
+            raise InvalidInput(
+                f"'camera' must be a mapping with yaw, pitch, zoom, got {type(camera).__name__}"
+            )
+        yaw, pitch, zoom = (_number(camera.get(k, 0.0), f"camera.{k}") for k in ("yaw", "pitch", "zoom"))
+        if abs(yaw) >= self.camera_threshold:
+            phrases.append("the camera pans right" if yaw > 0 else "the camera pans left")
+        if abs(pitch) >= self.camera_threshold:
+            phrases.append("the camera tilts up" if pitch > 0 else "the camera tilts down")
+        if abs(zoom) > 0.05:
+            phrases.append("the camera zooms in" if zoom > 0 else "the camera zooms out")
+        text = self.template.format(scene=scene, motion=", ".join(phrases)) if phrases else scene
+        return Transition(text, self.transition_chunks)
+
+
+def parse_action(action: Any, adapter: ActionAdapter | None, scene: str) -> Conditioning | None:
+    """Normalise whatever a caller passed to `step` into conditioning (or None: no change)."""
+    if action is None:
+        return None
+    if isinstance(action, str):
+        return validate(Prompt(action))
+    if isinstance(action, (Prompt, Blend, Transition)):
+        return validate(action)
+    if isinstance(action, Mapping):
+        if adapter is None:
+            raise InvalidInput("structured actions need an action adapter; this engine has none")
+        cond = adapter.to_conditioning(action, scene)
+        return None if cond is None else validate(cond)
+    raise InvalidInput(
+        "an action is None, a prompt str, Prompt, Blend, Transition or a mapping for the action adapter; "
+        f"got {type(action).__name__}"
+    )

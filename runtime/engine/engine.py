@@ -1,0 +1,490 @@
+"""WorldEngine: Helios as a world you can step (spec section 5).
+
+The model (transformer, VAE, text encoder) is shared and stateless; everything a world remembers
+lives in its `Session` (fixed-size multi-term memory, conditioning, noise source, chunk counter). So:
+
+- `reset(prompt | image | video, seed)` makes or re-makes a session and returns its first chunk;
+- `step(session, action)` returns the next chunk (9 latent frames, 33 video frames); frames are
+  handed to `on_frame` one by one as the VAE decodes them;
+- `step_many([(session, action), ...])` steps several sessions in one batched forward per group of
+  sessions whose shapes and settings match;
+- `fork`, `snapshot` / `restore` copy a world exactly (bit-identical continuations); `close` ends it.
+
+A chunk's noise comes from its session's noise source (by default seeded from (seed, chunk index),
+`rng.py`), drawn in the reference pipelines' order, so the same seed and actions give the same
+frames, and a rollout matches diffusers' pipelines given the same draws.
+
+Every bad request raises an `EngineError` subclass (`errors.py`) before any state changes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model.text_encoder import PromptCache, blend, interpolation_weights
+from ..sampling.denoise import Guidance, SamplerSettings, denoise_chunk
+from ..sampling.pyramid import chunk_noise
+from .actions import (
+    ActionAdapter,
+    Blend,
+    Conditioning,
+    Prompt,
+    PromptTemplateAdapter,
+    Transition,
+    parse_action,
+)
+from .errors import CapacityExceeded, InvalidInput, SessionClosed, SessionNotFound
+from .memory import CHUNK_FRAMES, MultiTermMemory, frame_indices
+from .rng import RESET, CounterNoise, StreamNoise
+from .session import PromptState, Session
+from .snapshot import SnapshotError
+from .world_model import WorldModel
+
+FrameCallback = Callable[[int, torch.Tensor], None]  # (frame index in the chunk, frame (H, W, 3) uint8)
+
+# I2V / V2V: the conditioning latents are noised with σ ~ U[min, max] (spec 5.10 defaults).
+IMAGE_NOISE_SIGMA = (0.111, 0.135)
+VIDEO_NOISE_SIGMA = (0.111, 0.135)
+PIXEL_CHUNK = (CHUNK_FRAMES - 1) * 4 + 1  # 33 video frames per chunk
+CLOSED_IDS_KEPT = 4096
+
+
+@dataclass
+class ChunkResult:
+    """One generated chunk of one session."""
+
+    session_id: str
+    chunk_index: int  # 0 for the chunk returned by reset
+    frames: torch.Tensor | None  # (33, H, W, 3) uint8 on the CPU; None when not decoded
+    latents: torch.Tensor  # (1, 16, 9, H/8, W/8) float32, the model's normalised latent space
+    timings: dict[str, float]  # seconds: denoise, decode (volatile; not part of the world's state)
+
+
+class WorldEngine:
+    """Sessions over one WorldModel. Not thread-safe: one caller (the engine worker) drives it."""
+
+    def __init__(
+        self,
+        model: WorldModel,
+        *,
+        max_sessions: int = 64,
+        prompt_cache: PromptCache | None = None,
+        action_adapter: ActionAdapter | None = None,
+    ):
+        self.model = model
+        self.device = model.device
+        self.max_sessions = max_sessions
+        self.prompt_cache = prompt_cache or PromptCache(max_entries=256, max_batch=1)
+        self.action_adapter = action_adapter if action_adapter is not None else PromptTemplateAdapter()
+        self.sessions: dict[str, Session] = {}
+        # Ids of recently closed sessions, so a late request gets "closed" rather than "unknown".
+        self._closed: OrderedDict[str, None] = OrderedDict()
+
+    # --- identity -----------------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a snapshot must have been taken with to be restorable here."""
+        t, v = self.model.transformer.config, self.model.vae.config
+        return {
+            "name": self.model.name,
+            "transformer": {k: val for k, val in t.to_dict().items() if not k.startswith("_")},
+            "vae_z_dim": v.z_dim,
+            "text_encoder": self.model.text_encoder.name,
+        }
+
+    # --- session lifecycle --------------------------------------------------------------------------
+
+    def reset(
+        self,
+        prompt: str = "",
+        *,
+        image: Any = None,
+        video: Any = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        settings: SamplerSettings | None = None,
+        negative_prompt: str | None = None,
+        session_id: str | None = None,
+        generator: torch.Generator | None = None,
+        on_frame: FrameCallback | None = None,
+    ) -> ChunkResult:
+        """Start (or restart) a world from a prompt, optionally an image or a video, and return its
+        first chunk. `generator` replaces the default (seed, chunk) noise by one continuing generator
+        (the reference pipelines' draw order; used for parity runs)."""
+        settings = settings or self.model.sampler
+        default_h, default_w = self.model.default_size
+        height, width = height or default_h, width or default_w
+        self._check_size(height, width, settings)
+        if not isinstance(prompt, str):
+            raise InvalidInput(f"prompt must be a str, got {type(prompt).__name__}")
+        if image is not None and video is not None:
+            raise InvalidInput("reset takes an image or a video, not both")
+        if generator is None:
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+                raise InvalidInput(f"seed must be an int in [0, 2**63), got {seed!r}")
+            noise: CounterNoise | StreamNoise = CounterNoise(seed)
+        else:
+            noise = StreamNoise(generator)
+        if session_id is not None and not isinstance(session_id, str):
+            raise InvalidInput(f"a session id is a str, got {type(session_id).__name__}")
+        if session_id not in self.sessions and len(self._open_sessions()) >= self.max_sessions:
+            raise CapacityExceeded(f"the engine holds its maximum of {self.max_sessions} sessions")
+
+        # Validate and encode everything before any state changes.
+        frames_in = _image_tensor(image, height, width, self.device) if image is not None else None
+        video_in = _video_tensor(video, height, width, self.device) if video is not None else None
+        text = self._encode([prompt])
+        negative = None
+        if settings.guided:
+            neg = self.model.negative_prompt if negative_prompt is None else negative_prompt
+            negative = self._encode([neg])
+
+        lat_h, lat_w = height // 8, width // 8
+        memory = MultiTermMemory.empty(self.model.transformer.config.in_channels, lat_h, lat_w, self.device)
+        gen = noise.generator(RESET, self.device)
+        if frames_in is not None:
+            self._prepare_image(memory, frames_in, gen)
+        elif video_in is not None:
+            self._prepare_video(memory, video_in, gen)
+
+        session = Session(
+            id=session_id or uuid.uuid4().hex,
+            height=height,
+            width=width,
+            settings=settings,
+            seed=seed,
+            noise=noise,
+            memory=memory,
+            prompt=PromptState(text),
+            negative=negative,
+            scene=prompt,
+        )
+        result = self._generate([session], [None], [on_frame])[0]
+        self.sessions[session.id] = session
+        self._closed.pop(session.id, None)
+        return result
+
+    def step(
+        self,
+        session_id: str,
+        action: Any = None,
+        *,
+        on_frame: FrameCallback | None = None,
+        decode: bool = True,
+    ) -> ChunkResult:
+        """Generate the next chunk of a session, applying `action` at this chunk boundary.
+
+        `decode=False` skips the VAE (latents only: for research loops that work in latent space).
+        """
+        return self.step_many([(session_id, action)], on_frame=[on_frame], decode=decode)[0]
+
+    def step_many(
+        self,
+        requests: Sequence[tuple[str, Any]],
+        *,
+        on_frame: Sequence[FrameCallback | None] | None = None,
+        batch: bool = True,
+        decode: bool = True,
+    ) -> list[ChunkResult]:
+        """Step several sessions; those with matching shapes and settings share one batched forward.
+
+        All actions are validated (and prompts encoded) before any session changes; a bad request
+        anywhere fails the call with nothing changed.
+        """
+        ids = [sid for sid, _ in requests]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("a session can appear only once in one step_many call")
+        sessions = [self._get(sid) for sid in ids]
+        conds = [
+            parse_action(a, self.action_adapter, s.scene)
+            for s, (_, a) in zip(sessions, requests, strict=True)
+        ]
+        callbacks = list(on_frame) if on_frame is not None else [None] * len(requests)
+        new_prompts = [self._apply(s, c) for s, c in zip(sessions, conds, strict=True)]
+        results: dict[str, ChunkResult] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(sessions):
+            key = (s.height, s.width, s.settings, s.chunk == 0) if batch else (i,)
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            group = [sessions[i] for i in members]
+            outs = self._generate(
+                group, [new_prompts[i] for i in members], [callbacks[i] for i in members], decode
+            )
+            for i, out in zip(members, outs, strict=True):
+                sessions[i].scene = _scene_after(sessions[i].scene, requests[i][1], conds[i])
+                results[ids[i]] = out
+        return [results[sid] for sid in ids]
+
+    def fork(self, session_id: str) -> str:
+        """An independent copy of a session; both continue exactly as the original would."""
+        session = self._get(session_id)
+        if len(self._open_sessions()) >= self.max_sessions:
+            raise CapacityExceeded(f"the engine holds its maximum of {self.max_sessions} sessions")
+        twin = session.clone(uuid.uuid4().hex)
+        self.sessions[twin.id] = twin
+        return twin.id
+
+    def snapshot(self, session_id: str) -> bytes:
+        return self._get(session_id).to_bytes(self.fingerprint())
+
+    def restore(self, data: bytes, session_id: str | None = None) -> str:
+        """A new session from snapshot bytes (SnapshotError for corrupt, truncated or foreign data)."""
+        if len(self._open_sessions()) >= self.max_sessions:
+            raise CapacityExceeded(f"the engine holds its maximum of {self.max_sessions} sessions")
+        session = Session.from_bytes(data, session_id or uuid.uuid4().hex, self.fingerprint(), self.device)
+        C = self.model.transformer.config.in_channels
+        if session.memory.shape != (C, session.height // 8, session.width // 8):
+            raise SnapshotError(
+                f"snapshot memory {session.memory.shape} does not match its frame size "
+                f"{session.height}×{session.width}"
+            )
+        self.sessions[session.id] = session
+        return session.id
+
+    def close(self, session_id: str) -> None:
+        """End a session and free its memory. Closing twice is allowed."""
+        if session_id in self._closed:
+            return
+        session = self._get(session_id, allow_closed=True)
+        session.closed = True
+        del self.sessions[session_id]
+        self._closed[session_id] = None
+        while len(self._closed) > CLOSED_IDS_KEPT:
+            self._closed.popitem(last=False)
+
+    def session(self, session_id: str) -> Session:
+        return self._get(session_id)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _open_sessions(self) -> list[Session]:
+        return [s for s in self.sessions.values() if not s.closed]
+
+    def _get(self, session_id: str, allow_closed: bool = False) -> Session:
+        if not isinstance(session_id, str):
+            raise InvalidInput(f"a session id is a str, got {type(session_id).__name__}")
+        session = self.sessions.get(session_id)
+        if session is None and session_id in self._closed:
+            raise SessionClosed(f"session {session_id!r} is closed")
+        if session is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        if session.closed and not allow_closed:
+            raise SessionClosed(f"session {session_id!r} is closed")
+        return session
+
+    def _check_size(self, height: Any, width: Any, settings: SamplerSettings) -> None:
+        multiple = 8 * self.model.transformer.config.patch_size[1] * 2 ** (settings.scheduler.stages - 1)
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
+                raise InvalidInput(
+                    f"{name} must be a positive multiple of {multiple} pixels for this sampler "
+                    f"(VAE ×8, patch ×2, {settings.scheduler.stages} pyramid stage(s)), got {value!r}"
+                )
+            if value > 4096:
+                raise InvalidInput(f"{name} must be at most 4096 pixels, got {value}")
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        emb = self.prompt_cache.get(self.model.text_encoder, prompts)  # (B, K, E)
+        return emb.to(self.device)
+
+    def _apply(self, session: Session, cond: Conditioning | None) -> PromptState:
+        """The prompt state this chunk will use (the session is not changed here)."""
+        if cond is None:
+            return session.prompt
+        if isinstance(cond, Prompt):
+            return session.prompt.switched(self._encode([cond.text]))
+        if isinstance(cond, Blend):
+            embs = self._encode(list(cond.prompts))
+            return session.prompt.switched(blend(list(embs.split(1)), list(cond.weights)))
+        weights = tuple(interpolation_weights(cond.chunks)) if cond.chunks > 1 else ()
+        return session.prompt.switched(self._encode([cond.text]), weights)
+
+    def _prepare_image(self, memory: MultiTermMemory, image: torch.Tensor, gen: torch.Generator) -> None:
+        """I2V (spec 5.10): the image is the anchor; its 33-frame still clip's last latent is the newest
+        history frame; both are noised. Draws in the reference pipeline's order."""
+        still = image.unsqueeze(2)  # (1, 3, 1, H, W)
+        anchor = self._encode_pixels(still, gen)
+        fake = self._encode_pixels(still.expand(-1, -1, PIXEL_CHUNK, -1, -1), gen)[:, :, -1:]
+        anchor = _noised(anchor, IMAGE_NOISE_SIGMA, gen, self.device)
+        fake = _noised(fake, VIDEO_NOISE_SIGMA, gen, self.device)
+        memory.set_anchor(anchor)
+        memory.history[:, :, -1:].copy_(fake)
+
+    def _encode_pixels(self, video: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """(1, 3, T, H, W) in [-1, 1] -> normalised posterior sample, float32 (the reference's casts)."""
+        vae = self.model.vae
+        return vae.normalize(vae.encode(video.to(vae.dtype), sample=True, generator=gen)).float()
+
+    def _prepare_video(self, memory: MultiTermMemory, video: torch.Tensor, gen: torch.Generator) -> None:
+        """V2V (spec 5.10): the first frame is the anchor; the last ⌊F/33⌋ 33-frame windows, each
+        encoded alone, fill the history. Draws in the reference pipeline's order."""
+        frames = video.shape[2]
+        windows = frames // PIXEL_CHUNK
+        if windows == 0:
+            raise InvalidInput(f"a video needs at least {PIXEL_CHUNK} frames, got {frames}")
+        start = frames - windows * PIXEL_CHUNK
+        first = self._encode_pixels(video[:, :, :1], gen)
+        latents = [
+            self._encode_pixels(video[:, :, start + i * PIXEL_CHUNK : start + (i + 1) * PIXEL_CHUNK], gen)
+            for i in range(windows)
+        ]
+        anchor = _noised(first, IMAGE_NOISE_SIGMA, gen, self.device)
+        noisy = [_noised(w, VIDEO_NOISE_SIGMA, gen, self.device, per_frame=True) for w in latents]
+        memory.set_anchor(anchor)
+        memory.load_history(torch.cat(noisy, dim=2))
+
+    @torch.inference_mode()
+    def _generate(
+        self,
+        sessions: list[Session],
+        prompts: list[PromptState | None],
+        callbacks: list[FrameCallback | None],
+        decode: bool = True,
+    ) -> list[ChunkResult]:
+        """Denoise one chunk for sessions of equal shape and settings in one batch, commit, decode."""
+        first = sessions[0]
+        settings, B = first.settings, len(sessions)
+        C = self.model.transformer.config.in_channels
+        lat_h, lat_w = first.latent_size
+        states = [p if p is not None else s.prompt for s, p in zip(sessions, prompts, strict=True)]
+        gens = [s.noise.generator(s.chunk, self.device) for s in sessions]
+
+        t0 = time.perf_counter()
+        noise = torch.cat([chunk_noise((1, C, CHUNK_FRAMES, lat_h, lat_w), g, self.device) for g in gens])
+        text = torch.cat([p.for_next_chunk() for p in states])
+        memories = [s.memory.inputs() for s in sessions]
+        history = {k: torch.cat([m[k] for m in memories]) for k in memories[0]}
+        indices = frame_indices(B, self.device)
+        transformer = self.model.transformer
+
+        def conditioned(context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+            def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return transformer(x, t, context, **indices, **history)
+
+            return forward
+
+        model: Any = conditioned(text)
+        if settings.guided:
+            model = Guidance(model, conditioned(torch.cat([s.negative for s in sessions])))
+        latents = denoise_chunk(
+            model, noise, settings, gens[0] if B == 1 else gens, first_chunk=first.chunk == 0
+        ).float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        denoise_s = time.perf_counter() - t0
+
+        results = []
+        for b, (s, state, callback) in enumerate(zip(sessions, states, callbacks, strict=True)):
+            z = latents[b : b + 1]
+            s.memory.push(z)
+            s.prompt = state.advanced()
+            index = s.chunk
+            s.chunk += 1
+            t1 = time.perf_counter()
+            frames = self._decode(z, callback) if decode else None
+            timings = {"denoise": denoise_s, "decode": time.perf_counter() - t1}
+            s.stats = timings
+            results.append(ChunkResult(s.id, index, frames, z.clone(), timings))
+        return results
+
+    def _decode(self, latents: torch.Tensor, callback: FrameCallback | None) -> torch.Tensor:
+        """Decode one chunk latent by latent (a fresh decoder per chunk, as the model was trained),
+        handing each frame to `callback` as soon as it exists; return (33, H, W, 3) uint8."""
+        vae = self.model.vae
+        stream = vae.stream_decoder()
+        z = vae.denormalize(latents.to(vae.dtype))  # the reference casts, then denormalises
+        out = []
+        for i in range(z.shape[2]):
+            frames = _to_uint8(stream.push(z[:, :, i : i + 1]))  # (n, H, W, 3)
+            if callback is not None:
+                for j in range(frames.shape[0]):
+                    callback(len(out) + j, frames[j])
+            out.extend(frames.unbind(0))
+        return torch.stack(out)
+
+
+def _scene_after(scene: str, action: Any, cond: Conditioning | None) -> str:
+    """An explicit prompt or transition replaces the scene prompt; blends and structured actions
+    (whose prompts are the scene plus motion phrases) keep it."""
+    if isinstance(cond, (Prompt, Transition)) and not isinstance(action, Mapping):
+        return cond.text
+    return scene
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixels in and out
+# ---------------------------------------------------------------------------------------------------
+
+
+def _to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8 on the CPU, as the reference postprocesses."""
+    x = (video[0].float() / 2 + 0.5).clamp(0, 1)
+    return (x * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu()
+
+
+def _as_float_frames(x: Any, what: str) -> torch.Tensor:
+    """uint8 (…, H, W, 3) in [0, 255] or float (…, 3, H, W) in [-1, 1] -> float32 channels-first."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise InvalidInput(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        if x.shape[-1] != 3:
+            raise InvalidInput(f"a uint8 {what} must be (…, H, W, 3) RGB, got shape {tuple(x.shape)}")
+        return (x.float() / 255.0 * 2.0 - 1.0).movedim(-1, -3)  # the reference's /255 then 2x − 1
+    if not x.is_floating_point():
+        raise InvalidInput(f"{what} must be uint8 or floating, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise InvalidInput(f"{what} contains NaN or inf")
+    return x.float()
+
+
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 3, h, w) -> (N, 3, height, width), area-aware bilinear, only when the size differs."""
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _image_tensor(image: Any, height: int, width: int, device: torch.device) -> torch.Tensor:
+    x = _as_float_frames(image, "image")
+    if x.dim() != 3 or x.shape[0] != 3:
+        raise InvalidInput(
+            f"image must be one RGB frame, (H, W, 3) uint8 or (3, H, W) float; got {tuple(x.shape)}"
+        )
+    return _resize(x[None], height, width).to(device)  # (1, 3, H, W)
+
+
+def _video_tensor(video: Any, height: int, width: int, device: torch.device) -> torch.Tensor:
+    x = _as_float_frames(video, "video")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise InvalidInput(f"video must be (T, H, W, 3) uint8 or (T, 3, H, W) float; got {tuple(x.shape)}")
+    return _resize(x, height, width).permute(1, 0, 2, 3)[None].to(device)  # (1, 3, T, H, W)
+
+
+def _noised(
+    z: torch.Tensor,
+    sigma_range: tuple[float, float],
+    gen: torch.Generator,
+    device: torch.device,
+    per_frame: bool = False,
+) -> torch.Tensor:
+    """σ·ε + (1 − σ)·z with σ ~ U[lo, hi] (one σ, or one per latent frame), drawn as the reference."""
+    lo, hi = sigma_range
+    n = z.shape[2] if per_frame else 1
+    sigma = torch.rand(n, device=device, generator=gen) * (hi - lo) + lo
+    if per_frame:
+        sigma = sigma.view(1, 1, n, 1, 1)
+    eps = chunk_noise(tuple(z.shape), gen, device)
+    return sigma * eps + (1 - sigma) * z

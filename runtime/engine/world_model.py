@@ -1,0 +1,120 @@
+"""The models a world runs on, loaded together: transformer, VAE, text encoder, sampler settings.
+
+`WorldModel.load(spec)` takes a preset name or a diffusers-format pipeline folder:
+
+- `tiny`: random weights everywhere (tiny transformer, tiny VAE, built-in byte-level text encoder),
+  Distilled sampling; runs on a CPU in seconds. The embedded default until a trained toy world ships.
+- a folder (Helios-Base / -Mid / -Distilled as downloaded): `transformer/`, `vae/`, `text_encoder/`
+  + `tokenizer/` (umT5, the `[hf]` extra), `scheduler/scheduler_config.json` and `model_index.json`,
+  whose `is_distilled` / `is_cfg_zero_star` flags pick the sampler (spec 5.2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..model.checkpoint import CheckpointError, resolve_device
+from ..model.text_encoder import BuiltinTextEncoder, TextEncoder
+from ..model.transformer import HeliosTransformer
+from ..model.vae import WanVAE
+from ..sampling.denoise import SamplerSettings, sampler_preset
+from ..sampling.schedule import SchedulerConfig
+
+PRESETS = ("tiny",)
+
+
+@dataclass
+class WorldModel:
+    """Everything a WorldEngine needs that is shared by all its sessions (read-only at run time)."""
+
+    name: str
+    transformer: HeliosTransformer
+    vae: WanVAE
+    text_encoder: TextEncoder
+    sampler: SamplerSettings
+    negative_prompt: str = ""  # used only when the sampler guides (Base, Mid)
+    default_size: tuple[int, int] = (384, 640)  # (height, width) in pixels
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @classmethod
+    def load(
+        cls,
+        spec: str | Path = "tiny",
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+    ) -> WorldModel:
+        if isinstance(spec, str) and spec in PRESETS:
+            return cls.tiny(device=device, seed=seed)
+        folder = Path(spec)
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"model {str(spec)!r} is neither a preset ({', '.join(PRESETS)}) nor a pipeline folder"
+            )
+        return cls.from_pretrained(folder, device=device, dtype=dtype)
+
+    @classmethod
+    def tiny(cls, *, device: str | torch.device | None = None, seed: int = 0) -> WorldModel:
+        """Random weights at toy scale, float32 (CPU-friendly): every mechanism, no meaning."""
+        device = resolve_device(device)
+        return cls(
+            name="tiny",
+            transformer=HeliosTransformer.from_config(
+                "tiny", device=device, dtype=torch.float32, seed=seed
+            ).eval(),
+            vae=WanVAE.from_config("tiny", device=device, dtype=torch.float32, seed=seed).eval(),
+            text_encoder=BuiltinTextEncoder.preset("tiny", device=device),
+            sampler=sampler_preset("distilled"),
+            default_size=(192, 320),
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> WorldModel:
+        """Load a downloaded Helios pipeline folder (diffusers layout)."""
+        from ..model.text_encoder import UMT5TextEncoder
+
+        folder = Path(folder)
+        index_path = folder / "model_index.json"
+        if not index_path.is_file():
+            raise CheckpointError(
+                f"{str(folder)!r} is not a Helios pipeline folder: it has no model_index.json"
+            )
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{str(index_path)!r} is not valid JSON: {exc}") from exc
+        device = resolve_device(device)
+        scheduler = SchedulerConfig.from_pretrained(folder)
+        if index.get("is_distilled"):
+            sampler = sampler_preset("distilled").replace(scheduler=scheduler)
+        elif index.get("is_cfg_zero_star"):
+            sampler = sampler_preset("mid").replace(scheduler=scheduler)
+        elif scheduler.stages == 1:
+            sampler = sampler_preset("base").replace(scheduler=scheduler)
+        else:  # a pyramid UniPC without CFG-Zero*: Mid's steps with plain CFG
+            sampler = sampler_preset("mid").replace(scheduler=scheduler, cfg_zero_star=False)
+        text_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        return cls(
+            name=folder.name,
+            transformer=HeliosTransformer.from_pretrained(
+                folder / "transformer", device=device, dtype=dtype
+            ).eval(),
+            vae=WanVAE.from_pretrained(folder / "vae", device=device).eval(),
+            text_encoder=UMT5TextEncoder.from_pretrained(folder, device=device, dtype=text_dtype),
+            sampler=sampler,
+        )
+
+    def pyramid_multiple(self) -> int:
+        """Pixel sizes must be multiples of this: VAE ×8 · patch ×2 · 2 per extra pyramid stage."""
+        _, ph, _ = self.transformer.config.patch_size
+        return 8 * ph * 2 ** (self.sampler.scheduler.stages - 1)
