@@ -370,7 +370,9 @@ class WorldEngine:
 
         def conditioned(context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
             def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return transformer(x, t, context, **indices, **history)
+                # A group shares its schedule: one timestep for all rows keeps the time embedding
+                # batch-independent (see HeliosTransformer.forward).
+                return transformer(x, t[:1], context, **indices, **history)
 
             return forward
 

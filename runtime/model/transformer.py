@@ -102,6 +102,21 @@ def rope_grid(
     return table.permute(0, 4, 1, 2, 3)  # (B, Dh, T, H, W)
 
 
+def patch_embed(conv: nn.Conv3d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """A stride = kernel Conv3d as one matrix product: (B, C, T, H, W) -> tokens (B, T'·h'·w', D).
+
+    Each patch is flattened as (c, kt, kh, kw), the layout of the conv weight (D, C, kt, kh, kw), so
+    the result is the conv's. Unlike a batched convolution (whose algorithm depends on the batch
+    size), a sample's tokens do not depend on the batch it is in. Also returns the grid (T', h', w').
+    """
+    kt, kh, kw = conv.kernel_size
+    B, C, T, H, W = x.shape
+    grid = (T // kt, H // kh, W // kw)
+    patches = x.reshape(B, C, grid[0], kt, grid[1], kh, grid[2], kw)
+    patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, -1, C * kt * kh * kw)  # (B, n, C·kt·kh·kw)
+    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias), grid
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: tuple[int, int, int]) -> torch.Tensor:
     """Replicate-pad the trailing side of (B, C, T, H, W) up to multiples of (t, h, w) (spec 3.3)."""
     T, H, W = x.shape[2:]
@@ -508,19 +523,17 @@ class HeliosTransformer(nn.Module):
         B = hidden_states.shape[0]
         pt, ph, pw = cfg.patch_size
 
-        # Noisy tokens: (B, C, T, H, W) -> (B, D, T', h', w') -> (B, n, D).
-        grid = self.patch_embedding(hidden_states.to(dtype))
-        _, _, Tp, hp, wp = grid.shape
-        tokens, ropes = [flatten_grid(grid)], []
+        # Noisy tokens: (B, C, T, H, W) -> (B, n, D) on the (T', h', w') token grid.
+        noisy, (Tp, hp, wp) = patch_embed(self.patch_embedding, hidden_states.to(dtype))
+        tokens, ropes = [noisy], []
         if indices_hidden_states is None:
-            indices_hidden_states = torch.arange(Tp, device=grid.device).expand(B, Tp)
+            indices_hidden_states = torch.arange(Tp, device=noisy.device).expand(B, Tp)
         theta, rdim = cfg.rope_theta, cfg.rope_dim
         ropes.append(flatten_grid(rope_grid(indices_hidden_states, hp, wp, rdim, theta)))  # (B, n, Dh)
         n = tokens[0].shape[1]
 
         if latents_history_short is not None:
-            short = self.patch_short(latents_history_short.to(dtype))  # (B, D, Ts, Hs, Ws)
-            Hs, Ws = short.shape[3:]
+            short, (_, Hs, Ws) = patch_embed(self.patch_short, latents_history_short.to(dtype))
             mid_in = pad_to_multiple(latents_history_mid.to(dtype), self.patch_mid.kernel_size)
             long_in = pad_to_multiple(latents_history_long.to(dtype), self.patch_long.kernel_size)
             # Mid/long RoPE: computed on the short grid (Hs, Ws), then mean-pooled to their coarser tokens.
@@ -529,9 +542,9 @@ class HeliosTransformer(nn.Module):
             rope_long = pool_rope(rope_grid(indices_latents_history_long, Hs, Ws, rdim, theta), 4)
             # Sequence order [long | mid | short | noisy] (spec 3.4).
             tokens = [
-                flatten_grid(self.patch_long(long_in)),
-                flatten_grid(self.patch_mid(mid_in)),
-                flatten_grid(short),
+                patch_embed(self.patch_long, long_in)[0],
+                patch_embed(self.patch_mid, mid_in)[0],
+                short,
                 *tokens,
             ]
             ropes = [flatten_grid(rope_long), flatten_grid(rope_mid), flatten_grid(rope_short), *ropes]
@@ -547,7 +560,10 @@ class HeliosTransformer(nn.Module):
 
         # Timestep conditioning: noisy tokens use t, history tokens t = 0 (zero_history_timestep).
         context = self.condition_embedder.text_embedder(encoder_hidden_states.to(dtype))  # (B, K, D)
-        temb, proj = self.condition_embedder.time(t, dtype)  # (B, D), (B, 6, D)
+        # t is (1,) when every sample shares it: embedded once, then broadcast, so a sample's result
+        # does not depend on the batch it runs in.
+        temb, proj = self.condition_embedder.time(t, dtype)  # (B or 1, D), (B or 1, 6, D)
+        temb, proj = temb.expand(B, -1), proj.expand(B, -1, -1)
         if cfg.zero_history_timestep and n_hist > 0:
             # A separate batch-1 call, as in the reference, so the bf16 GEMMs round the same way.
             _, proj0 = self.condition_embedder.time(t.new_zeros(1), dtype)
@@ -574,7 +590,10 @@ class HeliosTransformer(nn.Module):
         indices: torch.Tensor | None,
         history: list[torch.Tensor | None],
     ) -> torch.Tensor:
-        """Raise ValueError naming the argument, what was expected and what arrived; return t (B,)."""
+        """Raise ValueError naming the argument, what was expected and what arrived.
+
+        Returns the timesteps as (B,), or (1,) when one value is given for the whole batch.
+        """
         cfg = self.config
         C, (pt, ph, pw) = cfg.in_channels, cfg.patch_size
         if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[1] != C:
@@ -598,7 +617,7 @@ class HeliosTransformer(nn.Module):
         t = torch.as_tensor(timestep, device=x.device)
         if t.ndim > 1 or t.numel() not in (1, B):
             raise ValueError(f"timestep must be a scalar or have shape ({B},), got {tuple(t.shape)}")
-        t = t.reshape(-1).expand(B)
+        t = t.reshape(-1)
         if indices is not None:
             _check_indices("indices_hidden_states", indices, B, T // pt)
 

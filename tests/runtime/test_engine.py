@@ -114,9 +114,8 @@ def test_step_many_batches_and_matches_single_steps(model):
     for _ in range(2):
         one = [single.step(i, a) for i, a in zip(ids_s, actions, strict=True)]
         many = batched.step_many(list(zip(ids_b, actions, strict=True)))
-        for x, y in zip(one, many, strict=True):
-            assert torch.allclose(x.latents, y.latents, atol=1e-5, rtol=1e-5)
-            assert (x.frames.int() - y.frames.int()).abs().max() <= 1
+        for x, y in zip(one, many, strict=True):  # bit for bit on the CPU (see docs/engine.md)
+            assert torch.equal(x.latents, y.latents) and torch.equal(x.frames, y.frames)
 
 
 def test_actions_change_the_world(engine):
