@@ -16,11 +16,11 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _common import gpu_state
 
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.world_model import WorldModel
@@ -28,20 +28,6 @@ from helios_runtime.model.text_encoder import BuiltinTextEncoder, BuiltinTextEnc
 from helios_runtime.model.transformer import HeliosTransformer
 from helios_runtime.model.vae import WanVAE
 from helios_runtime.sampling import sampler_preset
-
-
-def gpu_state() -> dict:
-    query = "name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.draw,power.limit,temperature.gpu"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        return dict(zip(query.split(","), (v.strip() for v in out.split(",")), strict=False))
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"error": str(exc)}
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import inspect
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _common import gpu_state, rel_l2
 
 from helios_runtime.model.attention import get_attention_backend
 from helios_runtime.model.config import HeliosConfig, preset
@@ -71,11 +71,6 @@ def chunk(
     )
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
 def timed(fn, inputs) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -91,20 +86,6 @@ def peak_gib(fn, inputs) -> float:
     fn(**inputs)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**30
-
-
-def gpu_state() -> dict:
-    query = "name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.draw,power.limit,temperature.gpu"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        return dict(zip(query.split(","), (v.strip() for v in out.split(",")), strict=False))
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"error": str(exc)}
 
 
 def main() -> None:
@@ -162,7 +143,7 @@ def main() -> None:
     small_ref = reference_from(small)
     inputs = chunk(small.config, 48, 80, 385, (48, 80), device, torch.float32, seed=2)
     with torch.inference_mode():
-        fp32_err = rel(small(**inputs), small_ref(**inputs, return_dict=False)[0])
+        fp32_err = rel_l2(small(**inputs), small_ref(**inputs, return_dict=False)[0])
     results["fp32_parity_2_layers_rel_l2"] = fp32_err
     # bf16 accuracy of both implementations against the float32 answer on the same weights: equal
     # errors mean bf16 differences between them are rounding, not a different function.
@@ -173,9 +154,9 @@ def main() -> None:
         exact = small(**inputs)
         ours16, ref16 = half(**half_inputs), half_ref(**half_inputs, return_dict=False)[0]
     results["bf16_2_layers_rel_l2"] = {
-        "ours_vs_fp32": rel(ours16, exact),
-        "diffusers_vs_fp32": rel(ref16, exact),
-        "ours_vs_diffusers": rel(ours16, ref16),
+        "ours_vs_fp32": rel_l2(ours16, exact),
+        "diffusers_vs_fp32": rel_l2(ref16, exact),
+        "ours_vs_diffusers": rel_l2(ours16, ref16),
         "bit_identical": bool(torch.equal(ours16, ref16)),
     }
     del small, small_ref, half, half_ref, inputs, half_inputs
@@ -194,7 +175,7 @@ def main() -> None:
         for stage, (h, w, t) in enumerate(STAGES):
             inputs = chunk(cfg, h, w, t, (48, 80), device, torch.bfloat16, seed=10 + stage)
             n = 9 * (h // 2) * (w // 2)
-            err = rel(ours(**inputs), ref(**inputs, return_dict=False)[0])
+            err = rel_l2(ours(**inputs), ref(**inputs, return_dict=False)[0])
             for _ in range(args.warmup):
                 ours(**inputs)
                 ref(**inputs)

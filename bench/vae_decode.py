@@ -16,11 +16,11 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _common import gpu_state, rel_l2
 
 from helios_runtime.model.vae import WanVAE
 
@@ -32,11 +32,6 @@ def reference_from(ours: WanVAE):
         ref = AutoencoderKLWan(**{k: v for k, v in ours.config.to_dict().items() if not k.startswith("_")})
     ref.load_state_dict(ours.state_dict(), strict=True, assign=True)
     return ref.eval()
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 def cuda_ms(fn, repeat: int) -> list[float]:
@@ -51,20 +46,6 @@ def cuda_ms(fn, repeat: int) -> list[float]:
     return out
 
 
-def gpu_state() -> dict:
-    query = "name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.draw,power.limit,temperature.gpu"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        return dict(zip(query.split(","), (v.strip() for v in out.split(",")), strict=False))
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"error": str(exc)}
-
-
 def measure(dtype: torch.dtype, latents: torch.Tensor, video: torch.Tensor, repeat: int) -> dict:
     """One row of the table: parity and timings of both VAEs in `dtype`."""
     device = latents.device
@@ -74,7 +55,7 @@ def measure(dtype: torch.dtype, latents: torch.Tensor, video: torch.Tensor, repe
     with torch.inference_mode():
         mine = ours.decode(z)
         theirs = ref.decode(z, return_dict=False)[0].clamp(-1, 1)
-        err = rel(mine, theirs)
+        err = rel_l2(mine, theirs)
         ours.decode(z)
         ref.decode(z, return_dict=False)  # warm-up
         t_ours, t_ref = [], []
@@ -107,7 +88,7 @@ def measure(dtype: torch.dtype, latents: torch.Tensor, video: torch.Tensor, repe
         peak_ref = torch.cuda.max_memory_allocated() / 2**30
 
         v = video.to(dtype)
-        enc_err = rel(ours.encode(v), ref.encode(v).latent_dist.mean)
+        enc_err = rel_l2(ours.encode(v), ref.encode(v).latent_dist.mean)
         t_enc_ours = cuda_ms(lambda: ours.encode(v), repeat)
         t_enc_ref = cuda_ms(lambda: ref.encode(v), repeat)
     row = {
