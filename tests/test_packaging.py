@@ -55,7 +55,7 @@ def test_every_package_folder_is_shipped(wheel):
         ("kernels", "helios_kernels"),
     ):
         for init in (ROOT / folder).rglob("__init__.py"):
-            if "_proto" in init.parts or "__pycache__" in init.parts:
+            if "__pycache__" in init.parts:
                 continue
             rel = init.relative_to(ROOT / folder).as_posix()
             assert f"{package}/{rel}" in names, f"{folder}/{rel} is not packaged: add it to pyproject.toml"
