@@ -106,6 +106,48 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
     roll.add_argument("--device", default=None, help="torch device (default: cuda if present)")
 
+    srv = sub.add_parser(
+        "serve",
+        help="run the gRPC world server (helios.v1.WorldService) with engine worker processes",
+        description=(
+            "Serve worlds over gRPC: a grpc.aio front (auth, validation, sessions, frame encoding) and one "
+            "engine worker process per --device, talking over ZeroMQ. Prints 'listening on HOST:PORT' once "
+            "every worker has warmed up and health reports SERVING. SIGTERM drains and exits."
+        ),
+    )
+    srv.add_argument(
+        "--model", default="tiny", help="tiny (random weights) or a downloaded Helios pipeline folder"
+    )
+    srv.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        help="one engine worker per --device (--device cuda:0 --device cuda:1); default one, cuda if present",
+    )
+    srv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"
+    )
+    srv.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
+    srv.add_argument(
+        "--token",
+        default=None,
+        help="require 'authorization: Bearer TOKEN' (default: $HELIOS_TOKEN; no auth when neither is set)",
+    )
+    srv.add_argument("--max-sessions", type=int, default=16, help="open sessions at most (default 16)")
+    srv.add_argument(
+        "--idle-timeout", type=float, default=300.0, help="close sessions idle this many seconds (300)"
+    )
+    srv.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    srv.add_argument(
+        "--max-message-bytes", type=int, default=4 * 1024 * 1024, help="largest gRPC message (default 4 MiB)"
+    )
+    srv.add_argument(
+        "--no-warm-up", action="store_true", help="report SERVING without running a warm-up chunk"
+    )
+    srv.add_argument(
+        "--json-logs", action="store_true", help="structured logs: one JSON object per line on stderr"
+    )
+
     info = sub.add_parser(
         "info", help="print a model's config and parameter count (built on the meta device)"
     )

@@ -219,3 +219,37 @@ def rollout(args: argparse.Namespace) -> int:
             progress.update(k + 1, writer.frames_written)
     print(f"wrote {writer.frames_written} frames to {args.out}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# helios serve
+# ---------------------------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from .server.server import configure_logging, run
+    from .server.settings import ServerSettings
+
+    if args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
+    if args.idle_timeout <= 0:
+        raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
+    settings = ServerSettings(
+        model=args.model,
+        devices=tuple(args.device) if args.device else (None,),
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("HELIOS_TOKEN") or None,
+        max_sessions=args.max_sessions,
+        idle_timeout_s=args.idle_timeout,
+        metrics_port=args.metrics_port,
+        max_message_bytes=args.max_message_bytes,
+        warm_up=not args.no_warm_up,
+        json_logs=args.json_logs,
+    )
+    configure_logging(args.json_logs)
+    asyncio.run(run(settings))
+    return 0

@@ -42,7 +42,7 @@ from .actions import (
     Transition,
     parse_action,
 )
-from .errors import CapacityExceeded, InvalidInput, SessionClosed, SessionNotFound
+from .errors import Cancelled, CapacityExceeded, InvalidInput, SessionClosed, SessionNotFound
 from .memory import CHUNK_FRAMES, MultiTermMemory, frame_indices
 from .rng import RESET, CounterNoise, StreamNoise
 from .session import PromptState, Session
@@ -117,6 +117,7 @@ class WorldEngine:
         session_id: str | None = None,
         generator: torch.Generator | None = None,
         on_frame: FrameCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> ChunkResult:
         """Start (or restart) a world from a prompt, optionally an image or a video, and return its
         first chunk. `generator` replaces the default (seed, chunk) noise by one continuing generator
@@ -169,7 +170,7 @@ class WorldEngine:
             negative=negative,
             scene=prompt,
         )
-        result = self._generate([session], [None], [on_frame])[0]
+        result = self._generate([session], [None], [on_frame], True, cancel)[0]
         self.sessions[session.id] = session
         self._closed.pop(session.id, None)
         return result
@@ -195,11 +196,13 @@ class WorldEngine:
         on_frame: Sequence[FrameCallback | None] | None = None,
         batch: bool = True,
         decode: bool = True,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[ChunkResult]:
         """Step several sessions; those with matching shapes and settings share one batched forward.
 
         All actions are validated (and prompts encoded) before any session changes; a bad request
-        anywhere fails the call with nothing changed.
+        anywhere fails the call with nothing changed. `cancel` is polled before every model forward;
+        when it returns True the call raises `Cancelled` and no session advances.
         """
         ids = [sid for sid, _ in requests]
         if len(set(ids)) != len(ids):
@@ -219,7 +222,7 @@ class WorldEngine:
         for members in groups.values():
             group = [sessions[i] for i in members]
             outs = self._generate(
-                group, [new_prompts[i] for i in members], [callbacks[i] for i in members], decode
+                group, [new_prompts[i] for i in members], [callbacks[i] for i in members], decode, cancel
             )
             for i, out in zip(members, outs, strict=True):
                 sessions[i].scene = _scene_after(sessions[i].scene, requests[i][1], conds[i])
@@ -351,6 +354,7 @@ class WorldEngine:
         prompts: list[PromptState | None],
         callbacks: list[FrameCallback | None],
         decode: bool = True,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[ChunkResult]:
         """Denoise one chunk for sessions of equal shape and settings in one batch, commit, decode."""
         first = sessions[0]
@@ -370,6 +374,8 @@ class WorldEngine:
 
         def conditioned(context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
             def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                if cancel is not None and cancel():
+                    raise Cancelled("the chunk was cancelled before it finished; the session did not advance")
                 # A group shares its schedule: one timestep for all rows keeps the time embedding
                 # batch-independent (see HeliosTransformer.forward).
                 return transformer(x, t[:1], context, **indices, **history)

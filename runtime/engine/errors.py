@@ -28,3 +28,7 @@ class SessionClosed(EngineError):
 
 class CapacityExceeded(EngineError):
     """The engine holds its maximum number of sessions (RESOURCE_EXHAUSTED)."""
+
+
+class Cancelled(EngineError):
+    """The caller gave up on a chunk before it finished; the session did not advance (CANCELLED)."""

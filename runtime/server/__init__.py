@@ -1,0 +1,1 @@
+"""The gRPC world runtime: a grpc.aio front process and engine worker processes over ZeroMQ."""

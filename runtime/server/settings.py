@@ -1,0 +1,32 @@
+"""The server's settings: one frozen dataclass, filled from `helios serve` flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import __version__
+
+API_VERSION = "1.0"
+SERVER_VERSION = __version__
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: str = "tiny"  # a preset or a Helios pipeline folder
+    devices: tuple[str | None, ...] = (None,)  # one engine worker per entry; None = cuda if present
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port
+    token: str | None = None  # required bearer token; None disables auth (HELIOS_TOKEN sets it)
+    max_sessions: int = 16
+    idle_timeout_s: float = 300.0
+    max_message_bytes: int = 4 * 1024 * 1024  # gRPC's default receive limit; frames stay far below
+    max_width: int = 1280
+    max_height: int = 1280
+    snapshot_store_bytes: int = 1 << 30
+    stream_buffer_frames: int = 66  # frames a stream may hold for a slow consumer before dropping (2 chunks)
+    metrics_port: int | None = None  # Prometheus /metrics on this port when set
+    warm_up: bool = True  # run the exact chunk path once before reporting SERVING
+    json_logs: bool = False  # front and workers log one JSON object per line
+    drain_seconds: float = 10.0
+    worker_start_timeout_s: float = 600.0
+    extra: dict = field(default_factory=dict, compare=False)

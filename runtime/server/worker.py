@@ -1,0 +1,309 @@
+"""The engine worker: one process per device that owns a WorldEngine and answers the front.
+
+    python -m helios_runtime.server.worker --endpoint tcp://127.0.0.1:5555 --model tiny --device cpu
+
+The loop drains every request that has arrived, answers the cheap ones (fork, snapshot, close, ...)
+at once, and runs all pending steps together through `WorldEngine.step_many`, which batches sessions
+whose sizes and settings match. Decoded frames leave as soon as they exist (one ZeroMQ message each),
+so the front can stream them while the chunk is still decoding. The worker never waits on the
+network or on encoding: those happen in the front. Cancel messages are read between denoising
+steps. Protocol: `protocol.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from ..engine.actions import Blend, Prompt, Transition
+from ..engine.engine import WorldEngine
+from ..engine.errors import (
+    Cancelled,
+    CapacityExceeded,
+    EngineError,
+    InvalidInput,
+    SessionClosed,
+    SessionNotFound,
+)
+from ..engine.snapshot import SnapshotError
+from ..engine.world_model import WorldModel
+from .protocol import pack, unpack
+
+log = logging.getLogger("helios.worker")
+
+CODES = {
+    InvalidInput: "INVALID_ARGUMENT",
+    SnapshotError: "INVALID_ARGUMENT",
+    SessionNotFound: "NOT_FOUND",
+    SessionClosed: "FAILED_PRECONDITION",
+    CapacityExceeded: "RESOURCE_EXHAUSTED",
+    Cancelled: "CANCELLED",
+}
+
+
+def error_code(exc: BaseException) -> str:
+    for cls, code in CODES.items():
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "RESOURCE_EXHAUSTED"
+    return "INTERNAL"
+
+
+def to_action(spec: dict[str, Any] | None) -> Any:
+    """The front's msgpack action -> an engine action (validated again by the engine)."""
+    if not spec:
+        return None
+    kind = spec.get("type")
+    if kind == "prompt":
+        return Prompt(spec["text"])
+    if kind == "blend":
+        return Blend(tuple(spec["texts"]), tuple(spec["weights"]))
+    if kind == "transition":
+        return Transition(spec["text"], int(spec["chunks"]))
+    if kind == "control":
+        return spec["control"]
+    raise InvalidInput(f"unknown action type {kind!r}")
+
+
+class Worker:
+    def __init__(self, engine: WorldEngine, socket: zmq.Socket):
+        self.engine = engine
+        self.socket = socket
+        self.inbox: collections.deque[tuple[dict, list[bytes]]] = collections.deque()
+        self.cancelled: set[int] = set()
+
+    # --- messaging ----------------------------------------------------------------------------------
+
+    def send(self, header: dict[str, Any], *blobs: bytes) -> None:
+        self.socket.send_multipart(pack(header, *blobs), copy=False)
+
+    def _poll(self, timeout_ms: int) -> None:
+        """Move every waiting message into the inbox (cancels are recorded, not queued)."""
+        if not self.socket.poll(timeout_ms):
+            return
+        while True:
+            try:
+                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            header, blobs = unpack(parts)
+            if header.get("op") == "cancel":
+                self.cancelled.add(int(header["target"]))
+            else:
+                self.inbox.append((header, blobs))
+
+    def _cancel_check(self, ids: list[int]):
+        def check() -> bool:
+            self._poll(0)
+            return any(i in self.cancelled for i in ids)
+
+        return check
+
+    def frame_sender(self, rid: int, chunk_index: int, which: str):
+        def on_frame(index: int, frame: torch.Tensor) -> None:
+            if which == "none" or (which == "last" and index != 32):
+                return
+            h, w, _ = frame.shape
+            self.send(
+                {
+                    "kind": "frame",
+                    "id": rid,
+                    "chunk_index": chunk_index,
+                    "index_in_chunk": index,
+                    "width": w,
+                    "height": h,
+                },
+                frame.numpy().tobytes(),
+            )
+
+        return on_frame
+
+    def fail(self, rid: int, exc: BaseException) -> None:
+        code = error_code(exc)
+        if code == "INTERNAL":
+            log.exception("request %s failed", rid)
+        self.send({"kind": "error", "id": rid, "code": code, "message": str(exc)})
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            self._poll(100 if not self.inbox else 0)
+            steps = []
+            while self.inbox:
+                header, blobs = self.inbox.popleft()
+                if header["op"] == "step":
+                    steps.append(header)
+                else:
+                    self.handle(header, blobs)
+            if steps:
+                self.run_steps(steps)
+            self.cancelled.clear()
+
+    def handle(self, h: dict[str, Any], blobs: list[bytes]) -> None:
+        rid = h["id"]
+        try:
+            op = h["op"]
+            if op == "reset":
+                self.reset(h, blobs)
+            elif op == "fork":
+                self.send({"kind": "result", "id": rid, "session_id": self.engine.fork(h["session_id"])})
+            elif op == "snapshot":
+                self.send({"kind": "result", "id": rid}, self.engine.snapshot(h["session_id"]))
+            elif op == "restore":
+                sid = self.engine.restore(blobs[0])
+                s = self.engine.session(sid)
+                self.send(
+                    {
+                        "kind": "result",
+                        "id": rid,
+                        "session_id": sid,
+                        "chunk_index": s.chunk,
+                        "width": s.width,
+                        "height": s.height,
+                    }
+                )
+            elif op == "close":
+                self.engine.close(h["session_id"])
+                self.send({"kind": "result", "id": rid})
+            else:
+                raise InvalidInput(f"unknown worker op {op!r}")
+        except (EngineError, ValueError, torch.cuda.OutOfMemoryError) as exc:
+            self.fail(rid, exc)
+        except Exception as exc:  # never let one request take the worker down
+            self.fail(rid, exc)
+
+    def reset(self, h: dict[str, Any], blobs: list[bytes]) -> None:
+        pixels = None
+        if h.get("source") in ("image", "video"):
+            pixels = np.frombuffer(blobs[0], dtype=np.uint8).reshape(h["shape"])
+        kwargs = {"image": pixels[0]} if h.get("source") == "image" else {}
+        if h.get("source") == "video":
+            kwargs = {"video": pixels}
+        rid = h["id"]
+        result = self.engine.reset(
+            h["prompt"],
+            seed=int(h["seed"]),
+            height=int(h["height"]),
+            width=int(h["width"]),
+            negative_prompt=h.get("negative_prompt") or None,
+            session_id=h["session_id"],
+            on_frame=self.frame_sender(rid, 0, h.get("frames", "all")),
+            cancel=self._cancel_check([rid]),
+            **kwargs,
+        )
+        self.send({"kind": "result", "id": rid, "chunk_index": result.chunk_index, "timings": result.timings})
+
+    def run_steps(self, steps: list[dict[str, Any]]) -> None:
+        """Step every pending session; one request per session per call (later ones wait a round)."""
+        batch, later, seen = [], [], set()
+        for h in steps:
+            (later if h["session_id"] in seen else batch).append(h)
+            seen.add(h["session_id"])
+        for h in reversed(later):
+            self.inbox.appendleft((h, []))
+        try:
+            self._step_batch(batch)
+        except (EngineError, ValueError) as exc:
+            if len(batch) == 1 or isinstance(exc, Cancelled):
+                for h in batch:
+                    self.fail(h["id"], exc)
+                return
+            for h in batch:  # one bad request must not fail the others: run them one by one
+                try:
+                    self._step_batch([h])
+                except Exception as single:
+                    self.fail(h["id"], single)
+        except Exception as exc:
+            for h in batch:
+                self.fail(h["id"], exc)
+
+    def _step_batch(self, batch: list[dict[str, Any]]) -> None:
+        requests, callbacks = [], []
+        for h in batch:
+            requests.append((h["session_id"], to_action(h.get("action"))))
+            chunk = self.engine.session(h["session_id"]).chunk
+            callbacks.append(self.frame_sender(h["id"], chunk, h.get("frames", "all")))
+        results = self.engine.step_many(
+            requests, on_frame=callbacks, cancel=self._cancel_check([h["id"] for h in batch])
+        )
+        for h, r in zip(batch, results, strict=True):
+            self.send({"kind": "result", "id": h["id"], "chunk_index": r.chunk_index, "timings": r.timings})
+
+
+def warm_up(engine: WorldEngine) -> float:
+    """Run the whole chunk path (reset, step, decode) once before reporting ready, so the first
+    client pays no one-time cost (allocator growth, kernel selection; compiled graphs later).
+    Eager models warm up at the smallest allowed size to keep start-up short."""
+    start = time.perf_counter()
+    side = engine.model.pyramid_multiple()
+    first = engine.reset("warm-up", seed=0, height=side, width=side)
+    engine.step(first.session_id)
+    engine.close(first.session_id)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="helios engine worker (started by `helios serve`)")
+    parser.add_argument("--endpoint", required=True, help="the front's ZeroMQ ROUTER endpoint")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-sessions", type=int, default=64)
+    parser.add_argument("--identity", default=None)
+    parser.add_argument("--no-warm-up", action="store_true")
+    parser.add_argument("--json-logs", action="store_true")
+    args = parser.parse_args(argv)
+    from .server import configure_logging
+
+    configure_logging(args.json_logs)
+
+    model = WorldModel.load(args.model, device=args.device)
+    engine = WorldEngine(model, max_sessions=args.max_sessions)
+    warm = 0.0 if args.no_warm_up else warm_up(engine)
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IDENTITY, (args.identity or f"worker-{os.getpid()}").encode())
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(args.endpoint)
+    transformer = model.transformer
+    info = {
+        "name": model.name,
+        "parameters": transformer.num_parameters(),
+        "sampler": _sampler_name(model),
+        "steps": list(model.sampler.steps),
+        "default_height": model.default_size[0],
+        "default_width": model.default_size[1],
+        "size_multiple": model.pyramid_multiple(),
+        "warm_up_seconds": warm,
+        "pid": os.getpid(),
+        "device": str(model.device),
+    }
+    worker = Worker(engine, socket)
+    worker.send({"kind": "ready", "model": info})
+    log.info("ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _sampler_name(model: WorldModel) -> str:
+    sched = model.sampler.scheduler
+    if sched.scheduler_type == "dmd":
+        return "distilled"
+    return "base" if sched.stages == 1 else "mid"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

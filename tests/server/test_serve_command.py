@@ -1,0 +1,58 @@
+"""`helios serve` as a user runs it: a subprocess that prints its address, serves, and drains on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import grpc
+
+from helios_sdk._proto.helios.v1 import world_pb2 as pb
+from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
+
+
+def test_serve_prints_its_address_and_drains_on_sigterm():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", "--token", "tok", "--json-logs"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        target = line.removeprefix("listening on ")
+        stub = pb_grpc.WorldServiceStub(grpc.insecure_channel(target))
+        info = stub.GetServerInfo(
+            pb.GetServerInfoRequest(), metadata=(("authorization", "Bearer tok"),), timeout=30
+        )
+        assert info.model.name == "tiny"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        lines = proc.stderr.read().splitlines()
+        logs = [json.loads(x) for x in lines]  # every line, the worker's too, is one JSON object
+        assert any(entry["msg"].startswith("serving tiny") for entry in logs)
+        assert any(entry["logger"] == "helios.worker" for entry in logs)
+        assert all({"ts", "level", "logger", "msg"} <= entry.keys() for entry in logs)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_help_explains_the_flags():
+    out = subprocess.run(
+        [sys.executable, "-m", "helios_sdk.cli", "serve", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for flag in (
+        "--model",
+        "--device",
+        "--port",
+        "--token",
+        "--max-sessions",
+        "--idle-timeout",
+        "--metrics-port",
+    ):
+        assert flag in out.stdout
