@@ -148,11 +148,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--json-logs", action="store_true", help="structured logs: one JSON object per line on stderr"
     )
 
+    rec = sub.add_parser(
+        "record",
+        help="stream a world from a helios server (gRPC) into an mp4; --serve starts a local server",
+        description=(
+            "Connect to a helios server (or start one with --serve), create a session, reset it with the "
+            "prompt and stream chunks in lockstep into an mp4, frame by frame as the server decodes them."
+        ),
+    )
+    rec.add_argument(
+        "--server", default="127.0.0.1:50051", help="HOST:PORT of a running server (default 127.0.0.1:50051)"
+    )
+    rec.add_argument(
+        "--serve", action="store_true", help="start a local `helios serve` on a free port for this run"
+    )
+    rec.add_argument("--model", default="tiny", help="model for --serve (default tiny)")
+    rec.add_argument("--token", default=None, help="bearer token (default: $HELIOS_TOKEN)")
+    rec.add_argument(
+        "--prompt", default="a lighthouse on a cliff above a stormy sea", help="the scene prompt"
+    )
+    rec.add_argument(
+        "--switch", action="append", default=[], metavar="CHUNK=PROMPT", help="change the prompt at CHUNK"
+    )
+    rec.add_argument("--chunks", type=int, default=4, help="chunks to record, 33 frames each (default 4)")
+    rec.add_argument("--seed", type=int, default=0, help="world seed")
+    rec.add_argument("--width", type=int, default=None, help="pixels (default: the server's)")
+    rec.add_argument("--height", type=int, default=None, help="pixels (default: the server's)")
+    rec.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
+
     info = sub.add_parser(
         "info", help="print a model's config and parameter count (built on the meta device)"
     )
     info.add_argument("--model", default="tiny", help=MODEL_HELP)
     return parser
+
+
+def grpc_error() -> type[Exception]:
+    import grpc
+
+    return grpc.RpcError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "record":
+        from .record import record
+
+        try:
+            return record(args)
+        except (ValueError, OSError, ImportError, RuntimeError) as exc:
+            print(f"helios record: error: {exc}", file=sys.stderr)
+            return 2
+        except grpc_error() as exc:
+            print(f"helios record: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2
     try:
         from helios_runtime import commands
     except ImportError as exc:

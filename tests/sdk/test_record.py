@@ -1,0 +1,31 @@
+"""`helios record`: the light gRPC client that streams a world into an mp4."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def helios(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "helios_sdk.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_record_against_a_local_server(tmp_path):
+    from helios_sdk.video import read_frames
+
+    out = tmp_path / "w.mp4"
+    size = ("--width", "64", "--height", "64")
+    done = helios("record", "--serve", "--chunks", "2", *size, "--switch", "1=rain", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "wrote 66 frames" in done.stdout and "chunk 2/2" in done.stderr
+    assert read_frames(out).shape == (66, 64, 64, 3)
+
+
+def test_record_errors_are_one_line():
+    down = helios("record", "--server", "127.0.0.1:1", "--chunks", "1")
+    assert down.returncode == 2 and "cannot reach a helios server" in down.stderr
+    bad = helios("record", "--serve", "--chunks", "2", "--switch", "7=x")
+    assert bad.returncode == 2 and "outside 1..1" in bad.stderr
+    assert "Traceback" not in down.stderr + bad.stderr
