@@ -76,9 +76,10 @@ def to_action(spec: dict[str, Any] | None) -> Any:
 
 
 class Worker:
-    def __init__(self, engine: WorldEngine, socket: zmq.Socket):
+    def __init__(self, engine: WorldEngine, socket: zmq.Socket, min_free_bytes: int = 2 << 30):
         self.engine = engine
         self.socket = socket
+        self.min_free_bytes = min_free_bytes
         self.inbox: collections.deque[tuple[dict, list[bytes]]] = collections.deque()
         self.cancelled: set[int] = set()
 
@@ -157,10 +158,12 @@ class Worker:
             if op == "reset":
                 self.reset(h, blobs)
             elif op == "fork":
+                self.admit(None)
                 self.send({"kind": "result", "id": rid, "session_id": self.engine.fork(h["session_id"])})
             elif op == "snapshot":
                 self.send({"kind": "result", "id": rid}, self.engine.snapshot(h["session_id"]))
             elif op == "restore":
+                self.admit(None)
                 sid = self.engine.restore(blobs[0])
                 s = self.engine.session(sid)
                 self.send(
@@ -183,7 +186,20 @@ class Worker:
         except Exception as exc:  # never let one request take the worker down
             self.fail(rid, exc)
 
+    def admit(self, session_id: str | None) -> None:
+        """GPU-memory admission: a new session needs `min_free_bytes` free on the device."""
+        device = self.engine.device
+        if device.type != "cuda" or session_id in self.engine.sessions:
+            return
+        free, _ = torch.cuda.mem_get_info(device)
+        if free < self.min_free_bytes:
+            raise CapacityExceeded(
+                f"GPU memory: {free / 2**30:.1f} GiB free on {device}, a new session needs "
+                f"{self.min_free_bytes / 2**30:.1f} GiB"
+            )
+
     def reset(self, h: dict[str, Any], blobs: list[bytes]) -> None:
+        self.admit(h["session_id"])
         pixels = None
         if h.get("source") in ("image", "video"):
             pixels = np.frombuffer(blobs[0], dtype=np.uint8).reshape(h["shape"])
@@ -262,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity", default=None)
     parser.add_argument("--no-warm-up", action="store_true")
     parser.add_argument("--json-logs", action="store_true")
+    parser.add_argument("--min-free-gib", type=float, default=2.0, help="GPU memory a new session needs free")
     args = parser.parse_args(argv)
     from .server import configure_logging
 
@@ -288,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "pid": os.getpid(),
         "device": str(model.device),
     }
-    worker = Worker(engine, socket)
+    worker = Worker(engine, socket, min_free_bytes=int(args.min_free_gib * 2**30))
     worker.send({"kind": "ready", "model": info})
     log.info("ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
     try:

@@ -17,9 +17,11 @@ from .conftest import AUTH, TOKEN, new_world, start_server
 
 
 @pytest.fixture
-def fresh_server():
+def fresh_server(request):
+    """A server of its own; `idle_timeout_s` from the test's parametrisation (default 300)."""
+    idle = getattr(request, "param", 300.0)
     gen = start_server(
-        ServerSettings(port=0, token=TOKEN, max_sessions=4, idle_timeout_s=1.0, drain_seconds=5)
+        ServerSettings(port=0, token=TOKEN, max_sessions=4, idle_timeout_s=idle, drain_seconds=5)
     )
     handle = next(gen)
     yield handle
@@ -59,10 +61,11 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
         with pytest.raises(grpc.RpcError) as info:
             stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    sid = stub.CreateSession(pb.CreateSessionRequest(width=64, height=64), metadata=AUTH).session_id
     deadline = time.monotonic() + 120
     while True:
         try:
-            sid = new_world(stub)
+            stub.Reset(pb.ResetRequest(session_id=sid, prompt="again", seed=1), metadata=AUTH)
             break
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.UNAVAILABLE  # still starting: retryable
@@ -72,6 +75,7 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
     assert worker.generation == 1
 
 
+@pytest.mark.parametrize("fresh_server", [1.0], indirect=True)
 def test_idle_sessions_expire(fresh_server):
     stub = fresh_server.stub()
     sid = new_world(stub)
