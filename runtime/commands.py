@@ -158,21 +158,8 @@ class Progress:
         self.stream.flush()
 
 
-def parse_switches(specs: list[str], chunks: int) -> dict[int, str]:
-    """--switch CHUNK=PROMPT values -> {chunk: prompt}; chunk 0 is the reset, so CHUNK >= 1."""
-    out = {}
-    for spec in specs:
-        index, sep, prompt = spec.partition("=")
-        if not sep or not index.strip().isdigit():
-            raise ValueError(f"--switch takes CHUNK=PROMPT (e.g. '3=a desert'), got {spec!r}")
-        k = int(index)
-        if not 1 <= k < chunks:
-            raise ValueError(f"--switch chunk {k} is outside 1..{chunks - 1} (chunk 0 is the --prompt)")
-        out[k] = prompt
-    return out
-
-
 def rollout(args: argparse.Namespace) -> int:
+    from helios_sdk.record import parse_switches
     from helios_sdk.video import Mp4Writer, read_frames
 
     from .engine.actions import Transition
