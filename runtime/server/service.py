@@ -246,6 +246,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
         return sum(1 for s in self.sessions.values() if not s.closed and not s.lost)
 
     def _admit(self) -> WorkerHandle:
+        if not any(w.ready.is_set() for w in self.pool.workers):
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "the engine workers are starting; retry shortly")
         if self._open_count() >= self.settings.max_sessions:
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -138,7 +138,11 @@ class Worker:
     # --- the loop -----------------------------------------------------------------------------------
 
     def run(self) -> None:
+        parent = os.getppid()
         while True:
+            if os.getppid() != parent:  # the front died (we were re-parented): free the device and go
+                log.error("the front process is gone; exiting")
+                return
             self._poll(100 if not self.inbox else 0)
             steps = []
             while self.inbox:

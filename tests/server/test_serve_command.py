@@ -56,3 +56,24 @@ def test_serve_help_explains_the_flags():
         "--metrics-port",
     ):
         assert flag in out.stdout
+
+
+def test_workers_exit_when_the_front_is_killed():
+    psutil = __import__("pytest").importorskip("psutil")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", "--no-warm-up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().startswith("listening on")
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        proc.kill()  # no chance to clean up: the workers must notice on their own
+        proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
