@@ -1,10 +1,112 @@
 """helios_sdk: the light client of helios-sdk (no torch).
 
-The gRPC client, the Gymnasium environment and recording/replay land here (see the README's
-roadmap); today the package carries the `helios` command line, whose model commands run the
-server-side runtime (`helios_runtime`, installed with the `[runtime]` extra).
+- `HeliosClient` / `AsyncHeliosClient` (client.py, aio.py): helios.v1 over gRPC, frames as numpy;
+- `HeliosEnv` / `HeliosVectorEnv` (env.py, vector.py): a world as a Gymnasium env, registered as
+  `helios/World-v0`, on a server (`address=`) or in-process (`backend="local"`);
+- `RecordEpisode` / `replay` (recording.py): an episode to mp4 + JSON, replayed deterministically;
+- the `helios` command line (cli.py).
+
+Importing this package is cheap: the client, gymnasium and the runtime load on first use.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .actions import Blend, Control, Prompt, Transition
+from .errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    HeliosError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    VersionMismatch,
+)
+
+if TYPE_CHECKING:
+    from .aio import AsyncHeliosClient
+    from .client import HeliosClient
+    from .env import HeliosEnv
+    from .vector import HeliosVectorEnv
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+ENV_ID = "helios/World-v0"
+
+_LAZY = {
+    "HeliosClient": "client",
+    "AsyncHeliosClient": "aio",
+    "HeliosEnv": "env",
+    "HeliosVectorEnv": "vector",
+    "RecordEpisode": "recording",
+    "replay": "recording",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'helios_sdk' has no attribute {name!r}")
+
+
+def make(env_id: str = ENV_ID, **kwargs: Any) -> Any:
+    """`gymnasium.make` for helios envs: `make("helios/World-v0", address=...)` or `backend="local"`."""
+    import gymnasium
+
+    return gymnasium.make(env_id, **kwargs)
+
+
+def make_vec(env_id: str = ENV_ID, num_envs: int = 2, **kwargs: Any) -> Any:
+    """`gymnasium.make_vec` through the native HeliosVectorEnv (sessions stepped together)."""
+    import gymnasium
+
+    return gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+
+
+def _register() -> None:
+    """Register helios/World-v0 with gymnasium when gymnasium is installed (registration is data)."""
+    try:
+        import gymnasium
+    except ImportError:
+        return
+    if ENV_ID not in gymnasium.registry:
+        gymnasium.register(
+            id=ENV_ID,
+            entry_point="helios_sdk.env:HeliosEnv",
+            vector_entry_point="helios_sdk.vector:HeliosVectorEnv",
+            disable_env_checker=False,
+        )
+
+
+_register()
+
+__all__ = [
+    "ENV_ID",
+    "AsyncHeliosClient",
+    "Blend",
+    "Control",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "HeliosClient",
+    "HeliosEnv",
+    "HeliosError",
+    "HeliosVectorEnv",
+    "InvalidArgument",
+    "NotFound",
+    "Prompt",
+    "RecordEpisode",
+    "ResourceExhausted",
+    "Transition",
+    "Unauthenticated",
+    "Unavailable",
+    "VersionMismatch",
+    "__version__",
+    "make",
+    "make_vec",
+    "replay",
+]

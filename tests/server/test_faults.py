@@ -61,16 +61,21 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
         with pytest.raises(grpc.RpcError) as info:
             stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    sid = stub.CreateSession(pb.CreateSessionRequest(width=64, height=64), metadata=AUTH).session_id
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            stub.Reset(pb.ResetRequest(session_id=sid, prompt="again", seed=1), metadata=AUTH)
-            break
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE  # still starting: retryable
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+    deadline = time.monotonic() + 180
+
+    def retry(call):
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE  # still starting: retryable
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+
+    sid = retry(
+        lambda: stub.CreateSession(pb.CreateSessionRequest(width=64, height=64), metadata=AUTH)
+    ).session_id
+    retry(lambda: stub.Reset(pb.ResetRequest(session_id=sid, prompt="again", seed=1), metadata=AUTH))
     assert stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH).chunk.chunk_index == 1
     assert worker.generation == 1
 

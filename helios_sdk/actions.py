@@ -1,0 +1,197 @@
+"""Actions a world takes at a chunk boundary, as plain dataclasses (no torch): the client, the env and
+the local backend all accept them, plus a prompt `str` and a structured control `dict`.
+
+| action | effect at the next chunk |
+| --- | --- |
+| `None` | continue with the current conditioning |
+| `"text"` / `Prompt("text")` | switch to the prompt at once |
+| `Blend(("a", "b"), (1.0, 3.0))` | weighted mean of the prompts' embeddings |
+| `Transition("text", chunks=3)` | interpolate to the new prompt over `chunks` chunks |
+| `Control(keys=("w",), mouse_dx=12)` or `{"keys", "mouse", "camera"}` dict | keyboard / mouse / camera |
+
+`to_proto` builds the helios.v1 `Action`; `to_engine` the value `WorldEngine.step` takes;
+`to_json` / `from_json` are the recording's form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from ._proto.helios.v1 import world_pb2 as pb
+
+KEYS = ("w", "a", "s", "d", "space", "shift")  # the server's default action adapter's keys
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+
+
+@dataclass(frozen=True)
+class Blend:
+    prompts: tuple[str, ...]
+    weights: tuple[float, ...]  # >= 0, normalised by the server
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) != len(self.weights) or not self.prompts:
+            raise ValueError(
+                f"a blend needs as many weights as prompts (at least one); "
+                f"got {len(self.prompts)} prompts and {len(self.weights)} weights"
+            )
+
+
+@dataclass(frozen=True)
+class Transition:
+    text: str
+    chunks: int = 3  # 1..64; Helios' interactive mode uses 3
+
+
+@dataclass(frozen=True)
+class Control:
+    """Keyboard, mouse and camera input: keys pressed (w a s d space shift), pointer motion in pixels
+    since the last step (x right, y down), camera motion in degrees (yaw right +, pitch up +), zoom in +."""
+
+    keys: tuple[str, ...] = field(default_factory=tuple)
+    mouse_dx: float = 0.0
+    mouse_dy: float = 0.0
+    camera_yaw: float = 0.0
+    camera_pitch: float = 0.0
+    camera_zoom: float = 0.0
+
+    @classmethod
+    def from_dict(cls, action: Mapping[str, Any]) -> Control:
+        """From the structured dict form: {"keys": [...] or a 0/1 vector over KEYS,
+        "mouse": {"dx", "dy"} or [dx, dy], "camera": {"yaw", "pitch", "zoom"} or [yaw, pitch, zoom]}."""
+        unknown = set(action) - {"keys", "mouse", "camera"}
+        if unknown:
+            raise ValueError(
+                f"unknown structured action fields {sorted(unknown)}; expected keys, mouse, camera"
+            )
+        keys = action.get("keys", ())
+        if isinstance(keys, np.ndarray) and keys.dtype != object:
+            if keys.shape != (len(KEYS),):
+                raise ValueError(
+                    f"'keys' as a vector must have shape ({len(KEYS)},) over {KEYS}, got {keys.shape}"
+                )
+            keys = tuple(k for k, on in zip(KEYS, keys.tolist(), strict=True) if on)
+        elif isinstance(keys, str) or not isinstance(keys, Sequence):
+            raise ValueError(f"'keys' must be a list of key names, got {type(keys).__name__}")
+        mouse = _fields(action.get("mouse", {}), ("dx", "dy"), "mouse")
+        camera = _fields(action.get("camera", {}), ("yaw", "pitch", "zoom"), "camera")
+        return cls(tuple(str(k) for k in keys), *mouse, *camera)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The engine's structured action mapping."""
+        return {
+            "keys": list(self.keys),
+            "mouse": {"dx": self.mouse_dx, "dy": self.mouse_dy},
+            "camera": {"yaw": self.camera_yaw, "pitch": self.camera_pitch, "zoom": self.camera_zoom},
+        }
+
+
+Action = Union[None, str, Prompt, Blend, Transition, Control, Mapping[str, Any]]  # noqa: UP007 (runtime alias)
+
+
+def _fields(value: Any, names: tuple[str, ...], what: str) -> tuple[float, ...]:
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ValueError(f"unknown {what} fields {sorted(unknown)}; expected {', '.join(names)}")
+        out = tuple(float(value.get(n, 0.0)) for n in names)
+    else:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        if arr.shape != (len(names),):
+            raise ValueError(
+                f"'{what}' must be a mapping or {len(names)} numbers ({', '.join(names)}), got {value!r}"
+            )
+        out = tuple(float(v) for v in arr)
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"'{what}' must be finite, got {out}")
+    return out
+
+
+def normalize(action: Action) -> Prompt | Blend | Transition | Control | None:
+    """Any accepted action form -> None or one of the dataclasses (ValueError naming what arrived)."""
+    if action is None or isinstance(action, (Prompt, Blend, Transition, Control)):
+        return action
+    if isinstance(action, str):
+        return Prompt(action)
+    if isinstance(action, Mapping):
+        return Control.from_dict(action)
+    raise ValueError(
+        "an action is None, a prompt str, Prompt, Blend, Transition, Control or a structured dict "
+        f"(keys, mouse, camera); got {type(action).__name__}"
+    )
+
+
+def to_proto(action: Action) -> pb.Action:
+    a = normalize(action)
+    if a is None:
+        return pb.Action()
+    if isinstance(a, Prompt):
+        return pb.Action(prompt=pb.PromptAction(text=a.text))
+    if isinstance(a, Blend):
+        prompts = [pb.WeightedPrompt(text=t, weight=w) for t, w in zip(a.prompts, a.weights, strict=True)]
+        return pb.Action(blend=pb.BlendAction(prompts=prompts))
+    if isinstance(a, Transition):
+        return pb.Action(transition=pb.TransitionAction(text=a.text, chunks=a.chunks))
+    return pb.Action(
+        control=pb.ControlAction(
+            keys=list(a.keys),
+            mouse_dx=a.mouse_dx,
+            mouse_dy=a.mouse_dy,
+            camera_yaw=a.camera_yaw,
+            camera_pitch=a.camera_pitch,
+            camera_zoom=a.camera_zoom,
+        )
+    )
+
+
+def to_engine(action: Action) -> Any:
+    """The value `helios_runtime`'s WorldEngine.step takes (imports the runtime's action classes)."""
+    a = normalize(action)
+    if a is None or isinstance(a, Prompt):
+        return None if a is None else a.text
+    from helios_runtime.engine import actions as engine_actions
+
+    if isinstance(a, Blend):
+        return engine_actions.Blend(tuple(a.prompts), tuple(float(w) for w in a.weights))
+    if isinstance(a, Transition):
+        return engine_actions.Transition(a.text, a.chunks)
+    return a.to_dict()
+
+
+def to_json(action: Action) -> Any:
+    """A JSON-able form of an action (the recording's sidecar)."""
+    a = normalize(action)
+    if a is None:
+        return None
+    if isinstance(a, Prompt):
+        return {"prompt": a.text}
+    if isinstance(a, Blend):
+        return {"blend": {"prompts": list(a.prompts), "weights": list(a.weights)}}
+    if isinstance(a, Transition):
+        return {"transition": {"text": a.text, "chunks": a.chunks}}
+    return {"control": a.to_dict()}
+
+
+def from_json(data: Any) -> Prompt | Blend | Transition | Control | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping) or len(data) != 1:
+        raise ValueError(f"a recorded action is null or a one-key object, got {data!r}")
+    ((kind, value),) = data.items()
+    if kind == "prompt":
+        return Prompt(value)
+    if kind == "blend":
+        return Blend(tuple(value["prompts"]), tuple(value["weights"]))
+    if kind == "transition":
+        return Transition(value["text"], value["chunks"])
+    if kind == "control":
+        return Control.from_dict(value)
+    raise ValueError(f"unknown recorded action kind {kind!r}")
