@@ -34,15 +34,10 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Blend:
+    # Checked where it is applied (the engine; the server for remote worlds): counts must match,
+    # weights finite, >= 0, with a positive sum. The weights are normalised there.
     prompts: tuple[str, ...]
-    weights: tuple[float, ...]  # >= 0, normalised by the server
-
-    def __post_init__(self) -> None:
-        if len(self.prompts) != len(self.weights) or not self.prompts:
-            raise ValueError(
-                f"a blend needs as many weights as prompts (at least one); "
-                f"got {len(self.prompts)} prompts and {len(self.weights)} weights"
-            )
+    weights: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -153,17 +148,10 @@ def to_proto(action: Action) -> pb.Action:
 
 
 def to_engine(action: Action) -> Any:
-    """The value `helios_runtime`'s WorldEngine.step takes (imports the runtime's action classes)."""
+    """The value `helios_runtime`'s WorldEngine.step takes: these same Prompt / Blend / Transition
+    classes (the engine uses them), or a Control's structured dict."""
     a = normalize(action)
-    if a is None or isinstance(a, Prompt):
-        return None if a is None else a.text
-    from helios_runtime.engine import actions as engine_actions
-
-    if isinstance(a, Blend):
-        return engine_actions.Blend(tuple(a.prompts), tuple(float(w) for w in a.weights))
-    if isinstance(a, Transition):
-        return engine_actions.Transition(a.text, a.chunks)
-    return a.to_dict()
+    return a.to_dict() if isinstance(a, Control) else a
 
 
 def to_json(action: Action) -> Any:

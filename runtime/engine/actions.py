@@ -1,6 +1,7 @@
 """What a session is stepped with, and how structured input becomes conditioning.
 
-Conditioning actions (applied at the next chunk boundary):
+Conditioning actions (applied at the next chunk boundary; the classes are helios_sdk's, shared by
+the client, the env and the engine):
 - `Prompt(text)`: switch to a new prompt at once (a plain `str` means the same);
 - `Blend(prompts, weights)`: a weighted mean of several prompts' embeddings;
 - `Transition(text, chunks)`: move to a new prompt over `chunks` chunks by interpolating the
@@ -22,26 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from helios_sdk.actions import Blend, Prompt, Transition
+
 from .errors import InvalidInput
 
 MAX_TRANSITION_CHUNKS = 64
-
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-
-
-@dataclass(frozen=True)
-class Blend:
-    prompts: tuple[str, ...]
-    weights: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class Transition:
-    text: str
-    chunks: int = 3
 
 
 Conditioning = Prompt | Blend | Transition
