@@ -52,16 +52,10 @@ from diffusers import HeliosDMDScheduler, HeliosScheduler
 
 diffusers.utils.logging.set_verbosity_error()  # the pipeline-only shift keys are "unexpected" to the class
 # the reference calls np.linspace on 0-dim tensors
-pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: one thread is as fast and avoids OpenMP stalls on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 FULL = (9, 48, 80)  # 384×640 chunk latent (T, H, W)

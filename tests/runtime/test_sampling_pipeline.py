@@ -31,16 +31,10 @@ import diffusers
 from diffusers import HeliosDMDScheduler, HeliosPipeline, HeliosPyramidPipeline, HeliosScheduler
 
 diffusers.utils.logging.set_verbosity_error()
-pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: one thread is as fast and avoids OpenMP stalls on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 C = 16

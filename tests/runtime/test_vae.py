@@ -38,14 +38,7 @@ PARITY_CONFIGS = {
 ATTN_CONFIG = dict(base_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[0.5, 0.25])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: threads buy nothing, and on a busy machine the per-frame loops slow
-    down ~50× from oversubscription. Restored afterwards so other test files keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
