@@ -158,6 +158,14 @@ class FrameEncoder:
         self.quality = options.jpeg_quality or DEFAULT_JPEG_QUALITY
         self.h264: H264Encoder | None = None
 
+    async def encode_raw(self, raw: bytes, width: int, height: int) -> tuple[bytes, bool]:
+        """A worker's RGB24 bytes -> (payload, keyframe). RGB24 passes through with no copy and no
+        thread hop; JPEG / H.264 encode in a thread so the event loop never waits on them."""
+        if self.encoding == pb.FRAME_ENCODING_RGB24:
+            return raw, True
+        frame = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+        return await asyncio.to_thread(self.encode, frame)
+
     def encode(self, frame: np.ndarray) -> tuple[bytes, bool]:
         if self.encoding == pb.FRAME_ENCODING_JPEG:
             return encode_jpeg(frame, self.quality), True
@@ -299,9 +307,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
                     if first:
                         metrics.FIRST_FRAME_SECONDS.observe(time.monotonic() - start)
                         first = False
-                    frame = np.frombuffer(data[0], np.uint8).reshape(reply["height"], reply["width"], 3)
                     t0 = time.monotonic()
-                    payload, key = await asyncio.to_thread(encoder.encode, frame)
+                    payload, key = await encoder.encode_raw(data[0], reply["width"], reply["height"])
                     encode_s += time.monotonic() - t0
                     chunk.frames.append(
                         self._frame_msg(s, reply, payload, key, encoder, header.get("action_seq", 0))
@@ -730,8 +737,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
                         )
                         dropped[0] = 0
                     reply, raw, seq = item
-                    frame = np.frombuffer(raw, np.uint8).reshape(reply["height"], reply["width"], 3)
-                    payload, key = await asyncio.to_thread(encoder.encode, frame)
+                    payload, key = await encoder.encode_raw(raw, reply["width"], reply["height"])
                     await context.write(
                         pb.StreamResponse(frame=self._frame_msg(s, reply, payload, key, encoder, seq))
                     )
