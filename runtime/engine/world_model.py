@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..model.checkpoint import CheckpointError, resolve_device
+from ..model.checkpoint import CheckpointError, read_json_object, resolve_device
 from ..model.text_encoder import BuiltinTextEncoder, TextEncoder
 from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
@@ -89,10 +88,7 @@ class WorldModel:
             raise CheckpointError(
                 f"{str(folder)!r} is not a Helios pipeline folder: it has no model_index.json"
             )
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{str(index_path)!r} is not valid JSON: {exc}") from exc
+        index = read_json_object(index_path)
         device = resolve_device(device)
         scheduler = SchedulerConfig.from_pretrained(folder)
         if index.get("is_distilled"):

@@ -29,6 +29,18 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold an object (config.json, model_index.json, scheduler_config.json)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_config(folder: str | Path, expected_classes: Iterable[str], what: str) -> dict:
     """Read `folder/config.json` and check its `_class_name` is one of `expected_classes`."""
     folder = Path(folder)
@@ -44,12 +56,7 @@ def read_config(folder: str | Path, expected_classes: Iterable[str], what: str) 
         if (folder / "model_index.json").is_file():
             hint = " (this looks like a whole pipeline folder: point at its transformer/ or vae/ sub-folder)"
         raise CheckpointError(f"{str(folder)!r} is not a {what} checkpoint: it has no config.json{hint}")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{str(path)!r} must hold a JSON object, got {type(config).__name__}")
+    config = read_json_object(path)
     expected = list(expected_classes)
     found = config.get("_class_name")
     if found not in expected:

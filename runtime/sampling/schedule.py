@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.checkpoint import CheckpointError
+from ..model.checkpoint import CheckpointError, read_json_object
 
 UNIPC_CLASS = "HeliosScheduler"
 DMD_CLASS = "HeliosDMDScheduler"
@@ -157,12 +156,7 @@ class SchedulerConfig:
                 f"no {CONFIG_NAME} in {str(folder)!r}: expected a scheduler folder or a pipeline root "
                 f"with scheduler/{CONFIG_NAME}"
             )
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
+        data = read_json_object(path)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:

@@ -222,3 +222,16 @@ def test_image_and_video_resets(engine):
     video = torch.rand(70, 3, 64, 64, generator=g) * 2 - 1  # 2 windows of 33 frames (the first 4 dropped)
     r = engine.reset("a river", video=video, seed=5, **SIZE)
     assert engine.step(r.session_id).frames.shape == (33, 64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "content,match", [("{not json", "not valid JSON"), ("[1, 2]", "must hold a JSON object")]
+)
+def test_bad_pipeline_folder(tmp_path, content, match):
+    from helios_runtime.model.checkpoint import CheckpointError
+
+    (tmp_path / "model_index.json").write_text(content)
+    with pytest.raises(CheckpointError, match=match):
+        WorldModel.load(tmp_path)
+    with pytest.raises(CheckpointError, match="is neither a preset"):
+        WorldModel.load(tmp_path / "missing")
