@@ -6,6 +6,12 @@ import subprocess
 
 import torch
 
+from helios_runtime.engine.world_model import WorldModel
+from helios_runtime.model.text_encoder import BuiltinTextEncoder, BuiltinTextEncoderConfig
+from helios_runtime.model.transformer import HeliosTransformer
+from helios_runtime.model.vae import WanVAE
+from helios_runtime.sampling import sampler_preset
+
 _QUERY = "name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.draw,power.limit,temperature.gpu"
 
 
@@ -27,3 +33,18 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm()).item()
+
+
+def random_world_model(
+    preset: str, device: torch.device, vae_dtype: torch.dtype = torch.bfloat16
+) -> WorldModel:
+    """The benchmark world: the `preset` transformer with random bf16 weights, the Wan 2.1 VAE, and a
+    random built-in text encoder of width 4096 standing in for umT5 (prompt encoding is cached, not
+    part of a step), Distilled sampling. Seeded, so every process (every rank) builds the same one."""
+    return WorldModel(
+        name=f"{preset}-random",
+        transformer=HeliosTransformer.from_config(preset, device=device, dtype=torch.bfloat16).eval(),
+        vae=WanVAE.from_config("wan2.1", device=device, dtype=vae_dtype).eval(),
+        text_encoder=BuiltinTextEncoder(BuiltinTextEncoderConfig(dim=4096, max_tokens=512), device=device),
+        sampler=sampler_preset("distilled"),
+    )

@@ -20,14 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-from _common import gpu_state
+from _common import gpu_state, random_world_model
 
 from helios_runtime.engine.engine import WorldEngine
-from helios_runtime.engine.world_model import WorldModel
-from helios_runtime.model.text_encoder import BuiltinTextEncoder, BuiltinTextEncoderConfig
-from helios_runtime.model.transformer import HeliosTransformer
-from helios_runtime.model.vae import WanVAE
-from helios_runtime.sampling import sampler_preset
 
 
 def main() -> None:
@@ -44,13 +39,7 @@ def main() -> None:
     device = torch.device("cuda")
     vae_dtype = getattr(torch, args.vae_dtype)
     t0 = time.perf_counter()
-    model = WorldModel(
-        name=f"{args.preset}-random",
-        transformer=HeliosTransformer.from_config(args.preset, device=device, dtype=torch.bfloat16).eval(),
-        vae=WanVAE.from_config("wan2.1", device=device, dtype=vae_dtype).eval(),
-        text_encoder=BuiltinTextEncoder(BuiltinTextEncoderConfig(dim=4096, max_tokens=512), device=device),
-        sampler=sampler_preset("distilled"),
-    )
+    model = random_world_model(args.preset, device, vae_dtype)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
     engine = WorldEngine(model)

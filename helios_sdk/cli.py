@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="one engine worker per --device (--device cuda:0 --device cuda:1); default one, cuda if present",
     )
     srv.add_argument(
+        "--context-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help=(
+            "split each session's transformer over N GPUs (Ulysses sequence parallelism): each engine "
+            "worker takes N consecutive --device entries (default: all visible GPUs in groups of N)"
+        ),
+    )
+    srv.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"
     )
     srv.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")

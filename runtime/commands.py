@@ -217,6 +217,7 @@ def serve(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
+    from .parallel.launch import group_devices
     from .server.server import configure_logging, run
     from .server.settings import ServerSettings
 
@@ -226,7 +227,7 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     settings = ServerSettings(
         model=args.model,
-        devices=tuple(args.device) if args.device else (None,),
+        devices=group_devices(args.device, args.context_parallel),
         host=args.host,
         port=args.port,
         token=args.token or os.environ.get("HELIOS_TOKEN") or None,

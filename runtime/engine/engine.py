@@ -79,8 +79,12 @@ class WorldEngine:
         max_sessions: int = 64,
         prompt_cache: PromptCache | None = None,
         action_adapter: ActionAdapter | None = None,
+        decodes: bool = True,
     ):
         self.model = model
+        # False on the follower ranks of a context-parallel worker: they share the denoising but
+        # only the leader decodes frames.
+        self.decodes = decodes
         self.device = model.device
         self.max_sessions = max_sessions
         self.prompt_cache = prompt_cache or PromptCache(max_entries=256, max_batch=1)
@@ -229,12 +233,14 @@ class WorldEngine:
                 results[ids[i]] = out
         return [results[sid] for sid in ids]
 
-    def fork(self, session_id: str) -> str:
+    def fork(self, session_id: str, new_id: str | None = None) -> str:
         """An independent copy of a session; both continue exactly as the original would."""
         session = self._get(session_id)
         if len(self._open_sessions()) >= self.max_sessions:
             raise CapacityExceeded(f"the engine holds its maximum of {self.max_sessions} sessions")
-        twin = session.clone(uuid.uuid4().hex)
+        if new_id is not None and (not isinstance(new_id, str) or new_id in self.sessions):
+            raise InvalidInput(f"the fork's id must be a new str, got {new_id!r}")
+        twin = session.clone(new_id or uuid.uuid4().hex)
         self.sessions[twin.id] = twin
         return twin.id
 
@@ -400,7 +406,7 @@ class WorldEngine:
             index = s.chunk
             s.chunk += 1
             t1 = time.perf_counter()
-            frames = self._decode(z, callback) if decode else None
+            frames = self._decode(z, callback) if decode and self.decodes else None
             timings = {"denoise": denoise_s, "decode": time.perf_counter() - t1}
             s.stats = timings
             results.append(ChunkResult(s.id, index, frames, z.clone(), timings))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..parallel.context import ContextParallel
 from .attention import attention
 from .checkpoint import (
     CheckpointError,
@@ -243,8 +244,9 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1))  # (B, S, D) -> (B, S, Hd, Dh)
 
-    def self_attend(self, x: torch.Tensor, rope: torch.Tensor, n_hist: int) -> torch.Tensor:
-        """x (B, N, D), rope (B, N, Dh) -> (B, N, D)."""
+    def self_attend(self, x: torch.Tensor, rope: torch.Tensor, n_hist: int, attend=attention) -> torch.Tensor:
+        """x (B, N, D), rope (B, N, Dh) -> (B, N, D). `attend` is `attention`, or under context
+        parallelism the plan's all-to-all wrapper around it (x is then this rank's shard)."""
         q = apply_rope(self._heads(self.norm_q(self.to_q(x))), rope)
         k = apply_rope(self._heads(self.norm_k(self.to_k(x))), rope)
         v = self._heads(self.to_v(x))
@@ -252,7 +254,7 @@ class Attention(nn.Module):
             # History keys × (1 + 9·sigmoid(s)), per head or scalar (spec 3.10).
             scale = (1.0 + 9.0 * torch.sigmoid(self.history_key_scale)).view(1, 1, -1, 1)
             k = torch.cat([(k[:, :n_hist] * scale).to(k.dtype), k[:, n_hist:]], dim=1)
-        return self.to_out[0](attention(q, k, v).flatten(2))
+        return self.to_out[0](attend(q, k, v).flatten(2))
 
     def cross_attend(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x (B, n, D) attends to context (B, K, D); no RoPE."""
@@ -306,25 +308,36 @@ class Block(nn.Module):
         self.ffn = FeedForward(D, cfg.ffn_dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, mod: torch.Tensor, rope: torch.Tensor, n_hist: int
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        mod: torch.Tensor,
+        rope: torch.Tensor,
+        n_hist: int,
+        attend=attention,
     ) -> torch.Tensor:
         """x (B, N, D); context (B, K, D); mod (B, 2, 6, D) time projections of [history, noisy]
-        tokens; rope (B, N, Dh); the first n_hist tokens are history."""
+        tokens; rope (B, N, Dh); the first n_hist tokens are history. Under context parallelism x and
+        rope are this rank's shard, n_hist its history tokens and `attend` the all-to-all attention."""
         m = self.scale_shift_table[:, None] + mod.float()  # (B, 2, 6, D) float32
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = m.unbind(2)  # (B, 2, D) each
 
         h = modulate(layer_norm32(x, None, self.eps), shift_sa, scale_sa, n_hist).to(x.dtype)
-        x = gated_residual(x, self.attn1.self_attend(h, rope, n_hist), gate_sa, n_hist)
+        x = gated_residual(x, self.attn1.self_attend(h, rope, n_hist, attend), gate_sa, n_hist)
 
         # Text guidance reaches only the noisy tokens; history passes through unchanged.
         split = n_hist if self.guidance_cross_attn else 0
         hist, noisy = x[:, :split], x[:, split:]
+        if noisy.shape[1] == 0:  # a context-parallel shard of history only
+            return self._feed_forward(x, shift_ff, scale_ff, gate_ff, n_hist)
         y = layer_norm32(noisy, self.norm2, self.eps).to(x.dtype) if self.norm2 is not None else noisy
         noisy = noisy + self.attn2.cross_attend(y, context)
         x = torch.cat([hist, noisy], dim=1) if split else noisy
+        return self._feed_forward(x, shift_ff, scale_ff, gate_ff, n_hist)
 
-        h = modulate(layer_norm32(x, None, self.eps), shift_ff, scale_ff, n_hist).to(x.dtype)
-        return gated_residual(x, self.ffn(h), gate_ff, n_hist)
+    def _feed_forward(self, x, shift, scale, gate, n_hist: int) -> torch.Tensor:
+        h = modulate(layer_norm32(x, None, self.eps), shift, scale, n_hist).to(x.dtype)
+        return gated_residual(x, self.ffn(h), gate, n_hist)
 
 
 class OutputNorm(nn.Module):
@@ -371,6 +384,7 @@ class HeliosTransformer(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.norm_out = OutputNorm(D, config.eps)
         self.proj_out = nn.Linear(D, C * math.prod(p))
+        self.context_parallel: ContextParallel | None = None
 
     # --- properties ---------------------------------------------------------------------------------
 
@@ -385,6 +399,19 @@ class HeliosTransformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def enable_context_parallel(self, cp: ContextParallel | None) -> HeliosTransformer:
+        """Split every later forward's token sequence over `cp`'s ranks (None: back to one device).
+
+        Every rank of the group must call forward with the same inputs at the same time; each
+        returns the whole prediction. See `helios_runtime.parallel.context`.
+        """
+        if cp is not None:
+            cp.check_heads(self.config.num_attention_heads)
+            if cp.world == 1:
+                cp = None
+        self.context_parallel = cp
+        return self
 
     # --- construction -------------------------------------------------------------------------------
 
@@ -571,11 +598,22 @@ class HeliosTransformer(nn.Module):
         else:
             mod = torch.stack([proj, proj], dim=1)
 
+        attend, plan = attention, None
+        if self.context_parallel is not None:
+            # This rank keeps its shard of the sequence; self-attention trades shards for heads.
+            plan = self.context_parallel.plan(x.shape[1], n_hist)
+            x, rope, n_hist = plan.local(x), plan.local(rope), plan.local_hist
+
+            def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return plan.attention(q, k, v, attention)
+
         for block in self.blocks:
-            x = block(x, context, mod, rope, n_hist)
+            x = block(x, context, mod, rope, n_hist, attend)
 
         # Read out the noisy tokens only; unpatchify (B, n, pt·ph·pw·C) -> (B, C, T, H, W).
         out = self.proj_out(self.norm_out(x[:, n_hist:], temb))
+        if plan is not None:
+            out = plan.gather_noisy(out)
         out = out.reshape(B, Tp, hp, wp, pt, ph, pw, -1)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, h', ph, w', pw)
         return out.reshape(B, -1, Tp * pt, hp * ph, wp * pw)

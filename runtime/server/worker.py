@@ -277,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="helios engine worker (started by `helios serve`)")
     parser.add_argument("--endpoint", required=True, help="the front's ZeroMQ ROUTER endpoint")
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device; a comma list (cuda:0,cuda:1) runs one session context-parallel over them",
+    )
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--identity", default=None)
     parser.add_argument("--no-warm-up", action="store_true")
@@ -288,8 +292,21 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.json_logs)
 
-    model = WorldModel.load(args.model, device=args.device)
-    engine = WorldEngine(model, max_sessions=args.max_sessions)
+    devices = args.device.split(",") if args.device else [None]
+    followers: list = []
+    if len(devices) > 1:
+        # Context parallel: this process is rank 0 of a group over the listed devices.
+        from ..parallel.launch import init_worker_group, spawn_followers
+        from ..parallel.replicated import LeaderEngine
+
+        address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs)
+        group = init_worker_group(0, len(devices), address, devices[0])
+        model = WorldModel.load(args.model, device=group.device)
+        model.transformer.enable_context_parallel(group.cp)
+        engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions), group)
+    else:
+        model = WorldModel.load(args.model, device=devices[0])
+        engine = WorldEngine(model, max_sessions=args.max_sessions)
     warm = 0.0 if args.no_warm_up else warm_up(engine)
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
@@ -307,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         "size_multiple": model.pyramid_multiple(),
         "warm_up_seconds": warm,
         "pid": os.getpid(),
-        "device": str(model.device),
+        "device": str(model.device) if len(devices) == 1 else ",".join(devices),
+        "context_parallel": len(devices),
     }
     worker = Worker(engine, socket, min_free_bytes=int(args.min_free_gib * 2**30))
     worker.send({"kind": "ready", "model": info})
@@ -316,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         worker.run()
     except KeyboardInterrupt:
         pass
+    finally:
+        if followers:
+            engine.shutdown()
+            for proc in followers:
+                proc.wait(timeout=30)
     return 0
 
 
