@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
+import time
 
 import torch
 
@@ -48,3 +50,59 @@ def random_world_model(
         text_encoder=BuiltinTextEncoder(BuiltinTextEncoderConfig(dim=4096, max_tokens=512), device=device),
         sampler=sampler_preset("distilled"),
     )
+
+
+def rollout(engine, chunks: int, prompt: str, settings=None, keep_latents: bool = False) -> list[dict]:
+    """Reset, then step, for `chunks` chunks in all; per chunk: wall time (request to last frame,
+    VAE included), the denoise / decode split, and the time from the request to its first frame."""
+    rows, session = [], None
+    for k in range(chunks):
+        marks: dict[str, float] = {}
+
+        def on_frame(i: int, _frame, marks: dict[str, float] = marks) -> None:
+            if i == 0:
+                marks["first"] = time.perf_counter()
+
+        start = time.perf_counter()
+        if session is None:
+            result = engine.reset(prompt, seed=1, on_frame=on_frame, settings=settings)
+            session = result.session_id
+        else:
+            result = engine.step(session, None, on_frame=on_frame)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        row = {
+            "chunk": k,
+            "wall_s": wall,
+            "denoise_s": result.timings["denoise"],
+            "decode_s": result.timings["decode"],
+            "first_frame_s": marks["first"] - start,
+            "frames": int(result.frames.shape[0]),
+        }
+        if keep_latents:
+            row["latents"] = result.latents
+        rows.append(row)
+        print(
+            f"  chunk {k}: {wall:.3f} s (denoise {result.timings['denoise']:.3f}, decode "
+            f"{result.timings['decode']:.3f})",
+            flush=True,
+        )
+    engine.close(session)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """End-to-end FPS over every chunk, and steady-state figures over the chunks after the first
+    (which runs the amplified first-chunk schedule)."""
+    later = rows[1:] or rows
+    walls = sorted(r["wall_s"] for r in later)
+    return {
+        "chunks": [{k: v for k, v in r.items() if k != "latents"} for r in rows],
+        "fps": sum(r["frames"] for r in rows) / sum(r["wall_s"] for r in rows),
+        "steady_fps": sum(r["frames"] for r in later) / sum(walls),
+        "chunk_s_p50": statistics.median(walls),
+        "chunk_s_p99": walls[min(len(walls) - 1, round(0.99 * (len(walls) - 1)))],
+        "denoise_s_p50": statistics.median(r["denoise_s"] for r in later),
+        "decode_s_p50": statistics.median(r["decode_s"] for r in later),
+        "first_frame_s_p50": statistics.median(r["first_frame_s"] for r in later),
+    }

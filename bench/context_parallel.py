@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from _common import gpu_state, random_world_model, rel_l2
+from _common import gpu_state, random_world_model, rel_l2, rollout, summarize
 from transformer_forward import STAGES, chunk
 
 from helios_runtime.engine.engine import WorldEngine
@@ -50,49 +50,6 @@ def _time_forward(model, inputs: dict, repeat: int, warmup: int, group) -> list[
         if i >= warmup:
             times.append(start.elapsed_time(end))
     return times
-
-
-def _rollout(engine, chunks: int) -> list[dict]:
-    rows, session = [], None
-    for k in range(chunks):
-        marks: dict[str, float] = {}
-
-        def on_frame(i: int, _frame, marks: dict[str, float] = marks) -> None:
-            if i == 0:
-                marks["first"] = time.perf_counter()
-
-        start = time.perf_counter()
-        if session is None:
-            result = engine.reset(PROMPT, seed=1, on_frame=on_frame)
-            session = result.session_id
-        else:
-            result = engine.step(session, None, on_frame=on_frame)
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        rows.append(
-            {
-                "chunk": k,
-                "wall_s": wall,
-                "denoise_s": result.timings["denoise"],
-                "decode_s": result.timings["decode"],
-                "first_frame_s": marks["first"] - start,
-                "frames": int(result.frames.shape[0]),
-            }
-        )
-        print(f"  chunk {k}: {wall:.3f} s (denoise {result.timings['denoise']:.3f})", flush=True)
-    engine.close(session)
-    return rows
-
-
-def _summary(rows: list[dict]) -> dict:
-    later = rows[1:] or rows
-    return {
-        "chunks": rows,
-        "steady_fps": sum(r["frames"] for r in later) / sum(r["wall_s"] for r in later),
-        "steady_chunk_s_median": statistics.median(r["wall_s"] for r in later),
-        "steady_denoise_s_median": statistics.median(r["denoise_s"] for r in later),
-        "steady_first_frame_s_median": statistics.median(r["first_frame_s"] for r in later),
-    }
 
 
 def _rank_main(rank: int, world: int, address: str, args: argparse.Namespace) -> None:
@@ -141,14 +98,14 @@ def _rank_main(rank: int, world: int, address: str, args: argparse.Namespace) ->
         transformer.enable_context_parallel(None)
         if rank == 0:
             print("engine, one GPU:", flush=True)
-            results["engine_single"] = _summary(_rollout(WorldEngine(model), args.chunks))
+            results["engine_single"] = summarize(rollout(WorldEngine(model), args.chunks, PROMPT))
         dist.barrier(group=group.control)
         transformer.enable_context_parallel(group.cp)
         torch.cuda.reset_peak_memory_stats()
         if rank == 0:
             print(f"engine, {world} GPUs context-parallel:", flush=True)
             leader = LeaderEngine(WorldEngine(model), group)
-            results["engine_parallel"] = _summary(_rollout(leader, args.chunks))
+            results["engine_parallel"] = summarize(rollout(leader, args.chunks, PROMPT))
             leader.shutdown()
             results["engine_parallel"]["peak_gib_rank0"] = torch.cuda.max_memory_allocated() / 2**30
             results["engine_speedup"] = (
@@ -192,9 +149,9 @@ def _write(results: dict, world: int, args: argparse.Namespace) -> None:
     (path / name).write_text(json.dumps(out, indent=2) + "\n")
     e1, ep = out["engine_single"], out["engine_parallel"]
     print(
-        f"\nengine: one GPU {e1['steady_fps']:.2f} FPS (chunk {e1['steady_chunk_s_median']:.2f} s), "
-        f"{world} GPUs {ep['steady_fps']:.2f} FPS (chunk {ep['steady_chunk_s_median']:.2f} s, first frame "
-        f"{ep['steady_first_frame_s_median']:.2f} s): {out['engine_speedup']:.2f}x"
+        f"\nengine: one GPU {e1['steady_fps']:.2f} FPS (chunk {e1['chunk_s_p50']:.2f} s), "
+        f"{world} GPUs {ep['steady_fps']:.2f} FPS (chunk {ep['chunk_s_p50']:.2f} s, first frame "
+        f"{ep['first_frame_s_p50']:.2f} s): {out['engine_speedup']:.2f}x"
     )
     print(f"wrote {path / name}")
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parallel.context import ContextParallel
+from ..parallel.context import ContextParallel, ShardedAttention
 from .attention import attention
 from .checkpoint import (
     CheckpointError,
@@ -385,6 +385,8 @@ class HeliosTransformer(nn.Module):
         self.norm_out = OutputNorm(D, config.eps)
         self.proj_out = nn.Linear(D, C * math.prod(p))
         self.context_parallel: ContextParallel | None = None
+        self._sharded_attention = ShardedAttention(attention)
+        self.compiled = False
 
     # --- properties ---------------------------------------------------------------------------------
 
@@ -399,6 +401,25 @@ class HeliosTransformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def compile_blocks(self, mode: str | None = None, backend: str = "inductor") -> HeliosTransformer:
+        """torch.compile every block in place (Inductor fuses the float32 norm / modulation / RoPE /
+        residual element-wise work around the matmuls). The blocks share one code object, so each
+        token-count shape (one per pyramid stage and frame size) compiles once for all of them; the
+        first forward at a new shape pays the compile (seconds to a minute), which is why servers
+        warm up at their serving size. `mode` is torch.compile's (None, "max-autotune-no-cudagraphs").
+        """
+        import torch._dynamo
+
+        from .attention import available_backends
+
+        available_backends()  # import-probe FlashAttention now, not while tracing
+        # 3 stages × a few frame sizes × batch sizes per code object: well above the default of 8.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for block in self.blocks:
+            block.compile(dynamic=False, mode=mode, backend=backend)
+        self.compiled = True
+        return self
 
     def enable_context_parallel(self, cp: ContextParallel | None) -> HeliosTransformer:
         """Split every later forward's token sequence over `cp`'s ranks (None: back to one device).
@@ -603,9 +624,8 @@ class HeliosTransformer(nn.Module):
             # This rank keeps its shard of the sequence; self-attention trades shards for heads.
             plan = self.context_parallel.plan(x.shape[1], n_hist)
             x, rope, n_hist = plan.local(x), plan.local(rope), plan.local_hist
-
-            def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return plan.attention(q, k, v, attention)
+            attend = self._sharded_attention
+            attend.plan = plan
 
         for block in self.blocks:
             x = block(x, context, mod, rope, n_hist, attend)

@@ -145,3 +145,18 @@ class SequencePlan:
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded, group=self.cp.group)
         return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).transpose(0, 1)
+
+
+class ShardedAttention:
+    """The `attend` of a context-parallel forward: one object for the model's lifetime, pointed at
+    each forward's plan, so compiled blocks see the same callable every time (no recompiles) and
+    the collectives run outside the compiled graphs."""
+
+    def __init__(self, attend):
+        self.attend = attend
+        self.plan: SequencePlan | None = None
+
+    @torch.compiler.disable
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        assert self.plan is not None, "ShardedAttention used outside a context-parallel forward"
+        return self.plan.attention(q, k, v, self.attend)

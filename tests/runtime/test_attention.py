@@ -38,3 +38,10 @@ def test_backend_selection():
         assert torch.equal(att.attention(q, q, q), att.attention(q, q, q))
     finally:
         att.set_attention_backend("auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_cudnn_backend_needs_a_gpu():
+    assert "cudnn" not in att.available_backends()
+    with pytest.raises(ValueError, match="not available here"):
+        att.set_attention_backend("cudnn")

@@ -350,3 +350,25 @@ def test_decode_and_push_reject_bad_input(tiny, bad, message):
 def test_normalize_rejects_wrong_channels(tiny):
     with pytest.raises(ValueError, match=r"C=16 channels"):
         tiny.normalize(torch.zeros(1, 4, 1, 2, 2))
+
+
+def test_compiled_norms_and_channels_last_decode_like_the_default(one_thread):
+    """The fast path's VAE set-ups (compiled SiLU(norm), channels-last convs) change the layout and
+    the fusion, not the numbers (CPU: aot_eager runs the same ops; float32 convs differ in rounding)."""
+    vae = WanVAE.from_config("tiny", device="cpu", seed=0).eval()
+    z = torch.randn(1, vae.config.z_dim, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = vae.decode(z)
+        keys = list(vae.state_dict())
+        vae.compile_norms(backend="aot_eager")
+        assert torch.equal(vae.decode(z), want)
+        vae.compile_decoder(backend="aot_eager")
+        assert torch.equal(vae.decode(z), want)
+        assert list(vae.state_dict()) == keys, "compiling must not change the checkpoint keys"
+        vae.set_memory_format(torch.channels_last_3d)
+        stream = vae.stream_decoder()
+        got = torch.cat([stream.push(z[:, :, i : i + 1]) for i in range(3)], dim=2)
+        vae.set_memory_format(torch.contiguous_format)
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="memory_format"):
+        vae.set_memory_format(torch.channels_last)
