@@ -7,9 +7,11 @@ VAE decode included. In order:
 
 1. ours, eager (the plain path): per-stage forward ms and a short rollout whose latents are the
    parity reference for the fast path;
-2. ours, fast path (`WorldModel.fast_path`: compiled blocks, bf16 VAE, fastest attention): warm-up
-   seconds, per-stage forward ms and achieved TFLOP/s, rollouts at [2,2,2] and [1,1,1];
-3. diffusers 0.42.1 `HeliosPyramidPipeline` holding the very same tensors, its transformer blocks
+2. ours, fast path (`WorldModel.fast_path`: Triton kernels for the blocks' row operations, cuDNN
+   attention, channels-last bf16 VAE with its decoder step compiled): warm-up seconds, per-stage
+   forward ms and achieved TFLOP/s, rollouts at [2,2,2] and [1,1,1];
+3. ours with the blocks torch.compile'd instead of the kernels: per-stage ms and a rollout;
+4. diffusers 0.42.1 `HeliosPyramidPipeline` holding the very same tensors, its transformer blocks
    compiled with `compile_repeated_blocks(fullgraph=True)`: warm-up, then the same rollouts.
 
 FPS = decoded frames / wall time. The matmul rate of this GPU is measured in the same run (a large
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode of our blocks")
     parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument("--skip-compiled-blocks", action="store_true")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -159,9 +162,9 @@ def main() -> None:
     res["ours_eager_222"] = summarize(eager_rows)
     save()
 
-    print("ours, fast path (compiling):", flush=True)
+    print("ours, fast path (Triton kernels, cuDNN attention, compiled bf16 VAE):", flush=True)
     t0 = time.perf_counter()
-    model.fast_path(compile_mode=args.compile_mode)
+    model.fast_path()
     engine = WorldEngine(model)
     warm = rollout(engine, 2, "warm-up")  # compiles the three stage shapes; the server does this too
     res["ours_fast_warmup_seconds"] = time.perf_counter() - t0
@@ -172,6 +175,7 @@ def main() -> None:
     res["ours_fast_222"] = summarize(fast_rows)
     res["ours_fast_222"]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     res["ours_fast_111"] = summarize(rollout(engine, args.chunks, PROMPT, settings=one_step))
+    res["ours_fast_transformer"] = "kernels" if model.transformer.blocks[0].kernels else "compiled"
     res["parity_fast_vs_eager_rel_l2"] = [
         rel_l2(f["latents"], e["latents"]) for f, e in zip(fast_rows, eager_rows, strict=False)
     ]
@@ -180,6 +184,16 @@ def main() -> None:
         "Later chunks condition on earlier ones, so rounding differences compound along the chain."
     )
     save()
+
+    if not args.skip_compiled_blocks:
+        print("ours, transformer blocks torch.compile'd instead of the kernels:", flush=True)
+        model.transformer.use_kernels(False).compile_blocks(mode=args.compile_mode)
+        t0 = time.perf_counter()
+        rollout(engine, 1, "warm-up")
+        res["ours_compiled_blocks_warmup_seconds"] = time.perf_counter() - t0
+        res["ours_compiled_blocks_stages"] = stage_times(model.transformer, args.repeat)
+        res["ours_compiled_blocks_222"] = summarize(rollout(engine, args.chunks, PROMPT))
+        save()
 
     if not args.skip_diffusers:
         import diffusers

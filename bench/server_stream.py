@@ -57,7 +57,14 @@ def main() -> None:
         info = stub.GetServerInfo(pb.GetServerInfoRequest())
         sid = stub.CreateSession(pb.CreateSessionRequest(width=args.width, height=args.height)).session_id
         t0 = time.perf_counter()
-        stub.Reset(pb.ResetRequest(session_id=sid, prompt="a harbour at dusk", seed=1))
+        stub.Reset(
+            pb.ResetRequest(
+                session_id=sid,
+                prompt="a harbour at dusk",
+                seed=1,
+                frames=pb.FrameOptions(selection=pb.FRAME_SELECTION_LAST, encoding=pb.FRAME_ENCODING_JPEG),
+            )
+        )
         reset_s = time.perf_counter() - t0
 
         actions: queue.Queue = queue.Queue()

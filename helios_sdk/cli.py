@@ -157,6 +157,46 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--json-logs", action="store_true", help="structured logs: one JSON object per line on stderr"
     )
+    fleet = srv.add_argument_group(
+        "scale-out on a Ray cluster (needs: pip install 'helios-world-sdk[ray]')",
+        "Engine workers become Ray Serve replicas spread over the cluster's GPUs; this process stays "
+        "the only gRPC endpoint and keeps each session on the replica that holds it. If a replica "
+        "dies, only its sessions fail (UNAVAILABLE) and Serve starts a new one. "
+        "Example: ray start --head (and ray start --address HEAD:6379 on each GPU node), then "
+        "helios serve --ray auto --replicas 8 --host 0.0.0.0",
+    )
+    fleet.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help=(
+            "run the engine workers on Ray: 'auto' (the cluster this node belongs to), 'local' (start a "
+            "one-node cluster here), or the head's HOST:6379. Replaces --device"
+        ),
+    )
+    fleet.add_argument(
+        "--replicas", type=int, default=1, metavar="N", help="engine replicas, one per GPU (default 1)"
+    )
+    fleet.add_argument(
+        "--replica-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per replica, at most 1 (0.5: two share one); default 1 if the cluster has GPUs, else 0",
+    )
+    fleet.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPUs Ray reserves per replica (default 1)",
+    )
+    fleet.add_argument(
+        "--ray-app",
+        default="helios",
+        metavar="NAME",
+        help="Serve application name (default helios); fronts sharing one cluster need different names",
+    )
 
     rec = sub.add_parser(
         "record",

@@ -225,6 +225,7 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
     if args.idle_timeout <= 0:
         raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
+    _check_ray_flags(args)
     settings = ServerSettings(
         model=args.model,
         devices=group_devices(args.device, args.context_parallel),
@@ -237,7 +238,35 @@ def serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         warm_up=not args.no_warm_up,
         json_logs=args.json_logs,
+        ray=args.ray,
+        replicas=args.replicas,
+        replica_gpus=args.replica_gpus,
+        replica_cpus=args.replica_cpus,
+        ray_app=args.ray_app,
     )
     configure_logging(args.json_logs)
     asyncio.run(run(settings))
     return 0
+
+
+def _check_ray_flags(args: argparse.Namespace) -> None:
+    """The Ray flags make sense together and Ray is installed (before anything starts)."""
+    if args.ray is None:
+        if args.replicas != 1 or args.replica_gpus is not None:
+            raise ValueError(
+                "--replicas and --replica-gpus need --ray (without Ray: one --device per worker)"
+            )
+        return
+    if args.device:
+        raise ValueError("--device picks local devices; with --ray, Ray gives each replica its GPU")
+    if getattr(args, "context_parallel", 1) != 1:
+        raise ValueError("--context-parallel does not work with --ray yet")
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
+    if args.replica_gpus is not None and not 0 <= args.replica_gpus <= 1:
+        raise ValueError(f"--replica-gpus must be between 0 and 1, got {args.replica_gpus}")
+    if args.replica_cpus < 0:
+        raise ValueError(f"--replica-cpus must not be negative, got {args.replica_cpus}")
+    from .server.ray_pool import import_ray
+
+    import_ray()  # ImportError with the install hint

@@ -306,6 +306,7 @@ class Block(nn.Module):
         self.attn2 = Attention(cfg)
         self.norm2 = _AffineNorm(D) if cfg.cross_attn_norm else None
         self.ffn = FeedForward(D, cfg.ffn_dim)
+        self.kernels = None  # the helios_kernels module when HeliosTransformer.use_kernels is on
 
     def forward(
         self,
@@ -321,6 +322,8 @@ class Block(nn.Module):
         rope are this rank's shard, n_hist its history tokens and `attend` the all-to-all attention."""
         m = self.scale_shift_table[:, None] + mod.float()  # (B, 2, 6, D) float32
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = m.unbind(2)  # (B, 2, D) each
+        if self.kernels is not None:
+            return self._forward_kernels(x, context, m.unbind(2), rope, n_hist, attend)
 
         h = modulate(layer_norm32(x, None, self.eps), shift_sa, scale_sa, n_hist).to(x.dtype)
         x = gated_residual(x, self.attn1.self_attend(h, rope, n_hist, attend), gate_sa, n_hist)
@@ -338,6 +341,43 @@ class Block(nn.Module):
     def _feed_forward(self, x, shift, scale, gate, n_hist: int) -> torch.Tensor:
         h = modulate(layer_norm32(x, None, self.eps), shift, scale, n_hist).to(x.dtype)
         return gated_residual(x, self.ffn(h), gate, n_hist)
+
+    def _forward_kernels(self, x, context, rows, rope, n_hist: int, attend) -> torch.Tensor:
+        """`forward` with every row operation a fused Triton kernel (`helios_kernels`): each reads and
+        writes the (B, N, D) activation once instead of once per torch op. Same numbers as `forward`:
+        element-wise parts bit for bit, norms up to the order of float32 sums (kernels/README.md)."""
+        hk, eps, attn1, attn2 = self.kernels, self.eps, self.attn1, self.attn2
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = rows
+        h = hk.norm_modulate(x, shift_sa, scale_sa, n_hist, eps)
+        amplify = getattr(attn1, "history_key_scale", None)
+        head_scale = 1.0 + 9.0 * torch.sigmoid(amplify) if amplify is not None and n_hist > 0 else None
+        q = hk.rms_norm_rope(attn1.to_q(h), attn1.norm_q.weight, rope, attn1.heads, eps)
+        k = hk.rms_norm_rope(
+            attn1.to_k(h), attn1.norm_k.weight, rope, attn1.heads, eps, n_hist=n_hist, head_scale=head_scale
+        )
+        v = attn1._heads(attn1.to_v(h))
+        out = attn1.to_out[0](attend(q, k, v).flatten(2))
+
+        split = n_hist if self.guidance_cross_attn else 0
+        if split == x.shape[1] or self.norm2 is None:
+            # No noisy token (a context-parallel shard of history only), or no cross-attention norm.
+            x = hk.gated_residual(x, out, gate_sa, n_hist)
+            if split == x.shape[1]:
+                return self._feed_forward_kernels(x, shift_ff, scale_ff, gate_ff, n_hist)
+            noisy = x[:, split:]
+            noisy = noisy + attn2.cross_attend(noisy, context)
+            x = torch.cat([x[:, :split], noisy], dim=1) if split else noisy
+            return self._feed_forward_kernels(x, shift_ff, scale_ff, gate_ff, n_hist)
+        x, y = hk.residual_layer_norm(
+            x, out, gate_sa, n_hist, self.norm2.weight, self.norm2.bias, eps, norm_start=split
+        )
+        out = attn2.cross_attend(y, context)
+        x, h = hk.residual_norm_modulate(x, out, None, shift_ff, scale_ff, n_hist, eps, y_start=split)
+        return hk.gated_residual(x, self.ffn(h), gate_ff, n_hist)
+
+    def _feed_forward_kernels(self, x, shift, scale, gate, n_hist: int) -> torch.Tensor:
+        h = self.kernels.norm_modulate(x, shift, scale, n_hist, self.eps)
+        return self.kernels.gated_residual(x, self.ffn(h), gate, n_hist)
 
 
 class OutputNorm(nn.Module):
@@ -419,6 +459,24 @@ class HeliosTransformer(nn.Module):
         for block in self.blocks:
             block.compile(dynamic=False, mode=mode, backend=backend)
         self.compiled = True
+        return self
+
+    def use_kernels(self, on: bool = True) -> HeliosTransformer:
+        """Run every block's row operations (norms, modulation, RoPE, residuals) as fused Triton
+        kernels (`helios_kernels`): most of torch.compile's gain without its compile time, for eager
+        serving. Needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU). Returns self."""
+        kernels = None
+        if on:
+            import helios_kernels
+
+            if not helios_kernels.available(self.device):
+                raise RuntimeError(
+                    f"the Triton kernels cannot run on {self.device}: they need Triton and a CUDA GPU "
+                    "(or TRITON_INTERPRET=1 on the CPU)"
+                )
+            kernels = helios_kernels
+        for block in self.blocks:
+            block.kernels = kernels
         return self
 
     def enable_context_parallel(self, cp: ContextParallel | None) -> HeliosTransformer:

@@ -3,8 +3,9 @@
     async with serve(ServerSettings(port=0)) as server:   # also the test fixture
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
 
-The front starts the engine workers (one process per device), reports NOT_SERVING on the standard
-health service until every worker has warmed up, then SERVING. SIGTERM / SIGINT drain: health goes
+The front starts the engine workers (one process per device, or with `settings.ray` one Ray Serve
+replica per slot on a Ray cluster: `ray_pool.py`), reports NOT_SERVING on the standard health
+service until every worker has warmed up, then SERVING. SIGTERM / SIGINT drain: health goes
 NOT_SERVING, new calls get UNAVAILABLE, streams end with a CLOSED event, then the workers stop.
 """
 
@@ -31,7 +32,7 @@ from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
 from .service import WorldService
 from .settings import ServerSettings
-from .workers import WorkerPool
+from .workers import EnginePool, WorkerPool
 
 log = logging.getLogger("helios.front")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name
@@ -85,7 +86,7 @@ class RunningServer:
     port: int
     settings: ServerSettings
     service: WorldService
-    pool: WorkerPool
+    pool: EnginePool
     health: health_aio.HealthServicer
     grpc_server: grpc.aio.Server
 
@@ -93,13 +94,7 @@ class RunningServer:
 @contextlib.asynccontextmanager
 async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
     """Start workers and the gRPC front; yield once every worker is ready (health SERVING)."""
-    pool = WorkerPool(
-        settings.model,
-        list(settings.devices),
-        settings.max_sessions,
-        settings.warm_up,
-        json_logs=settings.json_logs,
-    )
+    pool = make_pool(settings)
     service = WorldService(settings, pool)
     limits = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -143,6 +138,31 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         for task in background:
             task.cancel()
         await pool.close()
+
+
+def make_pool(settings: ServerSettings) -> EnginePool:
+    """Local worker processes, one per device; or Ray Serve replicas when `settings.ray` is set."""
+    if settings.ray is None:
+        return WorkerPool(
+            settings.model,
+            list(settings.devices),
+            settings.max_sessions,
+            settings.warm_up,
+            json_logs=settings.json_logs,
+        )
+    from .ray_pool import RayWorkerPool
+
+    return RayWorkerPool(
+        settings.model,
+        settings.replicas,
+        settings.max_sessions,
+        settings.warm_up,
+        json_logs=settings.json_logs,
+        address=settings.ray,
+        gpus=settings.replica_gpus,
+        cpus=settings.replica_cpus,
+        app=settings.ray_app,
+    )
 
 
 async def _expire_loop(service: WorldService) -> None:

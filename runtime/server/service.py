@@ -33,7 +33,7 @@ from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 from . import metrics
 from .encoding import DEFAULT_JPEG_QUALITY, H264Encoder, decode_image, decode_video, encode_jpeg
 from .settings import API_VERSION, SERVER_VERSION, ServerSettings
-from .workers import WorkerError, WorkerHandle, WorkerPool
+from .workers import EnginePool, WorkerError, WorkerHandle
 
 log = logging.getLogger("helios.front")
 
@@ -186,7 +186,7 @@ class FrameEncoder:
 
 
 class WorldService(pb_grpc.WorldServiceServicer):
-    def __init__(self, settings: ServerSettings, pool: WorkerPool):
+    def __init__(self, settings: ServerSettings, pool: EnginePool):
         self.settings = settings
         self.pool = pool
         self.sessions: dict[str, SessionEntry] = {}
@@ -382,9 +382,23 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 max_message_bytes=self.settings.max_message_bytes,
                 session_idle_timeout_seconds=int(self.settings.idle_timeout_s),
                 auth_required=bool(self.settings.token),
+                workers=[self._worker_info(w) for w in self.pool.workers],
             )
 
         return await self._run(context, body())
+
+    @staticmethod
+    def _worker_info(w: WorkerHandle) -> pb.WorkerInfo:
+        return pb.WorkerInfo(
+            index=w.index,
+            name=w.identity.decode(),
+            device=w.info.get("device") or w.device or "",
+            host=w.info.get("host", ""),
+            ready=w.ready.is_set(),
+            sessions=w.load,
+            capacity=w.capacity,
+            restarts=w.generation,
+        )
 
     async def CreateSession(self, request, context):
         async def body():

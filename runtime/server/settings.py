@@ -29,4 +29,11 @@ class ServerSettings:
     json_logs: bool = False  # front and workers log one JSON object per line
     drain_seconds: float = 10.0
     worker_start_timeout_s: float = 600.0
+    # Scale-out on a Ray cluster (ray_pool.py): engine workers are Ray Serve replicas instead of
+    # local processes, and `devices` is unused.
+    ray: str | None = None  # cluster address: "auto", "local" (start one here), "HEAD_IP:6379"
+    replicas: int = 1  # engine replicas, one Serve deployment each
+    replica_gpus: float | None = None  # GPUs per replica; None: 1 when the cluster has GPUs, else 0
+    replica_cpus: float = 1.0  # CPUs Ray reserves per replica
+    ray_app: str = "helios"  # the Serve application's name: one per front sharing a cluster
     extra: dict = field(default_factory=dict, compare=False)

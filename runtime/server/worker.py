@@ -8,6 +8,9 @@ whose sizes and settings match. Decoded frames leave as soon as they exist (one 
 so the front can stream them while the chunk is still decoding. The worker never waits on the
 network or on encoding: those happen in the front. Cancel messages are read between denoising
 steps. Protocol: `protocol.py`.
+
+The loop only sees a `Transport`: a worker process uses its ZeroMQ socket (`ZmqTransport`); a Ray
+Serve replica (`ray_pool.py`) runs the same loop in a thread over in-process queues (`QueueTransport`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import argparse
 import collections
 import logging
 import os
+import queue
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -75,29 +81,111 @@ def to_action(spec: dict[str, Any] | None) -> Any:
     raise InvalidInput(f"unknown action type {kind!r}")
 
 
-class Worker:
-    def __init__(self, engine: WorldEngine, socket: zmq.Socket, min_free_bytes: int = 2 << 30):
-        self.engine = engine
+# ---------------------------------------------------------------------------------------------------
+# Transports: how messages reach the loop and leave it
+# ---------------------------------------------------------------------------------------------------
+
+Message = tuple[dict[str, Any], list[bytes]]  # (header, raw blobs), as in protocol.py
+
+
+class Transport(Protocol):
+    """What the worker loop needs from its link to the front; messages are already unpacked."""
+
+    def send(self, header: dict[str, Any], blobs: list[bytes]) -> None: ...
+
+    def receive(self, timeout_ms: int) -> list[Message]:
+        """Wait up to `timeout_ms` for a message, then return every message waiting (maybe none)."""
+        ...
+
+    def closed(self) -> bool:
+        """True once the front is gone and the loop should end."""
+        ...
+
+
+class ZmqTransport:
+    """A worker process's DEALER socket, connected to the front's ROUTER (msgpack headers)."""
+
+    def __init__(self, socket: zmq.Socket):
         self.socket = socket
+        self.parent = os.getppid()
+
+    def send(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        self.socket.send_multipart(pack(header, *blobs), copy=False)
+
+    def receive(self, timeout_ms: int) -> list[Message]:
+        if not self.socket.poll(timeout_ms):
+            return []
+        messages = []
+        while True:
+            try:
+                messages.append(unpack(self.socket.recv_multipart(flags=zmq.NOBLOCK)))
+            except zmq.Again:
+                return messages
+
+    def closed(self) -> bool:
+        if os.getppid() != self.parent:  # the front died (we were re-parented): free the device and go
+            log.error("the front process is gone; exiting")
+            return True
+        return False
+
+
+class QueueTransport:
+    """The loop driven in a thread of the process that owns it (a Ray Serve replica): requests come
+    through a thread-safe queue, replies go to `deliver` (called on the worker thread), and nothing
+    is packed, so frames stay the bytes the engine made."""
+
+    def __init__(self, deliver: Callable[[dict[str, Any], list[bytes]], None]):
+        self.deliver = deliver
+        self.incoming: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.stopped = threading.Event()
+
+    def put(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        """Hand the loop a request or a cancel (any thread)."""
+        self.incoming.put((header, blobs))
+
+    def close(self) -> None:
+        self.stopped.set()
+
+    def send(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        self.deliver(header, blobs)
+
+    def receive(self, timeout_ms: int) -> list[Message]:
+        try:
+            messages = [self.incoming.get(timeout=timeout_ms / 1000)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                messages.append(self.incoming.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def closed(self) -> bool:
+        return self.stopped.is_set()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, engine: WorldEngine, transport: Transport | zmq.Socket, min_free_bytes: int = 2 << 30):
+        self.engine = engine
+        # A bare socket is the worker process's DEALER (what `main` passes).
+        self.transport = ZmqTransport(transport) if isinstance(transport, zmq.Socket) else transport
         self.min_free_bytes = min_free_bytes
-        self.inbox: collections.deque[tuple[dict, list[bytes]]] = collections.deque()
+        self.inbox: collections.deque[Message] = collections.deque()
         self.cancelled: set[int] = set()
 
     # --- messaging ----------------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], *blobs: bytes) -> None:
-        self.socket.send_multipart(pack(header, *blobs), copy=False)
+        self.transport.send(header, list(blobs))
 
     def _poll(self, timeout_ms: int) -> None:
         """Move every waiting message into the inbox (cancels are recorded, not queued)."""
-        if not self.socket.poll(timeout_ms):
-            return
-        while True:
-            try:
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            header, blobs = unpack(parts)
+        for header, blobs in self.transport.receive(timeout_ms):
             if header.get("op") == "cancel":
                 self.cancelled.add(int(header["target"]))
             else:
@@ -138,22 +226,24 @@ class Worker:
     # --- the loop -----------------------------------------------------------------------------------
 
     def run(self) -> None:
-        parent = os.getppid()
         while True:
-            if os.getppid() != parent:  # the front died (we were re-parented): free the device and go
-                log.error("the front process is gone; exiting")
+            if self.transport.closed():
                 return
             self._poll(100 if not self.inbox else 0)
             steps = []
             while self.inbox:
                 header, blobs = self.inbox.popleft()
-                if header["op"] == "step":
+                if header.get("id") in self.cancelled:  # its caller went away while it waited
+                    self.fail(header["id"], Cancelled("the request was cancelled before it started"))
+                elif header["op"] == "step":
                     steps.append(header)
                 else:
                     self.handle(header, blobs)
             if steps:
                 self.run_steps(steps)
-            self.cancelled.clear()
+            # Forget cancels of finished requests; keep those of requests still waiting in the inbox
+            # (a cancel can arrive while another batch denoises, before its request's turn).
+            self.cancelled &= {h.get("id") for h, _ in self.inbox}
 
     def handle(self, h: dict[str, Any], blobs: list[bytes]) -> None:
         rid = h["id"]
@@ -263,11 +353,16 @@ class Worker:
 
 def warm_up(engine: WorldEngine) -> float:
     """Run the whole chunk path (reset, step, decode) once before reporting ready, so the first
-    client pays no one-time cost (allocator growth, kernel selection; compiled graphs later).
-    Eager models warm up at the smallest allowed size to keep start-up short."""
+    client pays no one-time cost (allocator growth, kernel selection, graph compilation).
+    On a GPU (the fast path) it warms up at the model's default frame size, whose compiled graphs
+    and kernels it builds here (other sizes build on first use); on the CPU at the smallest allowed
+    size to keep start-up short."""
     start = time.perf_counter()
-    side = engine.model.pyramid_multiple()
-    first = engine.reset("warm-up", seed=0, height=side, width=side)
+    if engine.model.device.type == "cuda":
+        height, width = engine.model.default_size
+    else:
+        height = width = engine.model.pyramid_multiple()
+    first = engine.reset("warm-up", seed=0, height=height, width=width)
     engine.step(first.session_id)
     engine.close(first.session_id)
     return time.perf_counter() - start
@@ -293,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.json_logs)
 
     devices = args.device.split(",") if args.device else [None]
+    # The fast path (compiled blocks, bf16 VAE) is the default on a GPU; HELIOS_EAGER=1 turns it off.
+    fast = False if os.environ.get("HELIOS_EAGER") == "1" else None
     followers: list = []
     if len(devices) > 1:
         # Context parallel: this process is rank 0 of a group over the listed devices.
@@ -301,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
 
         address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs)
         group = init_worker_group(0, len(devices), address, devices[0])
-        model = WorldModel.load(args.model, device=group.device)
+        model = WorldModel.load(args.model, device=group.device, fast=fast)
         model.transformer.enable_context_parallel(group.cp)
         engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions), group)
     else:
-        model = WorldModel.load(args.model, device=devices[0])
+        model = WorldModel.load(args.model, device=devices[0], fast=fast)
         engine = WorldEngine(model, max_sessions=args.max_sessions)
     warm = 0.0 if args.no_warm_up else warm_up(engine)
     context = zmq.Context()
@@ -313,16 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     socket.setsockopt(zmq.IDENTITY, (args.identity or f"worker-{os.getpid()}").encode())
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(args.endpoint)
-    transformer = model.transformer
     info = {
-        "name": model.name,
-        "parameters": transformer.num_parameters(),
-        "sampler": _sampler_name(model),
-        "steps": list(model.sampler.steps),
-        "default_height": model.default_size[0],
-        "default_width": model.default_size[1],
-        "size_multiple": model.pyramid_multiple(),
-        "warm_up_seconds": warm,
+        **describe_model(model, warm),
         "pid": os.getpid(),
         "device": str(model.device) if len(devices) == 1 else ",".join(devices),
         "context_parallel": len(devices),
@@ -340,6 +429,27 @@ def main(argv: list[str] | None = None) -> int:
             for proc in followers:
                 proc.wait(timeout=30)
     return 0
+
+
+def describe_model(model: WorldModel, warm_up_seconds: float) -> dict[str, Any]:
+    """The model part of a worker's ready message, which GetServerInfo reports."""
+    return {
+        "name": model.name,
+        "parameters": model.transformer.num_parameters(),
+        "sampler": _sampler_name(model),
+        "steps": list(model.sampler.steps),
+        "default_height": model.default_size[0],
+        "default_width": model.default_size[1],
+        "size_multiple": model.pyramid_multiple(),
+        "warm_up_seconds": warm_up_seconds,
+        "transformer_path": (
+            "kernels"
+            if model.transformer.blocks[0].kernels is not None
+            else "compiled"
+            if model.transformer.compiled
+            else "eager"
+        ),
+    }
 
 
 def _sampler_name(model: WorldModel) -> str:

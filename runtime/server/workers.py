@@ -3,6 +3,9 @@
 `WorkerPool` starts one worker process per device, routes replies back to the coroutine that made
 the request (by request id), notices a worker that dies (its pending requests fail with
 UNAVAILABLE and `on_lost` hears which worker went), and starts a replacement.
+
+`EnginePool` is what the service relies on; `ray_pool.RayWorkerPool` is the other pool, whose
+workers are Ray Serve replicas spread over a cluster.
 """
 
 from __future__ import annotations
@@ -43,9 +46,48 @@ class WorkerHandle:
     info: dict[str, Any] = field(default_factory=dict)
     generation: int = 0  # bumped at every restart: sessions remember the generation they live in
     load: int = 0  # sessions placed on it
+    capacity: int = 0  # sessions its engine can hold
 
 
-class WorkerPool:
+class EnginePool:
+    """The interface the service uses: `workers`, placement, requests, and `on_lost`.
+
+    `request` yields a request's frame messages, then its result, and raises WorkerError; leaving it
+    early cancels the work. `on_lost(worker)` runs when a worker dies, after its `generation` was
+    bumped and its pending requests failed with UNAVAILABLE."""
+
+    workers: list[WorkerHandle]
+    on_lost: Callable[[WorkerHandle], None] | None
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def request(
+        self, worker: WorkerHandle, header: dict[str, Any], *blobs: bytes
+    ) -> AsyncIterator[tuple[dict[str, Any], list[bytes]]]:
+        raise NotImplementedError
+
+    def least_loaded(self) -> WorkerHandle:
+        ready = [w for w in self.workers if w.ready.is_set()] or self.workers
+        return min(ready, key=lambda w: w.load)
+
+    async def call(
+        self, worker: WorkerHandle, header: dict[str, Any], *blobs: bytes
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """A request whose only reply is its result."""
+        async for reply, data in self.request(worker, header, *blobs):
+            if reply.get("kind") == "result":
+                return reply, data
+        raise WorkerError("INTERNAL", "the worker sent no result")
+
+
+class WorkerPool(EnginePool):
     def __init__(
         self,
         model: str,
@@ -66,7 +108,9 @@ class WorkerPool:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         port = self.socket.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.workers = [WorkerHandle(i, d, f"w{i}".encode()) for i, d in enumerate(devices)]
+        self.workers = [
+            WorkerHandle(i, d, f"w{i}".encode(), capacity=max_sessions) for i, d in enumerate(devices)
+        ]
         self.pending: dict[int, tuple[WorkerHandle, asyncio.Queue]] = {}
         self.ids = itertools.count(1)
         self.tasks: list[asyncio.Task] = []
@@ -163,10 +207,6 @@ class WorkerPool:
             if entry is not None:
                 entry[1].put_nowait((header, blobs))
 
-    def least_loaded(self) -> WorkerHandle:
-        ready = [w for w in self.workers if w.ready.is_set()] or self.workers
-        return min(ready, key=lambda w: w.load)
-
     async def request(
         self, worker: WorkerHandle, header: dict[str, Any], *blobs: bytes
     ) -> AsyncIterator[tuple[dict[str, Any], list[bytes]]]:
@@ -200,12 +240,3 @@ class WorkerPool:
                     )
                 except zmq.ZMQError:
                     pass
-
-    async def call(
-        self, worker: WorkerHandle, header: dict[str, Any], *blobs: bytes
-    ) -> tuple[dict[str, Any], list[bytes]]:
-        """A request whose only reply is its result."""
-        async for reply, data in self.request(worker, header, *blobs):
-            if reply.get("kind") == "result":
-                return reply, data
-        raise WorkerError("INTERNAL", "the worker sent no result")

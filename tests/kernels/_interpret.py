@@ -5,9 +5,9 @@ may have imported Triton or helios_kernels already; so test_kernels.py starts th
 variable set. Reads a JSON list of cases on stdin, each {"id", "kernel", "dtype", keyword arguments};
 writes {id: {output: metrics} or {"error": traceback}} as JSON on stdout.
 
-A case's kernel is one of `helios_kernels.parity.KERNELS` (run by `run_case`), or "block": a tiny
-transformer block run by the runtime and by `fused_block`, the same block with every row operation
-replaced by a kernel, which is the integration kernels/README.md describes.
+A case's kernel is one of `helios_kernels.parity.KERNELS` (run by `run_case`); "block": a tiny
+transformer block run by the runtime's torch path and by its kernel path (`Block._forward_kernels`,
+every row operation a kernel); or "model": a whole tiny transformer with history, both paths.
 """
 
 from __future__ import annotations
@@ -24,42 +24,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch
 
 import helios_kernels as hk
-from helios_kernels import reference
 from helios_kernels.parity import compare, run_case
-from helios_runtime.model.attention import attention
 from helios_runtime.model.config import preset
-from helios_runtime.model.transformer import Block, keeps_fp32
-
-
-def fused_block(block: Block, x, context, mod, rope, n_hist: int) -> torch.Tensor:
-    """`Block.forward` (no context parallelism) with the kernels in place of its row operations."""
-    eps, attn1, attn2 = block.eps, block.attn1, block.attn2
-    m = block.scale_shift_table[:, None] + mod.float()  # (B, 2, 6, D) float32
-    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = m.unbind(2)  # (B, 2, D) each
-
-    h = hk.norm_modulate(x, shift_sa, scale_sa, n_hist, eps)
-    amplify = getattr(attn1, "history_key_scale", None)
-    head_scale = reference.history_key_scale(amplify) if amplify is not None else None
-    q = hk.rms_norm_rope(attn1.to_q(h), attn1.norm_q.weight, rope, attn1.heads, eps)
-    k = hk.rms_norm_rope(
-        attn1.to_k(h), attn1.norm_k.weight, rope, attn1.heads, eps, n_hist=n_hist, head_scale=head_scale
-    )
-    v = attn1.to_v(h).unflatten(-1, (attn1.heads, -1))  # (B, N, Hd, Dh)
-    out = attn1.to_out[0](attention(q, k, v).flatten(2))
-
-    split = n_hist if block.guidance_cross_attn else 0
-    if split == x.shape[1]:  # no noisy tokens: no cross-attention, straight to the feed-forward norm
-        x, h = hk.residual_norm_modulate(x, out, gate_sa, shift_ff, scale_ff, n_hist, eps)
-    else:
-        x, y = hk.residual_layer_norm(
-            x, out, gate_sa, n_hist, block.norm2.weight, block.norm2.bias, eps, norm_start=split
-        )
-        q = hk.rms_norm(attn2.to_q(y), attn2.norm_q.weight, eps).unflatten(-1, (attn2.heads, -1))
-        k = hk.rms_norm(attn2.to_k(context), attn2.norm_k.weight, eps).unflatten(-1, (attn2.heads, -1))
-        v = attn2.to_v(context).unflatten(-1, (attn2.heads, -1))
-        out = attn2.to_out[0](attention(q, k, v).flatten(2))
-        x, h = hk.residual_norm_modulate(x, out, None, shift_ff, scale_ff, n_hist, eps, y_start=split)
-    return hk.gated_residual(x, block.ffn(h), gate_ff, n_hist)
+from helios_runtime.model.transformer import Block, HeliosTransformer, keeps_fp32
 
 
 @torch.no_grad()
@@ -79,9 +46,28 @@ def run_block(
     mod = (torch.randn(batch, 2, 6, D, generator=g) * 0.5).to(dtype)
     angles = torch.randn(batch, tokens, Dh // 2, generator=g) * 3
     rope = torch.cat([angles.cos(), angles.sin()], dim=-1)
-    return {
-        "x": compare(fused_block(block, x, context, mod, rope, n_hist), block(x, context, mod, rope, n_hist))
+    want = block(x, context, mod, rope, n_hist)
+    block.kernels = hk
+    return {"x": compare(block(x, context, mod, rope, n_hist), want)}
+
+
+@torch.no_grad()
+def run_model(*, dtype: torch.dtype, seed: int = 0) -> dict[str, dict[str, float]]:
+    """`HeliosTransformer.use_kernels` on a tiny model with the full multi-term memory."""
+    model = HeliosTransformer.from_config("tiny", device="cpu", dtype=dtype, seed=seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    C, K = model.config.in_channels, model.config.text_dim
+    kw = {
+        "hidden_states": torch.randn(1, C, 2, 4, 4, generator=g),
+        "timestep": torch.tensor([700.0]),
+        "encoder_hidden_states": torch.randn(1, 5, K, generator=g),
+        "indices_hidden_states": torch.tensor([[9, 10]]),
     }
+    for name, n, first in (("short", 2, 7), ("mid", 2, 5), ("long", 4, 1)):
+        kw[f"latents_history_{name}"] = torch.randn(1, C, n, 4, 4, generator=g)
+        kw[f"indices_latents_history_{name}"] = torch.arange(first, first + n)[None]
+    want = model(**kw)
+    return {"out": compare(model.use_kernels()(**kw), want)}
 
 
 def main() -> None:
@@ -95,7 +81,8 @@ def main() -> None:
             if key in args:
                 args[key] = getattr(torch, args[key])
         try:
-            results[ident] = run_block(**args) if kernel == "block" else run_case(kernel, **args)
+            runner = {"block": run_block, "model": run_model}.get(kernel)
+            results[ident] = runner(**args) if runner else run_case(kernel, **args)
         except Exception:
             results[ident] = {"error": traceback.format_exc()}
     json.dump(results, sys.stdout)

@@ -101,12 +101,14 @@ BLOCK_CASES = {
     for dtype in DTYPES
     for n_hist, mode in ((0, "per_head"), (2, "per_head"), (2, "scalar"), (6, "per_head"))
 }
+MODEL_CASES = {f"model/{dtype}": {"kernel": "model", "dtype": dtype} for dtype in ("float32", "bfloat16")}
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
     """Every case's metrics, computed once in a subprocess under TRITON_INTERPRET=1."""
-    cases = [{"id": ident, **case} for ident, case in {**KERNEL_CASES, **BLOCK_CASES}.items()]
+    everything = {**KERNEL_CASES, **BLOCK_CASES, **MODEL_CASES}
+    cases = [{"id": ident, **case} for ident, case in everything.items()]
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("_interpret.py"))],
@@ -151,6 +153,14 @@ def test_fused_block_matches_runtime_block(interpreted, ident):
         # bfloat16 roundings inside agree (see above); a rare 1-ulp norm difference can pass through
         # the matrix products, so allow a few ulps on a few elements.
         assert m["max_ulp"] <= 4 and m["mismatch"] <= 0.02, m
+
+
+@pytest.mark.parametrize("ident", list(MODEL_CASES))
+def test_transformer_with_kernels_matches_torch_path(interpreted, ident):
+    """`HeliosTransformer.use_kernels()`: a whole tiny model with history, kernels vs torch."""
+    m = _result(interpreted, ident)["out"]
+    limit = 1e-5 if MODEL_CASES[ident]["dtype"] == "float32" else 2e-2
+    assert m["max_rel"] <= limit, m
 
 
 def test_available_under_interpreter(interpreted):

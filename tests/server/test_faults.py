@@ -78,6 +78,8 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
     retry(lambda: stub.Reset(pb.ResetRequest(session_id=sid, prompt="again", seed=1), metadata=AUTH))
     assert stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH).chunk.chunk_index == 1
     assert worker.generation == 1
+    (state,) = stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=AUTH).workers
+    assert state.ready and state.restarts == 1 and state.sessions == 1
 
 
 @pytest.mark.parametrize("fresh_server", [1.0], indirect=True)

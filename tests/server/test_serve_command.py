@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 
 import grpc
+import pytest
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
@@ -54,12 +56,28 @@ def test_serve_help_explains_the_flags():
         "--max-sessions",
         "--idle-timeout",
         "--metrics-port",
+        "--ray",
+        "--replicas",
+        "--replica-gpus",
     ):
         assert flag in out.stdout
+    assert "ray start --head" in out.stdout  # the Ray group says how to start a fleet
+
+
+def test_ray_flags_are_checked_before_anything_starts(capsys):
+    from helios_sdk.cli import main
+
+    for flags, message in (
+        (["--replicas", "2"], "--replicas and --replica-gpus need --ray"),
+        (["--ray", "local", "--device", "cpu"], "with --ray, Ray gives each replica its GPU"),
+        (["--ray", "local", "--replica-gpus", "2"], "--replica-gpus must be between 0 and 1"),
+    ):
+        assert main(["serve", "--port", "0", *flags]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_workers_exit_when_the_front_is_killed():
-    psutil = __import__("pytest").importorskip("psutil")
+    psutil = pytest.importorskip("psutil")
     proc = subprocess.Popen(
         [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", "--no-warm-up"],
         stdout=subprocess.PIPE,
@@ -74,6 +92,37 @@ def test_workers_exit_when_the_front_is_killed():
         proc.wait(10)
         _, alive = psutil.wait_procs(workers, timeout=15)
         assert not alive, [p.pid for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_on_a_local_ray_cluster_drains_and_leaves_nothing_behind():
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    flags = ["--ray", "local", "--replicas", "1", "--replica-cpus", "0.5", "--no-warm-up"]
+    # As a user's shell has it: without the setting the front makes for itself (an earlier test
+    # that ran the Ray pool in this process left it in our environment).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening on"), line
+        stub = pb_grpc.WorldServiceStub(grpc.insecure_channel(line.removeprefix("listening on ")))
+        (replica,) = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30).workers
+        assert replica.name == "engine-0" and replica.ready and replica.host
+        cluster = psutil.Process(proc.pid).children(recursive=True)  # raylet, replicas, agents
+        assert cluster
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0  # a clean drain, not Ray's crash handler aborting on SIGTERM
+        _, alive = psutil.wait_procs(cluster, timeout=20)
+        assert not alive, [p.name() for p in alive]
     finally:
         if proc.poll() is None:
             proc.kill()

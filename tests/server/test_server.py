@@ -40,6 +40,9 @@ def test_server_info(running):
     assert (info.default_width, info.default_height) == (320, 192)
     assert set(info.encodings) == {pb.FRAME_ENCODING_RGB24, pb.FRAME_ENCODING_JPEG, pb.FRAME_ENCODING_H264}
     assert info.max_message_bytes == 4 * 1024 * 1024 and info.auth_required
+    (worker,) = info.workers  # one local worker process, with its capacity and state
+    assert (worker.name, worker.device, worker.host, worker.ready) == ("w0", "cpu", "", True)
+    assert worker.capacity == 6 and worker.restarts == 0
 
 
 def test_health_and_reflection_need_no_token(running):

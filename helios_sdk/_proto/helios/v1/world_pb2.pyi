@@ -185,7 +185,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., parameters: _Optional[int] = ..., sampler: _Optional[str] = ..., steps_per_stage: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("api_version", "server_version", "model", "default_width", "default_height", "size_multiple", "max_width", "max_height", "encodings", "frames_per_chunk", "fps", "max_sessions", "active_sessions", "max_message_bytes", "session_idle_timeout_seconds", "auth_required")
+    __slots__ = ("api_version", "server_version", "model", "default_width", "default_height", "size_multiple", "max_width", "max_height", "encodings", "frames_per_chunk", "fps", "max_sessions", "active_sessions", "max_message_bytes", "session_idle_timeout_seconds", "auth_required", "workers")
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +202,7 @@ class GetServerInfoResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SESSION_IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     api_version: str
     server_version: str
     model: ModelInfo
@@ -218,7 +219,28 @@ class GetServerInfoResponse(_message.Message):
     max_message_bytes: int
     session_idle_timeout_seconds: int
     auth_required: bool
-    def __init__(self, api_version: _Optional[str] = ..., server_version: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., size_multiple: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FrameEncoding, str]]] = ..., frames_per_chunk: _Optional[int] = ..., fps: _Optional[int] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., session_idle_timeout_seconds: _Optional[int] = ..., auth_required: _Optional[bool] = ...) -> None: ...
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    def __init__(self, api_version: _Optional[str] = ..., server_version: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., size_multiple: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FrameEncoding, str]]] = ..., frames_per_chunk: _Optional[int] = ..., fps: _Optional[int] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., session_idle_timeout_seconds: _Optional[int] = ..., auth_required: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("index", "name", "device", "host", "ready", "sessions", "capacity", "restarts")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    device: str
+    host: str
+    ready: bool
+    sessions: int
+    capacity: int
+    restarts: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., device: _Optional[str] = ..., host: _Optional[str] = ..., ready: _Optional[bool] = ..., sessions: _Optional[int] = ..., capacity: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("width", "height")

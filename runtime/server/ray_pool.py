@@ -1,0 +1,540 @@
+"""Scale-out on a Ray cluster: each engine worker is a Ray Serve replica, usually on one GPU.
+
+    helios serve --ray auto --replicas 8        # on a node of a running cluster (`ray start --head`)
+
+`RayWorkerPool` is the front's pool (the same interface as the local `WorkerPool`, so the service,
+its session affinity and its least-loaded placement are unchanged); `EngineReplica` is what runs
+in each replica: a `WorldModel` + `WorldEngine` and the same engine loop as a worker process
+(`worker.Worker`), driven in a background thread over in-process queues instead of ZeroMQ. Replies
+travel back as the Serve call's stream: one message per decoded frame, then the result.
+
+Why one Serve deployment per engine slot (`engine-0` ... `engine-{N-1}`, `num_replicas=1` each, in
+one application) rather than one deployment with N replicas: a session's state (its multi-term
+memory, prompt embeddings, rng) lives in one replica's GPU memory, so every call for it must reach
+that replica. Serve's router picks a replica per request by load (power of two choices); model
+multiplexing only prefers replicas that already hold an id and falls back to any replica. A handle
+per deployment is a handle to exactly one replica, and the front keeps the session -> slot map it
+already keeps for worker processes. Serve still does what it is good at: placing each replica on a
+node with a free GPU, restarting a replica whose process died, and carrying the streams. (A Serve
+application must have an ingress deployment; ours, `fleet`, reserves no CPU and only names the
+engines: the gRPC front is the real entry point, and no Serve HTTP proxy runs.)
+
+Failure: a watcher per slot holds a streaming `watch` call open on the replica (a heartbeat with
+its load every second). When the replica's process dies, that call and every call in flight fail
+at once with `RayActorError`; the slot is then marked lost (its `generation` goes up, its sessions
+get UNAVAILABLE, `on_lost` runs) while the other slots carry on. Serve starts a new replica; its
+first heartbeat, which carries a new incarnation id, makes the slot ready again. Every request
+names the incarnation it was meant for, so a call that reaches a replacement replica (the old one
+died before anyone noticed) is refused as lost instead of answering NOT_FOUND for a session that
+died with its replica.
+
+`ray` is imported only when this pool is used: the runtime works without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .workers import EnginePool, WorkerError, WorkerHandle
+
+log = logging.getLogger("helios.front")
+replica_log = logging.getLogger("helios.worker")  # what runs in the replicas logs as a worker does
+
+RAY_HINT = "the Ray scale-out needs Ray Serve: pip install 'helios-world-sdk[ray]'"
+HEARTBEAT_S = 1.0  # how often a replica reports its load on the watch stream
+STALL_S = 30.0  # no heartbeat for this long: the replica takes no new sessions until it answers
+# Serve's own liveness probe of a replica (default 10 s): a shorter period restarts a dead replica
+# sooner; the probe is a no-op call, cheap next to a chunk.
+HEALTH_CHECK_PERIOD_S = 2.0
+Message = tuple[dict[str, Any], list[bytes]]
+
+
+def import_ray() -> tuple[Any, Any]:
+    """`ray` and `ray.serve`, or an ImportError that says how to install them."""
+    # Ray's C++ core puts a crash handler on SIGTERM in every driver (read when ray is imported);
+    # it turns the front's own SIGTERM drain into an abort (exit 134) that cuts the disconnect short.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    try:
+        import ray
+        from ray import serve
+    except ImportError as exc:
+        raise ImportError(f"{RAY_HINT} ({exc})") from exc
+    return ray, serve
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """What every engine replica is built from (pickled to the replica)."""
+
+    model: str
+    max_sessions: int
+    warm_up: bool = True
+    gpus: float = 0.0  # > 0: the replica runs on the GPU Ray gave it, else on the CPU
+    min_free_gib: float = 2.0  # GPU memory a new session needs free (as the worker's --min-free-gib)
+    fast: bool | None = None  # the model's fast path; None: on a GPU (as worker processes decide)
+
+
+# ---------------------------------------------------------------------------------------------------
+# In the replica
+# ---------------------------------------------------------------------------------------------------
+
+
+class EngineReplica:
+    """One engine worker inside a Ray Serve replica (deployed as `serve.deployment(EngineReplica)`).
+
+    The constructor loads the model and warms it up, so Serve reports the replica healthy only when
+    it can take sessions. The engine loop runs in a thread; the replica's event loop only moves
+    messages, so heartbeats and new requests are answered while a chunk is being denoised."""
+
+    def __init__(self, config: ReplicaConfig):
+        from ..engine.engine import WorldEngine
+        from ..engine.world_model import WorldModel
+        from .worker import QueueTransport, Worker, describe_model, warm_up
+
+        device = "cuda" if config.gpus > 0 else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our GPU
+        model = WorldModel.load(config.model, device=device, fast=config.fast)
+        self.engine = WorldEngine(model, max_sessions=config.max_sessions)
+        warm = warm_up(self.engine) if config.warm_up else 0.0
+        self.incarnation = uuid.uuid4().hex  # new for every replica Serve starts in this slot
+        self.static = {
+            **describe_model(model, warm),
+            "pid": os.getpid(),
+            "device": str(model.device),
+            "host": _node_address(),
+            "replica": _replica_id(),
+            "incarnation": self.incarnation,
+            "capacity": config.max_sessions,
+        }
+        self.ids = itertools.count(1)
+        self.replies: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Message]]] = {}
+        self.transport = QueueTransport(self._deliver)
+        self.worker = Worker(self.engine, self.transport, min_free_bytes=int(config.min_free_gib * 2**30))
+        self.thread = threading.Thread(target=self._loop, name="helios-engine", daemon=True)
+        self.thread.start()
+        replica_log.info("engine replica ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
+
+    def _loop(self) -> None:
+        try:
+            self.worker.run()
+        except Exception:  # check_health reports the dead loop, and Serve replaces the replica
+            replica_log.exception("the engine loop failed")
+
+    def _deliver(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        """Worker thread -> the event loop of the call waiting for this request id."""
+        entry = self.replies.get(header.get("id", 0))
+        if entry is None:  # its caller went away
+            return
+        loop, queue = entry
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (header, blobs))
+        except RuntimeError:  # the replica is shutting down
+            pass
+
+    def info(self) -> dict[str, Any]:
+        """The worker's ready message (model, device, host, pid), with its current load."""
+        return {**self.static, "sessions": len(self.engine.sessions)}
+
+    async def watch(self, period_s: float) -> AsyncIterator[dict[str, Any]]:
+        """A heartbeat for the front's watcher: `info()` now and every `period_s` after. The call
+        never ends on its own, so a replica that dies fails it at once."""
+        while True:
+            yield self.info()
+            await asyncio.sleep(period_s)
+
+    async def request(self, header: dict[str, Any], blobs: list[bytes]) -> AsyncIterator[Message]:
+        """One protocol.py request: yields its frame messages, then its result or error. A caller
+        that cancels the call cancels the work (between denoising steps)."""
+        wanted = header.pop("incarnation", None)
+        if wanted is not None and wanted != self.incarnation:
+            message = "the engine replica was restarted and its sessions were lost"
+            yield {"kind": "error", "code": "UNAVAILABLE", "message": message, "stale": True}, []
+            return
+        rid = next(self.ids)  # the replica's own ids: a front's ids may repeat after it restarts
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.replies[rid] = (asyncio.get_running_loop(), queue)
+        finished = False
+        try:
+            self.transport.put({**header, "id": rid}, blobs)
+            while not finished:
+                reply, data = await queue.get()
+                finished = reply.get("kind") in ("result", "error")
+                yield reply, data
+        finally:
+            self.replies.pop(rid, None)
+            if not finished:
+                self.transport.put({"op": "cancel", "target": rid, "id": 0}, [])
+
+    def check_health(self) -> None:
+        """Serve's health probe: a replica whose engine loop died is replaced."""
+        if not self.thread.is_alive():
+            raise RuntimeError("the engine loop has stopped")
+
+    def __del__(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+
+
+class EngineFleet:
+    """The application's ingress. A Serve application needs one, but the gRPC front is the real
+    entry point and calls each engine deployment directly; this one only names them."""
+
+    def __init__(self, names: list[str], *engines: Any):
+        self.names = names
+
+    def engines(self) -> list[str]:
+        return self.names
+
+
+def _node_address() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # informational only
+        return ""
+
+
+def _replica_id() -> str:
+    """Serve's id of this replica (as in its logs and `serve status`), when it can be had."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # informational only
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# In the front
+# ---------------------------------------------------------------------------------------------------
+
+
+class RayWorkerPool(EnginePool):
+    """Engine workers as Ray Serve replicas: the same interface and errors as `WorkerPool`."""
+
+    def __init__(
+        self,
+        model: str,
+        replicas: int,
+        max_sessions: int,
+        warm_up: bool = True,
+        on_lost: Callable[[WorkerHandle], None] | None = None,
+        json_logs: bool = False,
+        address: str = "auto",
+        gpus: float | None = None,
+        cpus: float = 1.0,
+        app: str = "helios",
+    ):
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        if gpus is not None and not 0 <= gpus <= 1:
+            raise ValueError(
+                f"a replica runs one engine on one GPU (or a fraction of one); got {gpus} GPUs per replica"
+            )
+        self.model = model
+        self.max_sessions = max_sessions
+        self.warm_up = warm_up
+        self.on_lost = on_lost
+        self.json_logs = json_logs
+        self.address = address
+        self.gpus = gpus
+        self.cpus = cpus
+        self.app = app
+        self.names = [f"engine-{i}" for i in range(replicas)]
+        self.workers = [
+            WorkerHandle(i, None, name.encode(), capacity=max_sessions) for i, name in enumerate(self.names)
+        ]
+        self.handles: list[Any] = []  # one Serve handle per slot, streaming (every call here streams)
+        self.incarnations: list[str | None] = [None] * replicas
+        self.pending: dict[int, tuple[WorkerHandle, asyncio.Queue[Message]]] = {}
+        self.ids = itertools.count(1)
+        self.tasks: list[asyncio.Task] = []
+        self.deployed: asyncio.Future[None] | None = None
+        self.owns_ray = False  # we called ray.init: disconnect (and stop a local cluster) on close
+        self.ray_thread: concurrent.futures.ThreadPoolExecutor | None = None  # ray.init / shutdown
+        self.closing = False
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the cluster now, deploy in the background (loading a model on every replica takes
+        a while). Joining comes before the front's gRPC server starts: a local cluster started
+        beside a running gRPC server was seen to leave its agent processes behind for a minute."""
+        import_ray()
+        self.ray_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="helios-ray")
+        await asyncio.get_running_loop().run_in_executor(self.ray_thread, self._connect)
+        self.deployed = asyncio.ensure_future(self._deploy_and_watch())
+
+    async def _deploy_and_watch(self) -> None:
+        self.handles = await asyncio.to_thread(self._deploy)
+        self.tasks += [asyncio.create_task(self._watch(w)) for w in self.workers]
+
+    def _connect(self) -> None:
+        """Join the cluster (or start a local one), on `ray_thread`. Off the main thread on purpose:
+        Ray then installs no SIGTERM handler of its own and the front's drain keeps working. The
+        same thread disconnects: a local cluster's agent processes linger for a minute when the
+        thread that started them has gone."""
+        ray, _ = import_ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address)
+            self.owns_ray = True
+
+    def _deploy(self) -> list[Any]:
+        ray, serve = import_ray()
+        total = ray.cluster_resources()
+        gpus = self.gpus
+        if gpus is None:
+            gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
+        for kind, each in (("GPU", gpus), ("CPU", self.cpus)):
+            if len(self.names) * each > total.get(kind, 0):
+                # An autoscaling cluster may still grow; otherwise wait_ready times out saying so.
+                log.warning(
+                    "%d replicas need %g %s in all; the cluster has %g now",
+                    len(self.names),
+                    len(self.names) * each,
+                    kind,
+                    total.get(kind, 0),
+                )
+        log.info(
+            "deploying %d engine replicas of %s on Ray (%s GPU, %s CPU each) as Serve application %r",
+            len(self.names),
+            self.model,
+            gpus,
+            self.cpus,
+            self.app,
+        )
+        serve.start(proxy_location="Disabled")  # no HTTP proxy: the gRPC front is the only way in
+        # HELIOS_EAGER=1 turns the fast path off, read here since replicas do not see our environment.
+        fast = False if os.environ.get("HELIOS_EAGER") == "1" else None
+        config = ReplicaConfig(self.model, self.max_sessions, self.warm_up, gpus, fast=fast)
+        engines = [
+            serve.deployment(EngineReplica)
+            .options(
+                name=name,
+                num_replicas=1,
+                ray_actor_options={"num_cpus": self.cpus, "num_gpus": gpus},
+                # Every open stream and step is an ongoing request; the front does its own admission.
+                max_ongoing_requests=4 * self.max_sessions + 16,
+                health_check_period_s=HEALTH_CHECK_PERIOD_S,
+                graceful_shutdown_timeout_s=5,
+            )
+            .bind(config)
+            for name in self.names
+        ]
+        fleet = (
+            serve.deployment(EngineFleet)
+            .options(name="fleet", num_replicas=1, ray_actor_options={"num_cpus": 0})
+            .bind(self.names, *engines)
+        )
+        logging_config = {"encoding": "JSON"} if self.json_logs else None
+        try:
+            serve.run(fleet, name=self.app, route_prefix=None, logging_config=logging_config)
+        except RuntimeError as exc:  # Serve names the deployments; the replicas' errors say why
+            raise RuntimeError(f"{exc} {self._why_failed(serve)}".strip()) from exc
+        return [
+            serve.get_deployment_handle(name, app_name=self.app).options(stream=True) for name in self.names
+        ]
+
+    def _why_failed(self, serve: Any) -> str:
+        """The last line of each failed deployment's message: the replica constructor's error."""
+        try:
+            deployments = serve.status().applications[self.app].deployments
+        except Exception:  # the status is a courtesy; the error stands without it
+            return ""
+        lines = [
+            f"{name}: {d.message.strip().splitlines()[-1]}"
+            for name, d in deployments.items()
+            if d.message.strip() and "FAILED" in str(d.status)
+        ]
+        return "; ".join(lines)
+
+    async def wait_ready(self, timeout: float) -> None:
+        assert self.deployed is not None, "start() first"
+        try:
+            await asyncio.wait_for(self._all_ready(), timeout)
+        except TimeoutError:
+            waiting = [self.names[w.index] for w in self.workers if not w.ready.is_set()]
+            raise TimeoutError(
+                f"Ray Serve replicas {waiting} of application {self.app!r} were not ready after "
+                f"{timeout:.0f} s; `serve status` says why (for example: no node with a free GPU)"
+            ) from None
+
+    async def _all_ready(self) -> None:
+        assert self.deployed is not None
+        await asyncio.shield(self.deployed)  # raises the deployment's error, if any
+        await asyncio.gather(*(w.ready.wait() for w in self.workers))
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.deployed is not None and not self.deployed.done():
+            self.deployed.cancel()
+        ray, serve = import_ray()
+        if ray.is_initialized():
+
+            def delete() -> None:
+                try:
+                    serve.delete(self.app)  # frees the replicas' GPUs for the next front
+                    if self.owns_ray and self.address == "local":
+                        serve.shutdown()
+                except Exception as exc:
+                    log.warning("deleting Serve application %r failed: %s", self.app, exc)
+
+            await asyncio.to_thread(delete)
+            if self.owns_ray:
+                await asyncio.get_running_loop().run_in_executor(self.ray_thread, ray.shutdown)
+        if self.ray_thread is not None:
+            self.ray_thread.shutdown(wait=False)
+
+    # --- liveness -----------------------------------------------------------------------------------
+
+    async def _watch(self, w: WorkerHandle) -> None:
+        """Hold a heartbeat stream open on the slot's replica; a dead replica fails it at once."""
+        ray, _ = import_ray()
+        while not self.closing:
+            generation = w.generation
+            stream = self.handles[w.index].watch.remote(HEARTBEAT_S)
+            beat: asyncio.Future | None = None
+            try:
+                while True:
+                    beat = asyncio.ensure_future(stream.__anext__())
+                    # The first heartbeat waits for the replica to load its model; after that a
+                    # silence means a replica too busy (or stuck) to answer: no new sessions there.
+                    done, _ = await asyncio.wait({beat}, timeout=STALL_S if w.ready.is_set() else None)
+                    if not done:
+                        log.warning(
+                            "engine replica %s: no heartbeat for %.0f s", self.names[w.index], STALL_S
+                        )
+                        w.ready.clear()
+                        await beat
+                    self._beat(w, beat.result())
+            except asyncio.CancelledError:
+                if beat is not None:
+                    beat.add_done_callback(_quiet)  # it ends with Serve's RequestCancelledError
+                    beat.cancel()
+                stream.cancel()
+                raise
+            except ray.exceptions.RayActorError as exc:
+                self._lost(w, generation, f"its process died ({type(exc).__name__})")
+            except Exception as exc:  # a transient Serve error: try again shortly
+                if not self.closing:
+                    log.warning("engine replica %s: heartbeat failed: %r", self.names[w.index], exc)
+                    w.ready.clear()
+            finally:
+                stream.cancel()
+            await asyncio.sleep(0.2)  # the next watch call waits in Serve's queue for a new replica
+
+    def _beat(self, w: WorkerHandle, info: dict[str, Any]) -> None:
+        known = self.incarnations[w.index]
+        if known is not None and info["incarnation"] != known:
+            # Replaced before any call noticed that the old replica died.
+            self._lost(w, w.generation, "it was replaced")
+        self.incarnations[w.index] = info["incarnation"]
+        w.info = info
+        w.device = info.get("device")
+        if not w.ready.is_set():
+            log.info(
+                "engine replica %s ready: pid %s, %s on %s",
+                self.names[w.index],
+                info.get("pid"),
+                info.get("device"),
+                info.get("host"),
+            )
+            w.ready.set()
+
+    def _lost(self, w: WorkerHandle, generation: int, why: str) -> None:
+        """Mark the slot's replica lost (once per generation): fail its calls, tell the service."""
+        if w.generation != generation or self.closing:
+            return
+        log.error("engine replica %s was lost: %s; Serve starts a new one", self.names[w.index], why)
+        w.generation += 1
+        w.load = 0
+        w.ready.clear()
+        self.incarnations[w.index] = None
+        lost = ({"kind": "error", "code": "UNAVAILABLE", "message": _lost_message(self.names[w.index])}, [])
+        for key, (owner, queue) in list(self.pending.items()):
+            if owner is w:
+                queue.put_nowait(lost)
+                self.pending.pop(key, None)
+        if self.on_lost is not None:
+            self.on_lost(w)
+
+    # --- requests -----------------------------------------------------------------------------------
+
+    async def request(
+        self, worker: WorkerHandle, header: dict[str, Any], *blobs: bytes
+    ) -> AsyncIterator[tuple[dict[str, Any], list[bytes]]]:
+        """Send a request to the worker's replica; yield its frame messages, then its result."""
+        incarnation = self.incarnations[worker.index]
+        if incarnation is None:  # not started yet, or lost and not replaced yet
+            raise WorkerError("UNAVAILABLE", "the engine replica is starting; retry shortly")
+        generation = worker.generation
+        key = next(self.ids)
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.pending[key] = (worker, queue)
+        stream = self.handles[worker.index].request.remote(
+            {**header, "incarnation": incarnation}, list(blobs)
+        )
+        pump = asyncio.create_task(self._pump(stream, worker, generation, queue))
+        finished = False
+        try:
+            while True:
+                reply, data = await queue.get()
+                kind = reply.get("kind")
+                if kind == "error":
+                    finished = True
+                    if reply.get("stale"):
+                        self._lost(worker, generation, "it was replaced")
+                        raise WorkerError("UNAVAILABLE", _lost_message(self.names[worker.index]))
+                    raise WorkerError(reply["code"], reply["message"])
+                if kind == "result":
+                    finished = True
+                    yield reply, data
+                    return
+                yield reply, data
+        finally:
+            self.pending.pop(key, None)
+            if not finished:  # the caller went away mid-chunk: cancel the call, and so the work
+                stream.cancel()
+            pump.cancel()
+
+    async def _pump(self, stream: Any, worker: WorkerHandle, generation: int, queue: asyncio.Queue) -> None:
+        """Move the Serve stream's messages into the request's queue; turn Ray errors into ours."""
+        ray, serve = import_ray()
+        try:
+            async for message in stream:
+                queue.put_nowait(message)
+        except asyncio.CancelledError:
+            raise
+        except ray.exceptions.RayActorError as exc:
+            self._lost(worker, generation, f"its process died ({type(exc).__name__})")
+            message = _lost_message(self.names[worker.index])
+            queue.put_nowait(({"kind": "error", "code": "UNAVAILABLE", "message": message}, []))
+        except serve.exceptions.BackPressureError as exc:
+            queue.put_nowait(({"kind": "error", "code": "RESOURCE_EXHAUSTED", "message": str(exc)}, []))
+        except Exception as exc:  # a bug in the replica (RayTaskError) or in Serve: this call fails
+            log.error("engine replica %s call failed: %r", self.names[worker.index], exc)
+            message = f"the engine replica call failed: {type(exc).__name__}: {exc}"
+            queue.put_nowait(({"kind": "error", "code": "INTERNAL", "message": message}, []))
+
+
+def _quiet(future: asyncio.Future) -> None:
+    """Retrieve a dropped future's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _lost_message(name: str) -> str:
+    return f"the engine worker was lost (Ray Serve replica {name} died); its sessions are gone"
