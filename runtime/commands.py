@@ -270,3 +270,93 @@ def _check_ray_flags(args: argparse.Namespace) -> None:
     from .server.ray_pool import import_ray
 
     import_ray()  # ImportError with the install hint
+
+
+# ---------------------------------------------------------------------------------------------------
+# helios eval drift
+# ---------------------------------------------------------------------------------------------------
+
+
+def eval_drift(args: argparse.Namespace) -> int:
+    import importlib.util
+    import json
+    import os
+    import platform
+
+    import numpy as np
+
+    from .eval.drift import CopyLastFrame, EnginePredictor, run_drift
+
+    if args.seeds < 1 or args.chunks < 1:
+        raise ValueError(f"--seeds and --chunks must be at least 1, got {args.seeds} and {args.chunks}")
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must not be negative, got {args.first_seed}")
+    predictors: list = [CopyLastFrame()]
+    device = "cpu"
+    if args.predictor == "engine":
+        from .engine.engine import WorldEngine
+        from .engine.world_model import WorldModel
+
+        print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+        model = WorldModel.load(args.model, device=args.device, seed=0)
+        device = str(model.device)
+        engine = WorldEngine(model, max_sessions=2)
+        predictors.insert(
+            0, EnginePredictor(engine, height=args.model_height, width=args.model_width, seed=0)
+        )
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+
+    plot_ok = args.plot is None or importlib.util.find_spec("matplotlib") is not None
+    if not plot_ok:
+        print("--plot needs matplotlib (pip install matplotlib); no plot will be written", file=sys.stderr)
+    tty = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    result = run_drift(
+        predictors, seeds, args.chunks, height=args.height, width=args.width, progress=progress
+    )
+    if tty:
+        print(file=sys.stderr)
+    result["settings"].update(
+        predictor=args.predictor,
+        model=args.model if args.predictor == "engine" else None,
+        model_size=[args.model_height, args.model_width],
+        device=device,
+        versions={"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
+    )
+    out = args.out or os.path.join("bench", "results", f"drift_{args.predictor}.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1, allow_nan=False)
+
+    print(f"{'predictor':<16} {'target':<34} {'value':>22}  pass")
+    for name, summary in result["summary"].items():
+        agree, hist, early = (
+            summary["direction_agreement"],
+            summary["hist_drift"],
+            summary["psnr_vs_copy_last"],
+        )
+        rows = [
+            ("direction agreement >= 0.9", f"{agree['value']:.3f}", agree["pass"]),
+            (
+                f"hist {hist['late_chunk_end_s']:.0f} s <= 1.25 × {hist['early_chunk_end_s']:.0f} s",
+                f"{hist['late']:.4f} vs {hist['early']:.4f}",
+                hist["pass"],
+            ),
+            (
+                f"PSNR to {early['window_end_s']:.0f} s > copy-last",
+                f"{early['value_db']:.2f} vs {early['copy_last_db']:.2f} dB",
+                early["pass"],
+            ),
+        ]
+        for target, value, ok in rows:
+            print(f"{name:<16} {target:<34} {value:>22}  {'yes' if ok else 'no'}")
+    print(f"wrote {out}")
+    if args.plot and plot_ok:
+        from .eval.drift import plot
+
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -61,6 +61,10 @@ class HeliosConfig:
     has_multi_term_memory_patch: bool = True  # patch_short / patch_mid / patch_long exist
     is_amplify_history: bool = False  # learnable per-head history-key scaling (off in the release)
     history_scale_mode: str = "per_head"  # "per_head" or "scalar"
+    # Discrete actions the model is conditioned on (0: none, as in every released checkpoint). An
+    # action's embedding is added to the noisy tokens' time embedding; zero-initialised, so a model
+    # that gains it starts out exactly as it was. Written to config.json only when non-zero.
+    num_actions: int = 0
     # Fields of the source config.json this class does not use; kept so save_pretrained writes them back.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -90,6 +94,8 @@ class HeliosConfig:
         for name in ("num_attention_heads", "attention_head_dim", "in_channels", "text_dim", "ffn_dim"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"HeliosConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if not isinstance(self.num_actions, int) or self.num_actions < 0:
+            raise ValueError(f"HeliosConfig.num_actions must be an int >= 0, got {self.num_actions!r}")
         if self.num_layers < 0:
             raise ValueError(f"HeliosConfig.num_layers must be >= 0, got {self.num_layers}")
 
@@ -118,6 +124,8 @@ class HeliosConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        if not out["num_actions"]:
+            del out["num_actions"]  # the released configs (and diffusers) have no such field
         return {"_class_name": CLASS_NAME, **self.extra, **out}
 
     def replace(self, **changes: Any) -> HeliosConfig:

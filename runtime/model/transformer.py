@@ -421,6 +421,8 @@ class HeliosTransformer(nn.Module):
                 C, D, kernel_size=tuple(4 * s for s in p), stride=tuple(4 * s for s in p)
             )
         self.condition_embedder = ConditionEmbedder(config)
+        if config.num_actions:
+            self.action_embedder = nn.Embedding(config.num_actions, D)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.norm_out = OutputNorm(D, config.eps)
         self.proj_out = nn.Linear(D, C * math.prod(p))
@@ -607,6 +609,7 @@ class HeliosTransformer(nn.Module):
         latents_history_short: torch.Tensor | None = None,
         latents_history_mid: torch.Tensor | None = None,
         latents_history_long: torch.Tensor | None = None,
+        action: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow velocity of the noisy latents (same arguments as diffusers' model).
 
@@ -614,6 +617,8 @@ class HeliosTransformer(nn.Module):
         encoder_hidden_states: (B, K, E) text features; indices_hidden_states: (B, T) frame indices.
         History (all six or none): latents_history_short / mid / long (B, C, Ts / Tm / Tl, Hh, Wh),
         at full latent resolution, with their frame indices (B, Ts / Tm / Tl).
+        action: (B,) integer action ids, for a model built with `num_actions` > 0 (they condition
+        the noisy tokens' modulation; history tokens stay at t = 0 without an action).
         Returns (B, C, T, H, W) in the compute dtype. Inputs are cast to the compute dtype.
         """
         history = [
@@ -670,6 +675,9 @@ class HeliosTransformer(nn.Module):
         # does not depend on the batch it runs in.
         temb, proj = self.condition_embedder.time(t, dtype)  # (B or 1, D), (B or 1, 6, D)
         temb, proj = temb.expand(B, -1), proj.expand(B, -1, -1)
+        if action is not None:
+            temb = temb + self._action_embedding(action, B).to(dtype)
+            proj = self.condition_embedder.time_proj(F.silu(temb)).unflatten(-1, (6, -1))
         if cfg.zero_history_timestep and n_hist > 0:
             # A separate batch-1 call, as in the reference, so the bf16 GEMMs round the same way.
             _, proj0 = self.condition_embedder.time(t.new_zeros(1), dtype)
@@ -695,6 +703,17 @@ class HeliosTransformer(nn.Module):
         out = out.reshape(B, Tp, hp, wp, pt, ph, pw, -1)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, h', ph, w', pw)
         return out.reshape(B, -1, Tp * pt, hp * ph, wp * pw)
+
+    def _action_embedding(self, action: torch.Tensor, batch: int) -> torch.Tensor:
+        n = self.config.num_actions
+        if not n:
+            raise ValueError("this model has no action conditioning (num_actions=0); pass action=None")
+        if not isinstance(action, torch.Tensor) or action.shape != (batch,) or action.is_floating_point():
+            shape = tuple(action.shape) if isinstance(action, torch.Tensor) else type(action).__name__
+            raise ValueError(f"action must be an integer tensor of shape ({batch},), got {shape}")
+        if int(action.min()) < 0 or int(action.max()) >= n:
+            raise ValueError(f"action ids must be in [0, {n}), got {action.tolist()}")
+        return self.action_embedder(action.to(self.device))
 
     # --- input validation ---------------------------------------------------------------------------
 
@@ -803,6 +822,8 @@ def _init_tensor(name: str, t: torch.Tensor, gen: torch.Generator, dim: int) -> 
         t.fill_(1.0)  # RMSNorm and LayerNorm weights
     elif leaf == "bias":
         t.zero_()
+    elif name.startswith("action_embedder."):
+        t.zero_()  # an added action embedding starts out harmless (issue 8)
     elif name.startswith("condition_embedder."):
         t.normal_(0.0, 0.02, generator=gen)
     else:  # Linear and Conv3d weights: Xavier-uniform on the (out, in·kernel) matrix

@@ -273,3 +273,32 @@ def test_to_dtype_equals_loading_in_that_dtype(tmp_path):
         torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
+
+
+def test_action_embedding_starts_harmless_then_conditions(tmp_path):
+    """num_actions > 0 adds a zero-initialised embedding: the same seed gives the action-free model's
+    output until it is trained; then actions change the prediction. It round-trips through
+    save_pretrained, and released-style configs (num_actions 0) never mention it."""
+    cfg = preset("tiny")
+    plain = HeliosTransformer.from_config(cfg, device="cpu", seed=4)
+    acting = HeliosTransformer.from_config(cfg.replace(num_actions=9), device="cpu", seed=4)
+    kw = make_inputs(batch=2, frames=2, size=(4, 4), history=True, seed=0)
+    with torch.no_grad():
+        want = plain(**kw)
+        assert torch.equal(acting(**kw, action=torch.tensor([3, 8])), want)
+        acting.action_embedder.weight.normal_(0.0, 1.0)
+        moved = acting(**kw, action=torch.tensor([3, 8]))
+        assert not torch.allclose(moved, want)
+        assert not torch.allclose(acting(**kw, action=torch.tensor([4, 8]))[0], moved[0])
+        assert torch.equal(acting(**kw, action=torch.tensor([4, 8]))[1], moved[1]), "per-row actions"
+    with pytest.raises(ValueError, match="no action conditioning"):
+        plain(**kw, action=torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"in \[0, 9\)"):
+        acting(**kw, action=torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match="integer tensor of shape"):
+        acting(**kw, action=torch.tensor([0.0, 1.0]))
+    assert "num_actions" not in plain.config.to_dict()
+    acting.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["num_actions"] == 9
+    loaded = HeliosTransformer.from_pretrained(tmp_path, device="cpu")
+    assert torch.equal(loaded.action_embedder.weight, acting.action_embedder.weight)

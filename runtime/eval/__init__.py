@@ -1,0 +1,1 @@
+"""Benchmarks of a world model against the procedural simulator (issue 8)."""

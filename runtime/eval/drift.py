@@ -1,0 +1,412 @@
+"""`helios eval drift`: roll predictors beside the procedural simulator and measure drift (issue 8, item 4).
+
+Each predictor (a world model behind `EnginePredictor`, or a baseline) starts from the simulator's
+first frame and prompt and is given the same seeded action sequence (`RandomPolicy`); chunk by chunk
+its 33 frames are compared with the simulator's (T frames, H rows, W columns, RGB uint8):
+
+- PSNR in dB over the frame, capped at `PSNR_CAP` for identical frames (keeps the JSON finite);
+- SSIM on luma with an 11×11 gaussian window (σ 1.5) and the usual constants (Wang et al. 2004);
+- colour-histogram distance: per RGB channel a 32-bin normalised histogram, half the L1 distance
+  (total variation, 0 same colours .. 1 disjoint), averaged over the channels;
+- agent position error in pixels: centroid of the agent's unique colour in both frames, over the
+  frames where the prediction shows it (the fraction where it does is `agent_visible`);
+- direction agreement: whether the predicted agent's displacement over the chunk goes the commanded
+  way (`direction_agrees`).
+
+Per-chunk values are averaged over the chunk's frames, then over seeds. The summary checks the
+issue's three targets for each predictor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..sim.grammar import PromptGrammar
+from ..sim.world import CHUNK_FRAMES, FPS, Action, ProceduralWorld, RandomPolicy
+
+PSNR_CAP = 100.0  # dB, reported for identical frames
+HIST_BINS = 32
+AGENT_THRESHOLD = 96  # min(R, B) - G above this is the agent (the simulator keeps others <= 64)
+AGENT_MIN_PIXELS = 3
+
+# The issue's targets for a trained model.
+TARGET_AGREEMENT = 0.9
+TARGET_HIST_RATIO = 1.25  # histogram distance at the last chunk (60 s) over its value at 5 s
+EARLY_S, LATE_S, PSNR_WINDOW_S = 5.0, 60.0, 10.0
+
+METRICS = ("psnr", "ssim", "hist", "position_error", "agent_visible", "direction_agrees")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics (frames: (..., H, W, 3) uint8)
+# ---------------------------------------------------------------------------------------------------
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR in dB of uint8 frames (..., H, W, 3); `PSNR_CAP` where they are identical."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(-3, -2, -1))
+    with np.errstate(divide="ignore"):
+        value = 10 * np.log10(255.0**2 / mse)
+    return np.minimum(value, PSNR_CAP)
+
+
+def _gaussian(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2
+    k = np.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def _filter(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Separable 'valid' filter over the last two axes: (..., H, W) -> (..., H-k+1, W-k+1)."""
+    k = len(kernel)
+    x = np.lib.stride_tricks.sliding_window_view(x, k, axis=-1) @ kernel  # (..., H, W-k+1)
+    return np.lib.stride_tricks.sliding_window_view(x, k, axis=-2) @ kernel  # (..., H-k+1, W-k+1)
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (..., H, W) in [0, 255]
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame SSIM on luma, 11×11 gaussian window σ 1.5, K1 0.01, K2 0.03, valid region only."""
+    x, y = _luma(a), _luma(b)
+    w = _gaussian()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _filter(x, w), _filter(y, w)
+    vx = _filter(x * x, w) - mx * mx
+    vy = _filter(y * y, w) - my * my
+    cov = _filter(x * y, w) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(axis=(-2, -1))
+
+
+def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
+    """Per-frame colour-histogram distance in [0, 1]: per channel, half the L1 distance between the
+    normalised `bins`-bin histograms, averaged over R, G, B."""
+
+    def hist(x: np.ndarray) -> np.ndarray:  # (..., H, W, 3) -> (..., 3, bins), rows sum to 1
+        q = (x.astype(np.int64) * bins) // 256
+        flat = q.reshape(-1, q.shape[-3] * q.shape[-2], 3)  # (F, H*W, 3)
+        offsets = np.arange(flat.shape[0])[:, None, None] * 3 * bins + np.arange(3) * bins
+        counts = np.bincount((flat + offsets).ravel(), minlength=flat.shape[0] * 3 * bins)
+        counts = counts.reshape(flat.shape[0], 3, bins) / flat.shape[1]
+        return counts.reshape(*x.shape[:-3], 3, bins)
+
+    return 0.5 * np.abs(hist(a) - hist(b)).sum(axis=-1).mean(axis=-1)
+
+
+def agent_position(frame: np.ndarray) -> tuple[float, float] | None:
+    """(x, y) centroid of the agent's colour in one frame (H, W, 3), or None when fewer than
+    `AGENT_MIN_PIXELS` pixels have min(R, B) - G > `AGENT_THRESHOLD`."""
+    f = frame.astype(np.int16)
+    mask = np.minimum(f[..., 0], f[..., 2]) - f[..., 1] > AGENT_THRESHOLD
+    ys, xs = np.nonzero(mask)
+    if len(ys) < AGENT_MIN_PIXELS:
+        return None
+    return float(xs.mean()), float(ys.mean())
+
+
+def direction_agrees(
+    start: tuple[float, float] | None,
+    end: tuple[float, float] | None,
+    expected: tuple[float, float],
+    still_px: float = 4.0,
+) -> bool:
+    """Whether an agent going from `start` to `end` moved the `expected` way (dx, dy) over a chunk.
+
+    For an expected shift shorter than `still_px`: agreement is moving less than `still_px`. Otherwise
+    the displacement must lie within 22.5° of the expected direction (the right one of 8 compass
+    sectors) and cover at least a quarter of the expected length. An agent not found fails.
+    """
+    if start is None or end is None:
+        return False
+    d = np.subtract(end, start)
+    e = np.asarray(expected, dtype=np.float64)
+    n_e, n_d = float(np.hypot(*e)), float(np.hypot(*d))
+    if n_e < still_px:
+        return n_d < still_px
+    if n_d < 0.25 * n_e:
+        return False
+    return float(d @ e) / (n_d * n_e) >= math.cos(math.radians(22.5))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Predictors
+# ---------------------------------------------------------------------------------------------------
+
+
+class Predictor(Protocol):
+    """Something that continues a world from a first frame: `reset(first_frame (H, W, 3) uint8,
+    prompt)`, then one `step(action)` per chunk returning that chunk's (33, H, W, 3) uint8 frames."""
+
+    name: str
+
+    def reset(self, first_frame: np.ndarray, prompt: str) -> None: ...
+
+    def step(self, action: Action) -> np.ndarray: ...
+
+
+class CopyLastFrame:
+    """The baseline: the world freezes; every frame repeats the last frame it saw (the first one)."""
+
+    name = "copy-last"
+
+    def reset(self, first_frame: np.ndarray, prompt: str) -> None:
+        self._frame = first_frame.copy()
+
+    def step(self, action: Action) -> np.ndarray:
+        return np.broadcast_to(self._frame, (CHUNK_FRAMES, *self._frame.shape)).copy()
+
+
+_DIRECTION_WORDS = {
+    "n": "north",
+    "ne": "north-east",
+    "e": "east",
+    "se": "south-east",
+    "s": "south",
+    "sw": "south-west",
+    "w": "west",
+    "nw": "north-west",
+}
+
+
+def action_prompt(prompt: str, action: Action) -> str:
+    """The prompt a text-conditioned model gets for a chunk: the scene plus the commanded motion."""
+    parts = [prompt]
+    if action.move != "stay":
+        parts.append(f"the magenta agent moves {_DIRECTION_WORDS[action.move]}")
+    if action.pan != "stay":
+        parts.append(f"the camera pans {_DIRECTION_WORDS[action.pan]}")
+    return ", ".join(parts)
+
+
+class EnginePredictor:
+    """A `WorldEngine` as a predictor: the first chunk is an image-to-video reset from the simulator's
+    first frame, each later chunk a `step`; the action goes in as a prompt (`action_prompt`). The
+    model runs at (height, width) and its frames are resized to the simulator's size."""
+
+    def __init__(self, engine: Any, *, height: int | None = None, width: int | None = None, seed: int = 0):
+        self.engine = engine
+        self.height, self.width, self.seed = height, width, seed
+        self.name = f"engine:{engine.model.name}"
+        self._session: str | None = None
+
+    def reset(self, first_frame: np.ndarray, prompt: str) -> None:
+        if self._session is not None:
+            self.engine.close(self._session)
+            self._session = None
+        self._first, self._prompt = first_frame.copy(), prompt
+
+    def step(self, action: Action) -> np.ndarray:
+        text = action_prompt(self._prompt, action)
+        if self._session is None:
+            result = self.engine.reset(
+                text, image=self._first, seed=self.seed, height=self.height, width=self.width
+            )
+            self._session = result.session_id
+        else:
+            result = self.engine.step(self._session, text)
+        return _resize_frames(result.frames, *self._first.shape[:2])
+
+
+def _resize_frames(frames: Any, height: int, width: int) -> np.ndarray:
+    """(T, h, w, 3) uint8 tensor -> (T, height, width, 3) uint8 numpy, antialiased bilinear."""
+    import torch
+    import torch.nn.functional as F
+
+    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.asarray(frames))
+    if tuple(x.shape[1:3]) == (height, width):
+        return x.numpy()
+    y = x.permute(0, 3, 1, 2).float()  # (T, 3, h, w)
+    y = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------------
+
+
+def chunk_metrics(
+    truth: np.ndarray, pred: np.ndarray, pred_start: tuple[float, float] | None, expected: tuple[float, float]
+) -> dict[str, float]:
+    """One chunk's metrics: truth and pred (33, H, W, 3) uint8; pred_start the predicted agent's
+    position just before the chunk; expected the commanded (dx, dy) across the view."""
+    if pred.shape != truth.shape or pred.dtype != np.uint8:
+        raise ValueError(f"a predictor must return {truth.shape} uint8 frames, got {pred.shape} {pred.dtype}")
+    true_pos = [agent_position(f) for f in truth]
+    pred_pos = [agent_position(f) for f in pred]
+    errors = [math.dist(t, p) for t, p in zip(true_pos, pred_pos, strict=True) if t and p]
+    return {
+        "psnr": float(psnr(truth, pred).mean()),
+        "ssim": float(ssim(truth, pred).mean()),
+        "hist": float(histogram_distance(truth, pred).mean()),
+        "position_error": float(np.mean(errors)) if errors else math.nan,
+        "agent_visible": sum(p is not None for p in pred_pos) / len(pred_pos),
+        "direction_agrees": float(direction_agrees(pred_start, pred_pos[-1], expected)),
+    }
+
+
+def run_drift(
+    predictors: Sequence[Predictor],
+    seeds: Sequence[int],
+    chunks: int,
+    *,
+    height: int = 96,
+    width: int = 160,
+    prompts: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Roll every predictor beside the simulator for `chunks` chunks from each seed's world.
+
+    Seed s draws its prompt from `PromptGrammar.sample` (unless `prompts` gives one per seed) and its
+    actions from `RandomPolicy(s)`. A `CopyLastFrame` baseline is added when absent. Returns a
+    JSON-ready dict: settings, per-chunk means over seeds of every metric for every predictor (NaN
+    position errors become None), and `summary` with the issue's targets.
+    """
+    if chunks < 1 or not seeds:
+        raise ValueError(f"need at least one chunk and one seed, got {chunks} chunks and {len(seeds)} seeds")
+    if prompts is not None and len(prompts) != len(seeds):
+        raise ValueError(f"give one prompt per seed: {len(prompts)} prompts for {len(seeds)} seeds")
+    predictors = list(predictors)
+    if not any(isinstance(p, CopyLastFrame) for p in predictors):
+        predictors.append(CopyLastFrame())
+    names = [p.name for p in predictors]
+    if len(set(names)) != len(names):
+        raise ValueError(f"predictor names must differ, got {names}")
+    grammar = PromptGrammar()
+    # values[name][metric] -> (seeds, chunks)
+    values = {n: {m: np.full((len(seeds), chunks), np.nan) for m in METRICS} for n in names}
+    used_prompts = []
+    start = time.perf_counter()
+    for i, seed in enumerate(seeds):
+        prompt = prompts[i] if prompts is not None else grammar.sample(np.random.default_rng([seed, 0xC0DE]))
+        world = ProceduralWorld(prompt, seed, height, width)
+        prompt = world.prompt
+        used_prompts.append(prompt)
+        policy = RandomPolicy(seed)
+        first = world.frame()
+        for p in predictors:
+            p.reset(first, prompt)
+        starts = {n: agent_position(first) for n in names}
+        for k in range(chunks):
+            action = policy(world)
+            expected = world.expected_shift(action)
+            truth = world.step(action)
+            for p in predictors:
+                pred = p.step(action)
+                row = chunk_metrics(truth, pred, starts[p.name], expected)
+                starts[p.name] = agent_position(pred[-1])
+                for m, v in row.items():
+                    values[p.name][m][i, k] = v
+            if progress:
+                progress(
+                    f"seed {seed} ({i + 1}/{len(seeds)}) chunk {k + 1}/{chunks} "
+                    f"{time.perf_counter() - start:.1f} s"
+                )
+    per_chunk = {n: {m: [_finite(v) for v in _nanmean(values[n][m])] for m in METRICS} for n in names}
+    return {
+        "settings": {
+            "seeds": list(seeds),
+            "chunks": chunks,
+            "height": height,
+            "width": width,
+            "fps": FPS,
+            "chunk_frames": CHUNK_FRAMES,
+            "prompts": used_prompts,
+            "psnr_cap_db": PSNR_CAP,
+            "hist_bins": HIST_BINS,
+        },
+        "chunk_end_s": [(k + 1) * CHUNK_FRAMES / FPS for k in range(chunks)],
+        "per_chunk": per_chunk,
+        "summary": {n: summarise(per_chunk, n, chunks) for n in names},
+        "elapsed_s": time.perf_counter() - start,
+    }
+
+
+def _nanmean(x: np.ndarray) -> np.ndarray:
+    """Mean over seeds (axis 0) ignoring NaN, NaN where a column has none."""
+    count = np.sum(~np.isnan(x), axis=0)
+    total = np.nansum(x, axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _finite(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def _chunk_at(seconds: float, chunks: int) -> int:
+    """The chunk holding the frame at `seconds` (the last chunk if the rollout is shorter)."""
+    frame = round(seconds * FPS)
+    return min(max(frame - 1, 0) // CHUNK_FRAMES, chunks - 1)
+
+
+def summarise(per_chunk: dict[str, dict[str, list]], name: str, chunks: int) -> dict[str, Any]:
+    """The issue's three targets for predictor `name`, each with its numbers and pass / fail."""
+    mine, base = per_chunk[name], per_chunk[CopyLastFrame.name]
+    agreement = float(np.mean(mine["direction_agrees"]))
+    early, late = _chunk_at(EARLY_S, chunks), _chunk_at(LATE_S, chunks)
+    h_early, h_late = mine["hist"][early], mine["hist"][late]
+    window = _chunk_at(PSNR_WINDOW_S, chunks) + 1
+    p_mine, p_base = float(np.mean(mine["psnr"][:window])), float(np.mean(base["psnr"][:window]))
+
+    def end_s(k: int) -> float:
+        return (k + 1) * CHUNK_FRAMES / FPS
+
+    return {
+        "direction_agreement": {
+            "value": agreement,
+            "target": f">= {TARGET_AGREEMENT}",
+            "pass": agreement >= TARGET_AGREEMENT,
+        },
+        "hist_drift": {
+            "early_chunk_end_s": end_s(early),
+            "late_chunk_end_s": end_s(late),
+            "early": h_early,
+            "late": h_late,
+            "ratio": h_late / h_early if h_early > 0 else (1.0 if h_late == 0 else None),
+            "target": f"late <= {TARGET_HIST_RATIO} × early",
+            "pass": h_late <= TARGET_HIST_RATIO * h_early,
+            "full_length": end_s(chunks - 1) >= LATE_S - CHUNK_FRAMES / FPS,
+        },
+        "psnr_vs_copy_last": {
+            "window_end_s": end_s(window - 1),
+            "value_db": p_mine,
+            "copy_last_db": p_base,
+            "target": "value > copy-last",
+            "pass": p_mine > p_base,
+        },
+    }
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Per-chunk PSNR, SSIM, histogram distance and position error of every predictor (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = result["chunk_end_s"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    labels = {
+        "psnr": "PSNR (dB)",
+        "ssim": "SSIM",
+        "hist": "histogram distance",
+        "position_error": "agent error (px)",
+    }
+    for ax, (metric, label) in zip(axes.ravel(), labels.items(), strict=True):
+        for name, series in result["per_chunk"].items():
+            ax.plot(t, [math.nan if v is None else v for v in series[metric]], marker=".", label=name)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    fig.suptitle(f"drift over {len(result['settings']['seeds'])} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,16 @@
+"""A procedural world simulator with known ground truth, for measuring a world model's drift."""
+
+from .grammar import PromptGrammar, Scene
+from .world import AGENT_RGB, CHUNK_FRAMES, FPS, MOVES, Action, ProceduralWorld, RandomPolicy
+
+__all__ = [
+    "AGENT_RGB",
+    "CHUNK_FRAMES",
+    "FPS",
+    "MOVES",
+    "Action",
+    "ProceduralWorld",
+    "PromptGrammar",
+    "RandomPolicy",
+    "Scene",
+]

@@ -1,0 +1,131 @@
+"""Drift metrics on known inputs, the benchmark loop with the baseline and the tiny engine, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from helios_runtime.eval.drift import (
+    PSNR_CAP,
+    CopyLastFrame,
+    EnginePredictor,
+    agent_position,
+    direction_agrees,
+    histogram_distance,
+    psnr,
+    run_drift,
+    ssim,
+)
+from helios_runtime.sim import CHUNK_FRAMES, ProceduralWorld
+from helios_sdk.cli import main
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    world = ProceduralWorld("a forest at dusk in light rain with rocks and deer", 2)
+    return world.step("e")[::8]  # (5, 96, 160, 3)
+
+
+def test_metrics_of_identical_frames(frames):
+    np.testing.assert_array_equal(psnr(frames, frames), PSNR_CAP)
+    np.testing.assert_allclose(ssim(frames, frames), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(histogram_distance(frames, frames), 0.0)
+
+
+def test_metrics_on_known_inputs(frames):
+    a = np.full((16, 16, 3), 100, np.uint8)
+    assert psnr(a, a + 10) == pytest.approx(10 * math.log10(255**2 / 100))
+    # All pixels in one bin versus another: disjoint histograms.
+    assert histogram_distance(a, np.full_like(a, 200)) == pytest.approx(1.0)
+    # Half the pixels change bin in one channel: distance 0.5 in that channel, 1/6 overall.
+    b = a.copy()
+    b[:8, :, 0] = 200
+    assert histogram_distance(a, b) == pytest.approx(0.5 / 3)
+    noisy = np.clip(frames + np.random.default_rng(0).normal(0, 20, frames.shape), 0, 255).astype(np.uint8)
+    s = ssim(frames, noisy)
+    assert s.shape == (5,) and np.all(s < 0.9) and np.all(s > 0)
+    assert np.all(ssim(frames, 255 - frames) < ssim(frames, noisy))
+
+
+def test_agent_detection_and_direction():
+    blank = np.zeros((40, 60, 3), np.uint8)
+    assert agent_position(blank) is None
+    dot = blank.copy()
+    dot[10:13, 20:23] = (250, 30, 240)  # a blurred magenta still counts
+    assert agent_position(dot) == pytest.approx((21.0, 11.0))
+    assert direction_agrees((0, 0), (10, 1), (16.5, 0))
+    assert not direction_agrees((0, 0), (10, 10), (16.5, 0))  # 45° off
+    assert not direction_agrees((0, 0), (2, 0), (16.5, 0))  # too short
+    assert direction_agrees((5, 5), (6, 5), (0, 0)) and not direction_agrees((5, 5), (15, 5), (0, 0))
+    assert not direction_agrees(None, (1, 1), (16.5, 0))
+
+
+class Oracle:
+    """Replays the simulator itself (seeds in the order given): perfect scores, commanded motion."""
+
+    name = "oracle"
+
+    def __init__(self, seeds):
+        self.seeds = iter(seeds)
+
+    def reset(self, first_frame, prompt):
+        self.world = ProceduralWorld(prompt, next(self.seeds))
+        assert np.array_equal(self.world.frame(), first_frame)
+
+    def step(self, action):
+        return self.world.step(action)
+
+
+def test_run_drift_with_copy_last_and_oracle():
+    seeds = [11, 12]
+    result = run_drift([Oracle(seeds)], seeds, 3)
+    json.dumps(result, allow_nan=False)
+    assert set(result["per_chunk"]) == {"oracle", "copy-last"}
+    o, c = result["per_chunk"]["oracle"], result["per_chunk"]["copy-last"]
+    assert o["psnr"] == [PSNR_CAP] * 3 and o["ssim"] == pytest.approx([1.0] * 3)
+    assert o["hist"] == [0.0] * 3 and o["position_error"] == [0.0] * 3 and o["direction_agrees"] == [1.0] * 3
+    assert all(p < 40 for p in c["psnr"]) and all(h > 0 for h in c["hist"])
+    summary = result["summary"]["oracle"]
+    assert summary["direction_agreement"]["pass"] and summary["psnr_vs_copy_last"]["pass"]
+    assert not result["summary"]["copy-last"]["psnr_vs_copy_last"]["pass"]
+    assert result["chunk_end_s"] == pytest.approx([k * CHUNK_FRAMES / 16 for k in (1, 2, 3)])
+
+
+def test_engine_predictor_with_the_tiny_model():
+    from helios_runtime.engine.engine import WorldEngine
+    from helios_runtime.engine.world_model import WorldModel
+
+    engine = WorldEngine(WorldModel.load("tiny", device="cpu", seed=0))
+    predictor = EnginePredictor(engine, height=64, width=64, seed=0)
+    # Chunk 1 is the image-to-video reset, chunk 2 a step; run_drift checks each is (33, 96, 160, 3).
+    result = run_drift([predictor, CopyLastFrame()], [3], 2)
+    json.dumps(result, allow_nan=False)
+    assert set(result["per_chunk"]) == {"engine:tiny", "copy-last"}
+    assert all(0 < p < PSNR_CAP for p in result["per_chunk"]["engine:tiny"]["psnr"])
+    assert len(engine.sessions) == 1
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "drift.json"
+    code = main(
+        ["eval", "drift", "--predictor", "copy-last", "--seeds", "2", "--chunks", "2", "--out", str(out)]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["seeds"] == [100_000, 100_001] and result["settings"]["chunks"] == 2
+    assert len(result["per_chunk"]["copy-last"]["psnr"]) == 2
+    captured = capsys.readouterr()
+    assert "direction agreement" in captured.out and "chunk 2/2" in captured.err
+    assert main(["eval", "drift", "--seeds", "0", "--predictor", "copy-last", "--out", str(out)]) == 2
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from helios_runtime.eval.drift import plot
+
+    path = tmp_path / "drift.png"
+    plot(run_drift([], [1], 2), str(path))
+    assert path.stat().st_size > 1000
