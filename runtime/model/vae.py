@@ -684,8 +684,19 @@ class WanVAE(nn.Module):
         `generator` (the same draw as diffusers' `latent_dist.sample(generator)`). T must be 1 + 4k and
         H, W multiples of 8. Each call starts from an empty cache.
         """
+        self._check_input(video, "encode video", self.config.in_channels, "video")
+        mean, logvar = self._posterior(video)
+        if not sample:
+            return mean.contiguous()
+        std = torch.exp(0.5 * logvar.clamp(_LOGVAR_MIN, _LOGVAR_MAX))
+        # Drawn where the generator lives, then moved (as diffusers does), so draws agree across devices.
+        noise_device = generator.device if generator is not None else mean.device
+        noise = torch.randn(mean.shape, generator=generator, device=noise_device, dtype=mean.dtype)
+        return mean + std * noise.to(mean.device)
+
+    def _posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's (mean, logvar), each (B, z, T_lat, h, w); differentiable."""
         cfg = self.config
-        self._check_input(video, "encode video", cfg.in_channels, "video")
         _, _, t, h, w = video.shape
         st, ss = cfg.scale_factor_temporal, cfg.scale_factor_spatial
         if (t - 1) % st:
@@ -700,18 +711,28 @@ class WanVAE(nn.Module):
         cache = _TimeCache(self._encoder_slots)
         chunks = []
         # The first frame alone, then groups of `st` frames: each group becomes one latent frame.
-        for start, end in [(0, 1)] + [(s, s + st) for s in range(1, t, st)]:
+        for start, end in [(0, 1)] + [(s, s + st) for s in range(1, video.shape[2], st)]:
             chunks.append(self.encoder(video[:, :, start:end], cache))  # (B, 2z, 1, h, w)
             cache.first_chunk = False
         stats = self.quant_conv(torch.cat(chunks, dim=2))  # (B, 2z, T_lat, h, w)
         mean, logvar = stats.chunk(2, dim=1)  # 2 × (B, z, T_lat, h, w)
-        if not sample:
-            return mean.contiguous()
-        std = torch.exp(0.5 * logvar.clamp(_LOGVAR_MIN, _LOGVAR_MAX))
-        # Drawn where the generator lives, then moved (as diffusers does), so draws agree across devices.
-        noise_device = generator.device if generator is not None else mean.device
-        noise = torch.randn(mean.shape, generator=generator, device=noise_device, dtype=mean.dtype)
-        return mean + std * noise.to(mean.device)
+        return mean, logvar
+
+    def autoencode(
+        self, video: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training path, with gradients: video (B, 3, 1 + 4k, H, W) in [-1, 1] -> (reconstruction,
+        posterior mean, logvar); the decoder sees a posterior sample (its mean when `generator` is
+        None). The same encoder and decoder code as `encode` / `decode`."""
+        self._check_input(video, "autoencode video", self.config.in_channels, "video")
+        mean, logvar = self._posterior(video)
+        z = mean
+        if generator is not None:
+            std = torch.exp(0.5 * logvar.clamp(_LOGVAR_MIN, _LOGVAR_MAX))
+            noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
+            z = mean + std * noise.to(mean.device)
+        recon = self._decode_frames(z, _TimeCache(self._decoder_slots))
+        return recon, mean, logvar
 
     # --- decode -------------------------------------------------------------------------------------
 

@@ -1,0 +1,54 @@
+"""Training data from the procedural world: clips of 33 frames (one model chunk) with random
+prompts from the grammar, random worlds and the benchmark's random action policy. Deterministic
+from (seed, index), so a resumed run sees the same data, and held-out evaluation seeds (the drift
+benchmark starts at 100000) never appear when training seeds stay below them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..sim import CHUNK_FRAMES, ProceduralWorld, PromptGrammar, RandomPolicy
+
+EVAL_SEEDS_FROM = 100_000  # `helios eval drift`'s first held-out seed
+
+
+def sim_clip(
+    index: int, *, seed: int = 0, chunks: int = 1, height: int = 96, width: int = 160
+) -> tuple[str, np.ndarray, list]:
+    """World `index` of a training set: (prompt, frames (chunks, 33, H, W, 3) uint8, actions).
+
+    Each chunk is the 33 frames the world renders under one action, the unit the model generates
+    and the VAE encodes on its own (33 frames -> 9 latents).
+    """
+    world_seed = seed * 1_000_003 + index
+    if seed == 0 and world_seed >= EVAL_SEEDS_FROM:
+        raise ValueError(f"training world {index} would reach the held-out seeds (>= {EVAL_SEEDS_FROM})")
+    rng = np.random.default_rng([seed, index, 0xDA7A])
+    prompt = PromptGrammar().sample(rng)
+    world = ProceduralWorld(prompt, world_seed, height=height, width=width)
+    policy = RandomPolicy(world_seed)
+    world.reset()
+    frames, actions = [], []
+    for _ in range(chunks):
+        action = policy(world)
+        actions.append(action)
+        frames.append(world.step(action))
+    return prompt, np.stack(frames), actions
+
+
+def to_video(frames: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).float().div_(127.5).sub_(1.0)
+    return x.permute(3, 0, 1, 2)[None]
+
+
+def sim_batch(
+    indices: list[int], *, seed: int = 0, height: int = 96, width: int = 160, device="cpu"
+) -> torch.Tensor:
+    """A batch of one-chunk clips (B, 3, 33, H, W) in [-1, 1] for VAE training."""
+    clips = [to_video(sim_clip(i, seed=seed, height=height, width=width)[1][0], device) for i in indices]
+    video = torch.cat(clips)
+    assert video.shape[2] == CHUNK_FRAMES, video.shape
+    return video

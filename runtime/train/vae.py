@@ -1,0 +1,21 @@
+"""Training the Wan VAE architecture at toy scale: reconstruction (L1 + MSE) and a small KL term on
+the posterior, through `WanVAE.autoencode` (the same encoder / decoder code as inference)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..model.vae import WanVAE
+
+
+def vae_loss(
+    vae: WanVAE, video: torch.Tensor, gen: torch.Generator, kl_weight: float = 1e-6
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch (B, 3, 1 + 4k, H, W) in [-1, 1]; also returns its parts as floats."""
+    recon, mean, logvar = vae.autoencode(video, generator=gen)
+    l1 = F.l1_loss(recon, video)
+    mse = F.mse_loss(recon, video)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+    loss = l1 + mse + kl_weight * kl
+    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
