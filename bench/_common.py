@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import subprocess
 import time
@@ -105,4 +106,21 @@ def summarize(rows: list[dict]) -> dict:
         "denoise_s_p50": statistics.median(r["denoise_s"] for r in later),
         "decode_s_p50": statistics.median(r["decode_s"] for r in later),
         "first_frame_s_p50": statistics.median(r["first_frame_s"] for r in later),
+    }
+
+
+def run_header(benchmark: str, **versions: object) -> dict:
+    """What every results JSON starts with: the benchmark, when, on which GPU in which state, and
+    the versions (python, torch, CUDA, plus the `versions` given)."""
+    return {
+        "benchmark": benchmark,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "gpu": gpu_state(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            **versions,
+        },
     }

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from _common import gpu_state, random_world_model, rel_l2, rollout, summarize
+from _common import random_world_model, rel_l2, rollout, run_header, summarize
 from transformer_forward import STAGES, chunk
 
 from helios_runtime.engine.engine import WorldEngine
@@ -120,17 +118,8 @@ def _rank_main(rank: int, world: int, address: str, args: argparse.Namespace) ->
 
 def _write(results: dict, world: int, args: argparse.Namespace) -> None:
     out = {
-        "benchmark": "context_parallel",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": torch.cuda.get_device_name(),
+        **run_header("context_parallel", nccl=".".join(map(str, torch.cuda.nccl.version()))),
         "gpus": world,
-        "gpu": gpu_state(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-        },
         "settings": {
             "preset": args.preset,
             "resolution": "384x640",

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import gpu_state, random_world_model
+from _common import random_world_model, run_header
 
 from helios_runtime.engine.engine import WorldEngine
 
@@ -79,15 +78,7 @@ def main() -> None:
 
     later = rows[1:] or rows
     results = {
-        "benchmark": "engine_rollout",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": torch.cuda.get_device_name(),
-        "gpu": gpu_state(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-        },
+        **run_header("engine_rollout"),
         "settings": {
             "preset": args.preset,
             "resolution": "384x640",

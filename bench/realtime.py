@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import gpu_state, random_world_model, rel_l2, rollout, summarize
+from _common import random_world_model, rel_l2, rollout, run_header, summarize
 from transformer_forward import STAGES, chunk, reference_from
 
 from helios_runtime.engine.engine import WorldEngine
@@ -119,15 +118,7 @@ def main() -> None:
         raise SystemExit("this benchmark needs a CUDA GPU")
     device = torch.device("cuda")
     res: dict = {
-        "benchmark": "realtime",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": torch.cuda.get_device_name(),
-        "gpu": gpu_state(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-        },
+        **run_header("realtime"),
         "settings": {
             "preset": args.preset,
             "resolution": "384x640",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import queue
 import statistics
 import subprocess
@@ -21,8 +20,7 @@ import time
 from pathlib import Path
 
 import grpc
-import torch
-from _common import gpu_state
+from _common import run_header
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
@@ -113,15 +111,7 @@ def main() -> None:
         stream.cancel()
         later = rows[1:] or rows
         res = {
-            "benchmark": "server_stream",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "gpu": gpu_state(),
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "grpcio": grpc.__version__,
-            },
+            **run_header("server_stream", grpcio=grpc.__version__),
             "settings": {
                 "model": args.model,
                 "server_model": info.model.name,

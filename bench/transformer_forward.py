@@ -17,13 +17,12 @@ import argparse
 import copy
 import inspect
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import gpu_state, rel_l2
+from _common import gpu_state, rel_l2, run_header
 
 from helios_runtime.model.attention import get_attention_backend
 from helios_runtime.model.config import HeliosConfig, preset
@@ -111,16 +110,7 @@ def main() -> None:
     if args.layers is not None:
         cfg = cfg.replace(num_layers=args.layers)
     results: dict = {
-        "benchmark": "transformer_forward",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": torch.cuda.get_device_name(),
-        "gpu": gpu_state(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "diffusers": diffusers.__version__,
-        },
+        **run_header("transformer_forward", diffusers=diffusers.__version__),
         "settings": {
             "preset": args.preset,
             "num_layers": cfg.num_layers,

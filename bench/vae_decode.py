@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import gpu_state, rel_l2
+from _common import gpu_state, rel_l2, run_header
 
 from helios_runtime.model.vae import WanVAE
 
@@ -127,17 +126,7 @@ def main() -> None:
     latents = torch.randn(1, 16, 9, 48, 80, generator=g, device=device)
     video = torch.rand(1, 3, 33, 384, 640, generator=g, device=device) * 2 - 1
     results: dict = {
-        "benchmark": "vae_decode",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": torch.cuda.get_device_name(),
-        "gpu": gpu_state(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-            "diffusers": diffusers.__version__,
-        },
+        **run_header("vae_decode", cudnn=torch.backends.cudnn.version(), diffusers=diffusers.__version__),
         "settings": {
             "preset": "wan2.1",
             "resolution": "384x640",

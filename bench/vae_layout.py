@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import gpu_state
+from _common import run_header
 
 from helios_runtime.model.vae import WanVAE
 
@@ -71,16 +70,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     res = {
-        "benchmark": "vae_layout",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": torch.cuda.get_device_name(),
-        "gpu": gpu_state(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-        },
+        **run_header("vae_layout", cudnn=torch.backends.cudnn.version()),
         "settings": {"resolution": "384x640", "latents": 9, "dtype": "bfloat16", "streamed": True},
         "rows": rows,
     }
