@@ -10,10 +10,6 @@ import time
 import torch
 
 from helios_runtime.engine.world_model import WorldModel
-from helios_runtime.model.text_encoder import BuiltinTextEncoder, BuiltinTextEncoderConfig
-from helios_runtime.model.transformer import HeliosTransformer
-from helios_runtime.model.vae import WanVAE
-from helios_runtime.sampling import sampler_preset
 
 _QUERY = "name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.draw,power.limit,temperature.gpu"
 
@@ -41,21 +37,20 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 def random_world_model(
     preset: str, device: torch.device, vae_dtype: torch.dtype = torch.bfloat16
 ) -> WorldModel:
-    """The benchmark world: the `preset` transformer with random bf16 weights, the Wan 2.1 VAE, and a
-    random built-in text encoder of width 4096 standing in for umT5 (prompt encoding is cached, not
-    part of a step), Distilled sampling. Seeded, so every process (every rank) builds the same one."""
-    return WorldModel(
-        name=f"{preset}-random",
-        transformer=HeliosTransformer.from_config(preset, device=device, dtype=torch.bfloat16).eval(),
-        vae=WanVAE.from_config("wan2.1", device=device, dtype=vae_dtype).eval(),
-        text_encoder=BuiltinTextEncoder(BuiltinTextEncoderConfig(dim=4096, max_tokens=512), device=device),
-        sampler=sampler_preset("distilled"),
-    )
+    """The benchmark world, `WorldModel.random` (random bf16 weights at the `preset` size, the Wan 2.1
+    VAE, a stand-in text encoder of umT5's width, Distilled sampling), the VAE in `vae_dtype`.
+    Seeded, so every process (every rank) builds the same one."""
+    model = WorldModel.random(f"random-{preset}", device=device)
+    model.vae.to(vae_dtype)
+    return model
 
 
-def rollout(engine, chunks: int, prompt: str, settings=None, keep_latents: bool = False) -> list[dict]:
+def rollout(
+    engine, chunks: int, prompt: str, settings=None, keep_latents: bool = False, close: bool = True
+) -> list[dict]:
     """Reset, then step, for `chunks` chunks in all; per chunk: wall time (request to last frame,
-    VAE included), the denoise / decode split, and the time from the request to its first frame."""
+    VAE included), the denoise / decode split, and the time from the request to its first frame.
+    The session is closed at the end unless `close` is False."""
     rows, session = [], None
     for k in range(chunks):
         marks: dict[str, float] = {}
@@ -88,7 +83,8 @@ def rollout(engine, chunks: int, prompt: str, settings=None, keep_latents: bool 
             f"{result.timings['decode']:.3f})",
             flush=True,
         )
-    engine.close(session)
+    if close:
+        engine.close(session)
     return rows
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import random_world_model, run_header
+from _common import random_world_model, rollout, run_header
 
 from helios_runtime.engine.engine import WorldEngine
 
@@ -43,38 +43,9 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     engine = WorldEngine(model)
 
-    rows = []
-    session = None
     torch.cuda.reset_peak_memory_stats()
-    for k in range(args.chunks):
-        marks: dict[str, float] = {}
-
-        def on_frame(i: int, _frame: torch.Tensor, marks: dict[str, float] = marks) -> None:
-            if i == 0:
-                marks["first"] = time.perf_counter()
-
-        start = time.perf_counter()
-        if session is None:
-            result = engine.reset("a lighthouse on a cliff above a stormy sea", seed=1, on_frame=on_frame)
-            session = result.session_id
-        else:
-            result = engine.step(session, None, on_frame=on_frame)
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        rows.append(
-            {
-                "chunk": k,
-                "wall_s": wall,
-                "denoise_s": result.timings["denoise"],
-                "decode_s": result.timings["decode"],
-                "first_frame_s": marks["first"] - start,
-                "frames": int(result.frames.shape[0]),
-            }
-        )
-        print(
-            f"  chunk {k}: {wall:.3f} s (denoise {result.timings['denoise']:.3f}, "
-            f"decode {result.timings['decode']:.3f})"
-        )
+    rows = rollout(engine, args.chunks, "a lighthouse on a cliff above a stormy sea", close=False)
+    session = next(iter(engine.sessions))
 
     later = rows[1:] or rows
     results = {

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
 from ..sampling.denoise import SamplerSettings, sampler_preset
 from ..sampling.schedule import SchedulerConfig
+from .fastpath import FastPathChoice
 
 # "random-14b" / "random-1.3b": the real architectures with random weights (bf16 on a GPU), for load
 # and speed tests of the whole stack (server included) without downloading a checkpoint.
@@ -53,10 +53,10 @@ class WorldModel:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         seed: int = 0,
-        fast: bool | None = None,
+        fast: FastPathChoice | None = None,
     ) -> WorldModel:
-        """A preset or a pipeline folder; `fast` (default: on a GPU) applies `fast_path`, compiled
-        unless the environment says HELIOS_COMPILE=0."""
+        """A preset or a pipeline folder, with the fast path as `fast` chooses (default: as this
+        process's environment says, `FastPathChoice.from_env`: on a GPU unless HELIOS_EAGER=1)."""
         if isinstance(spec, str) and spec in PRESETS:
             model = cls.tiny(device=device, seed=seed) if spec == "tiny" else cls.random(spec, device=device)
         else:
@@ -66,9 +66,9 @@ class WorldModel:
                     f"model {str(spec)!r} is neither a preset ({', '.join(PRESETS)}) nor a pipeline folder"
                 )
             model = cls.from_pretrained(folder, device=device, dtype=dtype)
-        if fast if fast is not None else model.device.type == "cuda":
-            # HELIOS_COMPILE=0: no torch.compile at all (a shorter warm-up, a slower VAE).
-            model.fast_path(compile_vae=os.environ.get("HELIOS_COMPILE", "1") != "0")
+        choice = fast if fast is not None else FastPathChoice.from_env()
+        if choice.fast if choice.fast is not None else model.device.type == "cuda":
+            model.fast_path(compile_vae=choice.compile_vae)
         return model
 
     def fast_path(self, transformer: str = "auto", compile_vae: bool = True) -> WorldModel:

@@ -321,9 +321,10 @@ class Block(nn.Module):
         tokens; rope (B, N, Dh); the first n_hist tokens are history. Under context parallelism x and
         rope are this rank's shard, n_hist its history tokens and `attend` the all-to-all attention."""
         m = self.scale_shift_table[:, None] + mod.float()  # (B, 2, 6, D) float32
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = m.unbind(2)  # (B, 2, D) each
+        rows = m.unbind(2)  # shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff: (B, 2, D) each
         if self.kernels is not None:
-            return self._forward_kernels(x, context, m.unbind(2), rope, n_hist, attend)
+            return self._forward_kernels(x, context, rows, rope, n_hist, attend)
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = rows
 
         h = modulate(layer_norm32(x, None, self.eps), shift_sa, scale_sa, n_hist).to(x.dtype)
         x = gated_residual(x, self.attn1.self_attend(h, rope, n_hist, attend), gate_sa, n_hist)
@@ -359,11 +360,11 @@ class Block(nn.Module):
         out = attn1.to_out[0](attend(q, k, v).flatten(2))
 
         split = n_hist if self.guidance_cross_attn else 0
-        if split == x.shape[1] or self.norm2 is None:
-            # No noisy token (a context-parallel shard of history only), or no cross-attention norm.
+        if split == x.shape[1]:  # a context-parallel shard of history only: no cross-attention
             x = hk.gated_residual(x, out, gate_sa, n_hist)
-            if split == x.shape[1]:
-                return self._feed_forward_kernels(x, shift_ff, scale_ff, gate_ff, n_hist)
+            return self._feed_forward_kernels(x, shift_ff, scale_ff, gate_ff, n_hist)
+        if self.norm2 is None:  # no cross-attention norm to fuse with the residual
+            x = hk.gated_residual(x, out, gate_sa, n_hist)
             noisy = x[:, split:]
             noisy = noisy + attn2.cross_attend(noisy, context)
             x = torch.cat([x[:, :split], noisy], dim=1) if split else noisy
@@ -711,7 +712,9 @@ class HeliosTransformer(nn.Module):
         if not isinstance(action, torch.Tensor) or action.shape != (batch,) or action.is_floating_point():
             shape = tuple(action.shape) if isinstance(action, torch.Tensor) else type(action).__name__
             raise ValueError(f"action must be an integer tensor of shape ({batch},), got {shape}")
-        if int(action.min()) < 0 or int(action.max()) >= n:
+        # Checked where the ids are: free for CPU ids (what callers build from actions); ids already on
+        # the GPU would cost a device sync per forward, so an out-of-range one fails in the lookup.
+        if action.device.type == "cpu" and (int(action.min()) < 0 or int(action.max()) >= n):
             raise ValueError(f"action ids must be in [0, {n}), got {action.tolist()}")
         return self.action_embedder(action.to(self.device))
 

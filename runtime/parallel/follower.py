@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 log = logging.getLogger("helios.parallel")
@@ -39,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.json_logs)
     group = init_worker_group(args.rank, args.world, args.address, args.device)
     try:
-        fast = False if os.environ.get("HELIOS_EAGER") == "1" else None  # as the leader decides
-        model = WorldModel.load(args.model, device=group.device, fast=fast)
+        model = WorldModel.load(args.model, device=group.device)  # same environment as the leader
         model.transformer.enable_context_parallel(group.cp)
         engine = WorldEngine(model, max_sessions=args.max_sessions, decodes=False)
         log.info("rank %d/%d following on %s", args.rank, args.world, group.device)

@@ -41,9 +41,10 @@ import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.fastpath import FastPathChoice
 from .workers import EnginePool, WorkerError, WorkerHandle
 
 log = logging.getLogger("helios.front")
@@ -80,7 +81,7 @@ class ReplicaConfig:
     warm_up: bool = True
     gpus: float = 0.0  # > 0: the replica runs on the GPU Ray gave it, else on the CPU
     min_free_gib: float = 2.0  # GPU memory a new session needs free (as the worker's --min-free-gib)
-    fast: bool | None = None  # the model's fast path; None: on a GPU (as worker processes decide)
+    fast: FastPathChoice = field(default_factory=FastPathChoice)  # the front's HELIOS_EAGER / _COMPILE
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -314,8 +315,8 @@ class RayWorkerPool(EnginePool):
             self.app,
         )
         serve.start(proxy_location="Disabled")  # no HTTP proxy: the gRPC front is the only way in
-        # HELIOS_EAGER=1 turns the fast path off, read here since replicas do not see our environment.
-        fast = False if os.environ.get("HELIOS_EAGER") == "1" else None
+        # Replicas do not see our environment: its fast-path switches travel in their config.
+        fast = FastPathChoice.from_env()
         config = ReplicaConfig(self.model, self.max_sessions, self.warm_up, gpus, fast=fast)
         engines = [
             serve.deployment(EngineReplica)

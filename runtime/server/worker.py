@@ -388,8 +388,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.json_logs)
 
     devices = args.device.split(",") if args.device else [None]
-    # The fast path (compiled blocks, bf16 VAE) is the default on a GPU; HELIOS_EAGER=1 turns it off.
-    fast = False if os.environ.get("HELIOS_EAGER") == "1" else None
     followers: list = []
     if len(devices) > 1:
         # Context parallel: this process is rank 0 of a group over the listed devices.
@@ -398,11 +396,11 @@ def main(argv: list[str] | None = None) -> int:
 
         address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs)
         group = init_worker_group(0, len(devices), address, devices[0])
-        model = WorldModel.load(args.model, device=group.device, fast=fast)
+        model = WorldModel.load(args.model, device=group.device)
         model.transformer.enable_context_parallel(group.cp)
         engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions), group)
     else:
-        model = WorldModel.load(args.model, device=devices[0], fast=fast)
+        model = WorldModel.load(args.model, device=devices[0])
         engine = WorldEngine(model, max_sessions=args.max_sessions)
     warm = 0.0 if args.no_warm_up else warm_up(engine)
     context = zmq.Context()
