@@ -149,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     srv.add_argument(
-        "--max-message-bytes", type=int, default=4 * 1024 * 1024, help="largest gRPC message (default 4 MiB)"
+        "--max-message-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest gRPC message (default 64 MiB: a unary chunk of raw 384×640 frames is 24 MB)",
     )
     srv.add_argument(
         "--no-warm-up", action="store_true", help="report SERVING without running a warm-up chunk"

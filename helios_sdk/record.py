@@ -21,6 +21,7 @@ import numpy as np
 
 from ._proto.helios.v1 import world_pb2 as pb
 from ._proto.helios.v1 import world_pb2_grpc as pb_grpc
+from .client import channel_options
 from .video import Mp4Writer
 
 API_MAJOR = "1"
@@ -74,7 +75,7 @@ def record(args: argparse.Namespace) -> int:
 
 def _record(address: str, token: str, args: argparse.Namespace, switches: dict[int, str]) -> int:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 16 << 20)])
+    channel = grpc.insecure_channel(address, options=channel_options(64 << 20))
     stub = pb_grpc.WorldServiceStub(channel)
     try:
         info = stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=metadata, timeout=30)

@@ -19,7 +19,10 @@ class ServerSettings:
     token: str | None = None  # required bearer token; None disables auth (HELIOS_TOKEN sets it)
     max_sessions: int = 16
     idle_timeout_s: float = 300.0
-    max_message_bytes: int = 4 * 1024 * 1024  # gRPC's default receive limit; frames stay far below
+    # Largest message sent or accepted: a unary chunk of 33 raw RGB24 frames is 6 MB at the tiny
+    # model's 192×320 and 24 MB at 384×640, so gRPC's 4 MiB default would refuse the default use.
+    # Clients set the same receive limit (the SDK does; GetServerInfo advertises it).
+    max_message_bytes: int = 64 * 1024 * 1024
     max_width: int = 1280
     max_height: int = 1280
     snapshot_store_bytes: int = 1 << 30

@@ -29,3 +29,14 @@ def test_record_errors_are_one_line():
     bad = helios("record", "--serve", "--chunks", "2", "--switch", "7=x")
     assert bad.returncode == 2 and "outside 1..1" in bad.stderr
     assert "Traceback" not in down.stderr + bad.stderr
+
+
+def test_record_at_the_servers_default_size(tmp_path):
+    """The README's main command: no size given, so chunk 0 comes back raw at the model's default
+    frame size (6 MB for tiny's 192×320), above gRPC's stock 4 MiB message limit."""
+    from helios_sdk.video import read_frames
+
+    out = tmp_path / "w.mp4"
+    done = helios("record", "--serve", "--chunks", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert read_frames(out).shape == (33, 192, 320, 3)

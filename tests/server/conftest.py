@@ -45,7 +45,12 @@ def free_port() -> int:
 @pytest.fixture(scope="package")
 def running() -> Iterator[Handle]:
     settings = ServerSettings(
-        port=0, token=TOKEN, max_sessions=6, metrics_port=free_port(), stream_buffer_frames=8
+        port=0,
+        token=TOKEN,
+        max_sessions=6,
+        metrics_port=free_port(),
+        stream_buffer_frames=8,
+        max_message_bytes=4 * 1024 * 1024,  # small, so a 64×64 world can reach it in the tests
     )
     yield from start_server(settings)
 

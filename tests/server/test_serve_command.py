@@ -126,3 +126,17 @@ def test_serve_on_a_local_ray_cluster_drains_and_leaves_nothing_behind():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_flag_defaults_are_the_server_settings_defaults():
+    """`helios serve` (in the light client, which cannot import the runtime) repeats the defaults of
+    ServerSettings; they must not drift apart (the message limit once did)."""
+    from helios_runtime.server.settings import ServerSettings
+    from helios_sdk.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    want = ServerSettings()
+    assert args.max_message_bytes == want.max_message_bytes
+    assert args.max_sessions == want.max_sessions
+    assert args.idle_timeout == want.idle_timeout_s
+    assert (args.host, args.port, args.model) == (want.host, want.port, want.model)
