@@ -737,12 +737,16 @@ class WorldService(pb_grpc.WorldServiceServicer):
 
         reader = asyncio.create_task(read_actions())
         producer = asyncio.create_task(produce())
+        encode_s = 0.0  # this chunk's frames, encoded here as they are written
         try:
             await context.write(event(pb.SESSION_EVENT_TYPE_STARTED))
             while True:
                 while outbox:
                     kind, item = outbox.popleft()
                     if kind == "event":
+                        if item.event.type == pb.SESSION_EVENT_TYPE_CHUNK_DONE:
+                            item.event.timings.encode_seconds = encode_s
+                            encode_s = 0.0
                         await context.write(item)
                         continue
                     if dropped[0]:
@@ -751,7 +755,9 @@ class WorldService(pb_grpc.WorldServiceServicer):
                         )
                         dropped[0] = 0
                     reply, raw, seq = item
+                    t0 = time.monotonic()
                     payload, key = await encoder.encode_raw(raw, reply["width"], reply["height"])
+                    encode_s += time.monotonic() - t0
                     await context.write(
                         pb.StreamResponse(frame=self._frame_msg(s, reply, payload, key, encoder, seq))
                     )
