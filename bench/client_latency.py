@@ -123,7 +123,7 @@ def main() -> None:
     rows = []
     with local_server("tiny", token) as target:
         for encoding in ENCODINGS:
-            print(f"{encoding}: {args.chunks} chunks at {args.width}x{args.height} ...", flush=True)
+            print(f"{encoding}: {args.chunks} chunks at {args.height}×{args.width} ...", flush=True)
             rows.append(measure(harness, target, token, encoding, args))
 
     header = run_header("client_latency", **versions())
@@ -155,7 +155,7 @@ def main() -> None:
     path = out / f"client_latency_{header['device'].replace(' ', '_')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}\n")
-    print(f"per frame at {args.width}x{args.height}, ms (p50 / p95); 2-core CPU, loopback")
+    print(f"per frame at {args.height}×{args.width} (H×W), ms (p50 / p95); 2-core CPU, loopback")
     print("| encoding | bytes/frame | server encode | transport | client decode | sum of p50 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
