@@ -73,7 +73,9 @@ namespace Helios.World
             session.EventRaised += e => events.Enqueue(e);
             session.Start();
             Status = "connecting to " + address;
-            lastMouse = Input.mousePosition;
+#if ENABLE_LEGACY_INPUT_MANAGER
+            lastMouse = Input.mousePosition;  // throws when only the new Input System is enabled
+#endif
         }
 
         void OnDisable()
