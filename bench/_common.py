@@ -46,11 +46,18 @@ def random_world_model(
 
 
 def rollout(
-    engine, chunks: int, prompt: str, settings=None, keep_latents: bool = False, close: bool = True
+    engine,
+    chunks: int,
+    prompt: str,
+    settings=None,
+    keep_latents: bool = False,
+    close: bool = True,
+    actions: list | None = None,
 ) -> list[dict]:
     """Reset, then step, for `chunks` chunks in all; per chunk: wall time (request to last frame,
     VAE included), the denoise / decode split, and the time from the request to its first frame.
-    The session is closed at the end unless `close` is False."""
+    `actions[k]` (optional, repeating) is step k's action. The session is closed at the end unless
+    `close` is False."""
     rows, session = [], None
     for k in range(chunks):
         marks: dict[str, float] = {}
@@ -64,8 +71,10 @@ def rollout(
             result = engine.reset(prompt, seed=1, on_frame=on_frame, settings=settings)
             session = result.session_id
         else:
-            result = engine.step(session, None, on_frame=on_frame)
-        torch.cuda.synchronize()
+            action = actions[(k - 1) % len(actions)] if actions else None
+            result = engine.step(session, action, on_frame=on_frame)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         wall = time.perf_counter() - start
         row = {
             "chunk": k,

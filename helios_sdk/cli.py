@@ -16,9 +16,15 @@ RUNTIME_HINT = (
 )
 
 MODEL_HELP = (
-    "a preset (tiny, 1.3b, 14b; random weights) or a diffusers-format Helios transformer folder "
-    "(e.g. Helios-Distilled/transformer). Default: tiny, the embedded default"
+    "a transformer preset (tiny, toy, 1.3b, 14b; random weights) or a diffusers-format Helios "
+    "transformer folder (e.g. Helios-Distilled/transformer). Default: tiny"
 )
+WORLD_MODEL_HELP = (
+    "toy (the default: the trained toy world shipped with the package, CPU real time), tiny (random "
+    "weights), random-1.3b / random-14b (real architectures, random weights), or a pipeline folder "
+    "(a downloaded Helios-Distilled / -Mid / -Base, or `helios train export` output)"
+)
+DEFAULT_PROMPT = "a meadow at noon with trees and sheep"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,12 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
             "blend in over 3 chunks, as in Helios' interactive mode."
         ),
     )
-    roll.add_argument(
-        "--model", default="tiny", help="tiny (random weights) or a downloaded Helios pipeline folder"
-    )
-    roll.add_argument(
-        "--prompt", default="a lighthouse on a cliff above a stormy sea", help="the scene prompt"
-    )
+    roll.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
+    roll.add_argument("--prompt", default=DEFAULT_PROMPT, help="the scene prompt")
     roll.add_argument(
         "--switch",
         action="append",
@@ -100,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     roll.add_argument("--chunks", type=int, default=4, help="chunks to generate, 33 frames each (default 4)")
     roll.add_argument("--seed", type=int, default=0, help="world seed (same seed and actions, same video)")
-    roll.add_argument("--height", type=int, default=None, help="pixels (default: the model's; tiny 192)")
-    roll.add_argument("--width", type=int, default=None, help="pixels (default: the model's; tiny 320)")
+    roll.add_argument("--height", type=int, default=None, help="pixels (default: the model's; toy 96)")
+    roll.add_argument("--width", type=int, default=None, help="pixels (default: the model's; toy 160)")
     roll.add_argument("--fps", type=int, default=16, help="frame rate of the mp4 (default 16, Wan's)")
     roll.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
     roll.add_argument("--device", default=None, help="torch device (default: cuda if present)")
@@ -115,9 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
             "every worker has warmed up and health reports SERVING. SIGTERM drains and exits."
         ),
     )
-    srv.add_argument(
-        "--model", default="tiny", help="tiny (random weights) or a downloaded Helios pipeline folder"
-    )
+    srv.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
     srv.add_argument(
         "--device",
         action="append",
@@ -215,15 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--serve", action="store_true", help="start a local `helios serve` on a free port for this run"
     )
-    rec.add_argument("--model", default="tiny", help="model for --serve (default tiny)")
+    rec.add_argument("--model", default="toy", help="model for --serve: " + WORLD_MODEL_HELP)
     rec.add_argument("--token", default=None, help="bearer token (default: $HELIOS_TOKEN)")
+    rec.add_argument("--prompt", default=DEFAULT_PROMPT, help="the scene prompt")
     rec.add_argument(
-        "--prompt", default="a lighthouse on a cliff above a stormy sea", help="the scene prompt"
+        "--keys",
+        default="d,d,s,s,a,a,w,w",
+        metavar="K1,K2,...",
+        help="the keys held in each chunk after the first, repeating, '+' between keys of one chunk, "
+        "'-' for none (default d,d,s,s,a,a,w,w: a walk round a square; w/a/s/d move the toy world's "
+        "agent, other models get them as motion phrases); --keys - sends no keys",
     )
     rec.add_argument(
         "--switch", action="append", default=[], metavar="CHUNK=PROMPT", help="change the prompt at CHUNK"
     )
-    rec.add_argument("--chunks", type=int, default=4, help="chunks to record, 33 frames each (default 4)")
+    rec.add_argument("--chunks", type=int, default=9, help="chunks to record, 33 frames each (default 9)")
     rec.add_argument("--seed", type=int, default=0, help="world seed")
     rec.add_argument("--width", type=int, default=None, help="pixels (default: the server's)")
     rec.add_argument("--height", type=int, default=None, help="pixels (default: the server's)")
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine: the model via WorldEngine (image-to-video from the first frame); copy-last: only "
         "the baseline (default engine)",
     )
-    drift.add_argument("--model", default="tiny", help=MODEL_HELP)
+    drift.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
     drift.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     drift.add_argument("--seeds", type=int, default=20, help="held-out worlds (default 20)")
     drift.add_argument(
@@ -279,6 +285,72 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", default=None, metavar="PATH", help="also plot per-chunk metrics (matplotlib)"
     )
     drift.set_defaults(handler="eval_drift")
+
+    tr = sub.add_parser(
+        "train",
+        help="train the toy world (VAE, transformer + text encoder) on the procedural simulator",
+        description=(
+            "Train the Helios architecture at toy scale on the procedural world (helios_runtime.sim), "
+            "in resumable runs of at most --minutes each: `vae`, then `latents` (encode a dataset with "
+            "the trained VAE), then `world` (the transformer with the stage-1 recipe and the learned "
+            "move/pan action, and the text encoder), then `export` (the float16 pipeline folder that "
+            "`helios serve --model FOLDER` and the default model load). Re-running a step with the same "
+            "--out resumes it. See docs/training.md."
+        ),
+    )
+    tr_sub = tr.add_subparsers(dest="train_command", metavar="STEP", required=True)
+    t_vae = tr_sub.add_parser("vae", help="train (or resume) the toy VAE, then measure its latent statistics")
+    t_vae.add_argument("--out", required=True, help="checkpoint folder (resumed when it has a state)")
+    t_vae.add_argument("--episodes", type=int, default=600, help="simulated episodes (default 600)")
+    t_vae.add_argument("--chunks", type=int, default=4, help="chunks per episode (default 4)")
+    t_vae.add_argument("--batch", type=int, default=32, help="clips per step (default 32)")
+    t_vae.add_argument(
+        "--clip-frames", type=int, default=9, help="frames per clip, 1 + 4k, at most 33 (default 9)"
+    )
+    t_vae.add_argument("--init", default=None, help="start from this trained VAE folder's weights")
+    t_vae.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="with --init: freeze the encoder (latents encoded before stay valid), train the decoder",
+    )
+    t_vae.add_argument(
+        "--agent-weight", type=float, default=20.0, help="loss weight of the agent's pixels (default 20)"
+    )
+    t_vae.add_argument("--steps", type=int, default=20000, help="total optimizer steps (default 20000)")
+    t_vae.add_argument(
+        "--minutes", type=float, default=10.0, help="wall-clock limit of this run (default 10)"
+    )
+    t_vae.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default 5e-4)")
+    t_lat = tr_sub.add_parser("latents", help="render episodes and encode them with a trained VAE")
+    t_lat.add_argument("--vae", required=True, help="the trained VAE folder (helios train vae --out)")
+    t_lat.add_argument("--out", required=True, help="the latent dataset file (.pt)")
+    t_lat.add_argument("--episodes", type=int, default=3000, help="simulated episodes (default 3000)")
+    t_lat.add_argument("--chunks", type=int, default=6, help="chunks per episode (default 6)")
+    t_world = tr_sub.add_parser("world", help="train (or resume) the transformer and text encoder")
+    t_world.add_argument("--latents", required=True, help="the latent dataset (helios train latents --out)")
+    t_world.add_argument("--out", required=True, help="checkpoint folder (resumed when it has a state)")
+    t_world.add_argument("--batch", type=int, default=32, help="samples per step (default 32)")
+    t_world.add_argument("--steps", type=int, default=100000, help="total optimizer steps (default 100000)")
+    t_world.add_argument(
+        "--minutes", type=float, default=10.0, help="wall-clock limit of this run (default 10)"
+    )
+    t_world.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    t_world.add_argument("--no-anchor", action="store_true", help="ablation: no first-frame anchor")
+    t_world.add_argument("--no-corrupt", action="store_true", help="ablation: no Frame-Aware Corrupt")
+    t_world.add_argument(
+        "--agent-weight", type=float, default=1.0, help="loss weight of latents showing the agent (default 1)"
+    )
+    t_world.add_argument("--init", default=None, help="start a fresh run from this world folder's weights")
+    t_exp = tr_sub.add_parser("export", help="write the float16 pipeline folder the runtime loads")
+    t_exp.add_argument("--world", required=True, help="helios train world --out")
+    t_exp.add_argument("--vae", required=True, help="helios train vae --out")
+    t_exp.add_argument("--out", required=True, help="the pipeline folder to write")
+    t_exp.add_argument("--no-anchor", action="store_true", help="the world was trained with --no-anchor")
+    for p in (t_vae, t_lat, t_world):
+        p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+        p.add_argument("--seed", type=int, default=0, help="training set and initialisation seed (default 0)")
+    for p in (t_vae, t_lat, t_world, t_exp):
+        p.set_defaults(handler="train")
 
     info = sub.add_parser(
         "info", help="print a model's config and parameter count (built on the meta device)"

@@ -61,10 +61,25 @@ def parse_switches(specs: list[str], chunks: int) -> dict[int, str]:
     return out
 
 
+def parse_keys(spec: str) -> list[list[str]]:
+    """'d,d,w+d,-' -> [['d'], ['d'], ['w', 'd'], []]; '-' or '' alone -> [] (no keys at all)."""
+    spec = spec.strip()
+    if spec in ("", "-"):
+        return []
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"--keys has an empty entry in {spec!r}; use '-' for a chunk without keys")
+        out.append([] if part == "-" else [k.strip() for k in part.split("+") if k.strip()])
+    return out
+
+
 def record(args: argparse.Namespace) -> int:
     if args.chunks < 1:
         raise ValueError(f"--chunks must be at least 1, got {args.chunks}")
     switches = parse_switches(args.switch, args.chunks)
+    parse_keys(getattr(args, "keys", "-"))  # a bad --keys fails before any server starts
     token = args.token or os.environ.get("HELIOS_TOKEN") or ""
     if args.serve:
         token = token or "local-" + os.urandom(8).hex()
@@ -100,10 +115,17 @@ def _record(address: str, token: str, args: argparse.Namespace, switches: dict[i
         timeout=600,
     ).chunk
 
+    keys = parse_keys(getattr(args, "keys", "-"))
+
     def requests():
         yield pb.StreamRequest(start=pb.StreamStart(session_id=session.session_id, frames=options))
         for k in range(1, args.chunks):
-            action = pb.Action(prompt=pb.PromptAction(text=switches[k])) if k in switches else pb.Action()
+            if k in switches:
+                action = pb.Action(prompt=pb.PromptAction(text=switches[k]))
+            elif keys and keys[(k - 1) % len(keys)]:
+                action = pb.Action(control=pb.ControlAction(keys=keys[(k - 1) % len(keys)]))
+            else:
+                action = pb.Action()
             yield pb.StreamRequest(action=pb.StreamAction(seq=k, action=action))
 
     with Mp4Writer(args.out, fps=info.fps or 16) as writer:

@@ -360,3 +360,66 @@ def eval_drift(args: argparse.Namespace) -> int:
         plot(result, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# helios train
+# ---------------------------------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .model.checkpoint import resolve_device
+    from .train import world
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    step = args.train_command
+    if step == "export":
+        out = world.export_world(args.world, args.vae, args.out, anchor=not args.no_anchor)
+        print(f"wrote {out} ({world.folder_megabytes(out):.1f} MB)")
+        return 0
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    if step == "vae":
+        world.train_vae(
+            args.out,
+            episodes=args.episodes,
+            chunks=args.chunks,
+            batch=args.batch,
+            clip_frames=args.clip_frames,
+            max_steps=args.steps,
+            minutes=args.minutes,
+            lr=args.lr,
+            device=device,
+            seed=args.seed,
+            init=args.init,
+            decoder_only=args.decoder_only,
+            agent=args.agent_weight,
+        )
+    elif step == "latents":
+        from .model.text_encoder import BuiltinTextEncoder
+        from .model.vae import WanVAE
+
+        vae = WanVAE.from_pretrained(args.vae, device=device)
+        episodes = world.render_episodes(args.episodes, args.chunks, seed=args.seed)
+        data = world.encode_episodes(vae, episodes, BuiltinTextEncoder.preset("toy", device="cpu"))
+        data.save(args.out)
+        print(f"wrote {args.out}: {tuple(data.latents.shape)} latents")
+    elif step == "world":
+        data = world.LatentSet.load(args.latents, device)
+        world.train_world(
+            args.out,
+            data,
+            batch=args.batch,
+            max_steps=args.steps,
+            minutes=args.minutes,
+            lr=args.lr,
+            anchor=not args.no_anchor,
+            corrupt=not args.no_corrupt,
+            agent=args.agent_weight,
+            device=device,
+            seed=args.seed,
+            init=args.init,
+        )
+    return 0

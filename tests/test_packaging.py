@@ -41,6 +41,12 @@ def test_wheel_contents(wheel):
         "helios_runtime/py.typed",
         "helios_runtime/model/transformer.py",
         "helios_kernels/__init__.py",
+        # The embedded default model (the `toy` preset) ships inside the package.
+        "helios_runtime/assets/toy/model_index.json",
+        "helios_runtime/assets/toy/scheduler/scheduler_config.json",
+        "helios_runtime/assets/toy/transformer/diffusion_pytorch_model.safetensors",
+        "helios_runtime/assets/toy/vae/diffusion_pytorch_model.safetensors",
+        "helios_runtime/assets/toy/text_encoder/model.safetensors",
     ):
         assert required in names
     assert not any(n.startswith(("runtime/", "kernels/", "tests/")) for n in names)
@@ -79,10 +85,12 @@ def test_non_editable_install_loads_a_checkpoint(wheel, tmp_path):
         f"m = HeliosTransformer.from_pretrained({str(tmp_path / 'ckpt')!r}, device='cpu')\n"
         "x = m(torch.randn(1, 16, 1, 4, 4), torch.tensor([500.0]), torch.randn(1, 3, 32))\n"
         "print(tuple(x.shape))\n"
+        "from helios_runtime.engine.world_model import WorldModel\n"
+        "print(WorldModel.load('toy', device='cpu').name)\n"
     )
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "(1, 16, 1, 4, 4)"
+    assert out.stdout.split() == ["(1,", "16,", "1,", "4,", "4)", "toy"]
     cli = subprocess.run(
         [str(env / "bin" / "helios"), "info"], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )

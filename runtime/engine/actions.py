@@ -166,3 +166,100 @@ def parse_action(action: Any, adapter: ActionAdapter | None, scene: str) -> Cond
         "an action is None, a prompt str, Prompt, Blend, Transition or a mapping for the action adapter; "
         f"got {type(action).__name__}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learned actions: discrete ids the transformer embeds (a model built with num_actions > 0)
+# ---------------------------------------------------------------------------------------------------
+
+MOVE_NAMES = ("stay", "n", "ne", "e", "se", "s", "sw", "w", "nw")  # the procedural world's moves
+_KEY_AXES = {  # key -> (dx, dy), y down: "w" / up moves north, i.e. up the screen
+    "w": (0, -1),
+    "up": (0, -1),
+    "s": (0, 1),
+    "down": (0, 1),
+    "a": (-1, 0),
+    "left": (-1, 0),
+    "d": (1, 0),
+    "right": (1, 0),
+}
+_DIRECTIONS = {  # (sign dx, sign dy) -> move name
+    (0, 0): "stay",
+    (0, -1): "n",
+    (1, -1): "ne",
+    (1, 0): "e",
+    (1, 1): "se",
+    (0, 1): "s",
+    (-1, 1): "sw",
+    (-1, 0): "w",
+    (-1, -1): "nw",
+}
+
+
+@dataclass(frozen=True)
+class MovePanActions:
+    """The action space of a model trained on the procedural world (`helios train`): each chunk
+    the agent makes one of nine moves and the camera one of nine pans. Ids: move i in `MOVE_NAMES`
+    order is i, pan j is 9 + j; the transformer sums the two embeddings (num_actions = 18).
+
+    A step's action (a mapping) is either the world's own form, {"move": "ne", "pan": "stay"}, or
+    a game controller's: {"keys": [...], "mouse": {"dx", "dy"}, "camera": {"yaw", "pitch"}} —
+    w/a/s/d or the arrow keys move the agent (two keys: a diagonal; opposite keys cancel), camera
+    yaw/pitch (degrees) or mouse motion (pixels) beyond a threshold pan the camera. A step without
+    an action (or with only a prompt) is "stay"/"stay": the world goes on, the agent waits.
+    """
+
+    mouse_threshold: float = 4.0
+    camera_threshold: float = 2.0
+
+    num_ids = 2 * len(MOVE_NAMES)
+    STAY = (0, len(MOVE_NAMES))
+
+    def ids(self, action: Mapping[str, Any] | None) -> tuple[int, int]:
+        if action is None:
+            return self.STAY
+        fields = set(action)
+        if fields & {"move", "pan"}:
+            unknown = fields - {"move", "pan"}
+            if unknown:
+                raise InvalidInput(f"a move/pan action takes only 'move' and 'pan', got {sorted(unknown)}")
+            move, pan = action.get("move", "stay"), action.get("pan", "stay")
+        else:
+            unknown = fields - {"keys", "mouse", "camera"}
+            if unknown:
+                raise InvalidInput(
+                    f"unknown action fields {sorted(unknown)}; expected move, pan or keys, mouse, camera"
+                )
+            move, pan = self._move_from_keys(action.get("keys", [])), self._pan(action)
+        for what, name in (("move", move), ("pan", pan)):
+            if name not in MOVE_NAMES:
+                raise InvalidInput(f"unknown {what} {name!r}; allowed: {', '.join(MOVE_NAMES)}")
+        return MOVE_NAMES.index(move), len(MOVE_NAMES) + MOVE_NAMES.index(pan)
+
+    @staticmethod
+    def _move_from_keys(keys: Any) -> str:
+        if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
+            raise InvalidInput(f"'keys' must be a list of key names, got {type(keys).__name__}")
+        dx = dy = 0
+        for key in {str(k).lower().removeprefix("arrow") for k in keys}:
+            if key not in _KEY_AXES:
+                raise InvalidInput(
+                    f"unknown key {key!r} for this world; known keys: {sorted(_KEY_AXES)} "
+                    "(w/a/s/d or the arrows move the agent)"
+                )
+            kx, ky = _KEY_AXES[key]
+            dx, dy = dx + kx, dy + ky
+        return _DIRECTIONS[(int(math.copysign(1, dx)) if dx else 0, int(math.copysign(1, dy)) if dy else 0)]
+
+    def _pan(self, action: Mapping[str, Any]) -> str:
+        camera, mouse = action.get("camera", {}), action.get("mouse", {})
+        if not isinstance(camera, Mapping) or not isinstance(mouse, Mapping):
+            raise InvalidInput("'camera' and 'mouse' must be mappings")
+        yaw, pitch = (_number(camera.get(k, 0.0), f"camera.{k}") for k in ("yaw", "pitch"))
+        mdx, mdy = (_number(mouse.get(k, 0.0), f"mouse.{k}") for k in ("dx", "dy"))
+        sx = 1 if yaw >= self.camera_threshold or mdx >= self.mouse_threshold else 0
+        sx -= 1 if yaw <= -self.camera_threshold or mdx <= -self.mouse_threshold else 0
+        # pitch up (+) pans north (up the screen); mouse dy grows downwards
+        sy = -1 if pitch >= self.camera_threshold or mdy <= -self.mouse_threshold else 0
+        sy += 1 if pitch <= -self.camera_threshold or mdy >= self.mouse_threshold else 0
+        return _DIRECTIONS[(sx, sy)]

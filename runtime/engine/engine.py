@@ -122,10 +122,12 @@ class WorldEngine:
         generator: torch.Generator | None = None,
         on_frame: FrameCallback | None = None,
         cancel: Callable[[], bool] | None = None,
+        action: Mapping[str, Any] | None = None,
     ) -> ChunkResult:
         """Start (or restart) a world from a prompt, optionally an image or a video, and return its
         first chunk. `generator` replaces the default (seed, chunk) noise by one continuing generator
-        (the reference pipelines' draw order; used for parity runs)."""
+        (the reference pipelines' draw order; used for parity runs). `action`: the first chunk's
+        action, for a model with a learned action space (default: "stay")."""
         settings = settings or self.model.sampler
         default_h, default_w = self.model.default_size
         height, width = height or default_h, width or default_w
@@ -144,6 +146,13 @@ class WorldEngine:
             raise InvalidInput(f"a session id is a str, got {type(session_id).__name__}")
         if session_id not in self.sessions and len(self._open_sessions()) >= self.max_sessions:
             raise CapacityExceeded(f"the engine holds its maximum of {self.max_sessions} sessions")
+        first_ids = None
+        if action is not None:
+            if self.model.actions is None or not isinstance(action, Mapping):
+                raise InvalidInput(
+                    "reset takes an action only for a model with a learned action space, as a mapping"
+                )
+            first_ids = self.model.actions.ids(action)
 
         # Validate and encode everything before any state changes.
         frames_in = _image_tensor(image, height, width, self.device) if image is not None else None
@@ -174,7 +183,7 @@ class WorldEngine:
             negative=negative,
             scene=prompt,
         )
-        result = self._generate([session], [None], [on_frame], True, cancel)[0]
+        result = self._generate([session], [None], [on_frame], True, cancel, [first_ids])[0]
         self.sessions[session.id] = session
         self._closed.pop(session.id, None)
         return result
@@ -212,9 +221,15 @@ class WorldEngine:
         if len(set(ids)) != len(ids):
             raise InvalidInput("a session can appear only once in one step_many call")
         sessions = [self._get(sid) for sid in ids]
+        vocab = self.model.actions
+        # A model with learned actions takes structured actions (mappings) as action ids, not as
+        # prompt phrases; anything else (a prompt, a blend, None) moves it with "stay".
+        action_ids = [
+            vocab.ids(a) if vocab is not None and isinstance(a, Mapping) else None for _, a in requests
+        ]
         conds = [
-            parse_action(a, self.action_adapter, s.scene)
-            for s, (_, a) in zip(sessions, requests, strict=True)
+            None if ids is not None else parse_action(a, self.action_adapter, s.scene)
+            for s, (_, a), ids in zip(sessions, requests, action_ids, strict=True)
         ]
         callbacks = list(on_frame) if on_frame is not None else [None] * len(requests)
         new_prompts = [self._apply(s, c) for s, c in zip(sessions, conds, strict=True)]
@@ -226,7 +241,12 @@ class WorldEngine:
         for members in groups.values():
             group = [sessions[i] for i in members]
             outs = self._generate(
-                group, [new_prompts[i] for i in members], [callbacks[i] for i in members], decode, cancel
+                group,
+                [new_prompts[i] for i in members],
+                [callbacks[i] for i in members],
+                decode,
+                cancel,
+                [action_ids[i] for i in members],
             )
             for i, out in zip(members, outs, strict=True):
                 sessions[i].scene = _scene_after(sessions[i].scene, requests[i][1], conds[i])
@@ -361,8 +381,12 @@ class WorldEngine:
         callbacks: list[FrameCallback | None],
         decode: bool = True,
         cancel: Callable[[], bool] | None = None,
+        action_ids: list[tuple[int, ...] | None] | None = None,
     ) -> list[ChunkResult]:
-        """Denoise one chunk for sessions of equal shape and settings in one batch, commit, decode."""
+        """Denoise one chunk for sessions of equal shape and settings in one batch, commit, decode.
+
+        `action_ids`: each session's learned action ids for this chunk (None: "stay"), for a model
+        with an action space; ignored otherwise."""
         first = sessions[0]
         settings, B = first.settings, len(sessions)
         C = self.model.transformer.config.in_channels
@@ -375,7 +399,16 @@ class WorldEngine:
         text = torch.cat([p.for_next_chunk() for p in states])
         memories = [s.memory.inputs() for s in sessions]
         history = {k: torch.cat([m[k] for m in memories]) for k in memories[0]}
+        if not self.model.use_anchor:  # a model trained without the anchor sees zeros in its slot
+            short = history["latents_history_short"].clone()
+            short[:, :, :1] = 0
+            history["latents_history_short"] = short
         indices = frame_indices(B, self.device)
+        extra: dict[str, torch.Tensor] = {}
+        vocab = self.model.actions
+        if vocab is not None:
+            rows = [ids or vocab.STAY for ids in (action_ids or [None] * B)]
+            extra["action"] = torch.tensor(rows, dtype=torch.int64)
         transformer = self.model.transformer
 
         def conditioned(context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -384,7 +417,7 @@ class WorldEngine:
                     raise Cancelled("the chunk was cancelled before it finished; the session did not advance")
                 # A group shares its schedule: one timestep for all rows keeps the time embedding
                 # batch-independent (see HeliosTransformer.forward).
-                return transformer(x, t[:1], context, **indices, **history)
+                return transformer(x, t[:1], context, **indices, **history, **extra)
 
             return forward
 

@@ -2,8 +2,11 @@
 
 `WorldModel.load(spec)` takes a preset name or a diffusers-format pipeline folder:
 
+- `toy` (the default): the toy world trained on the procedural simulator (`helios train`), shipped
+  in the package (`assets/toy`, float16): 96×160, a learned move + camera-pan action, 6-step UniPC;
+  real time on a laptop CPU.
 - `tiny`: random weights everywhere (tiny transformer, tiny VAE, built-in byte-level text encoder),
-  Distilled sampling; runs on a CPU in seconds. The embedded default until a trained toy world ships.
+  Distilled sampling; runs on a CPU in seconds (tests).
 - a folder (Helios-Base / -Mid / -Distilled as downloaded): `transformer/`, `vae/`, `text_encoder/`
   + `tokenizer/` (umT5, the `[hf]` extra), `scheduler/scheduler_config.json` and `model_index.json`,
   whose `is_distilled` / `is_cfg_zero_star` flags pick the sampler (spec 5.2).
@@ -22,11 +25,15 @@ from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
 from ..sampling.denoise import SamplerSettings, sampler_preset
 from ..sampling.schedule import SchedulerConfig
+from .actions import MovePanActions
 from .fastpath import FastPathChoice
 
-# "random-14b" / "random-1.3b": the real architectures with random weights (bf16 on a GPU), for load
-# and speed tests of the whole stack (server included) without downloading a checkpoint.
-PRESETS = ("tiny", "random-1.3b", "random-14b")
+# "toy": the trained toy world shipped in the package (the default). "tiny": random weights, for
+# tests. "random-14b" / "random-1.3b": the real architectures with random weights (bf16 on a GPU),
+# for load and speed tests of the whole stack (server included) without downloading a checkpoint.
+PRESETS = ("toy", "tiny", "random-1.3b", "random-14b")
+DEFAULT_MODEL = "toy"
+TOY_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "toy"
 
 
 @dataclass
@@ -40,6 +47,10 @@ class WorldModel:
     sampler: SamplerSettings
     negative_prompt: str = ""  # used only when the sampler guides (Base, Mid)
     default_size: tuple[int, int] = (384, 640)  # (height, width) in pixels
+    # The learned action space of a transformer built with num_actions > 0 (the toy world's
+    # MovePanActions); None: actions reach the model as prompts (PromptTemplateAdapter).
+    actions: MovePanActions | None = None
+    use_anchor: bool = True  # False: the anchor is always zero (a model trained without it)
 
     @property
     def device(self) -> torch.device:
@@ -57,7 +68,9 @@ class WorldModel:
     ) -> WorldModel:
         """A preset or a pipeline folder, with the fast path as `fast` chooses (default: as this
         process's environment says, `FastPathChoice.from_env`: on a GPU unless HELIOS_EAGER=1)."""
-        if isinstance(spec, str) and spec in PRESETS:
+        if spec == "toy":
+            model = cls.from_pretrained(TOY_FOLDER, device=device)
+        elif isinstance(spec, str) and spec in PRESETS:
             model = cls.tiny(device=device, seed=seed) if spec == "tiny" else cls.random(spec, device=device)
         else:
             folder = Path(spec)
@@ -151,6 +164,8 @@ class WorldModel:
             )
         index = read_json_object(index_path)
         device = resolve_device(device)
+        if index.get("text_encoder") == "builtin":
+            return cls._from_toy_folder(folder, index, device)
         scheduler = SchedulerConfig.from_pretrained(folder)
         if index.get("is_distilled"):
             sampler = sampler_preset("distilled").replace(scheduler=scheduler)
@@ -175,3 +190,37 @@ class WorldModel:
         """Pixel sizes must be multiples of this: VAE ×8 · patch ×2 · 2 per extra pyramid stage."""
         _, ph, _ = self.transformer.config.patch_size
         return 8 * ph * 2 ** (self.sampler.scheduler.stages - 1)
+
+    @classmethod
+    def _from_toy_folder(cls, folder: Path, index: dict, device: torch.device) -> WorldModel:
+        """A pipeline written by `helios train export`: float32 on every device (the toy is small),
+        the built-in text encoder, the few-step sampler of its scheduler config and model_index."""
+        space = index.get("action_space")
+        if space not in (None, "move-pan"):
+            raise CheckpointError(f"{str(folder)!r}: unknown action_space {space!r} (known: 'move-pan')")
+        transformer = HeliosTransformer.from_pretrained(
+            folder / "transformer", device=device, dtype=torch.float32
+        ).eval()
+        actions = MovePanActions() if space == "move-pan" else None
+        if actions is not None and transformer.config.num_actions < actions.num_ids:
+            raise CheckpointError(
+                f"{str(folder)!r}: the move-pan action space needs num_actions >= {actions.num_ids}, "
+                f"the transformer has {transformer.config.num_actions}"
+            )
+        steps = index.get("steps", [6])
+        sampler = SamplerSettings(
+            SchedulerConfig.from_pretrained(folder),
+            steps=tuple(int(n) for n in steps),
+            guidance_scale=float(index.get("guidance_scale", 1.0)),
+        )
+        height, width = index.get("default_size", [96, 160])
+        return cls(
+            name=str(index.get("name") or folder.name),
+            transformer=transformer,
+            vae=WanVAE.from_pretrained(folder / "vae", device=device).eval(),
+            text_encoder=BuiltinTextEncoder.from_pretrained(folder / "text_encoder", device=device),
+            sampler=sampler,
+            default_size=(int(height), int(width)),
+            actions=actions,
+            use_anchor=bool(index.get("anchor", True)),
+        )

@@ -187,7 +187,8 @@ def action_prompt(prompt: str, action: Action) -> str:
 
 class EnginePredictor:
     """A `WorldEngine` as a predictor: the first chunk is an image-to-video reset from the simulator's
-    first frame, each later chunk a `step`; the action goes in as a prompt (`action_prompt`). The
+    first frame, each later chunk a `step`; the action goes in as the model's learned action ids
+    when it has an action space, else as a prompt (`action_prompt`). The
     model runs at (height, width) and its frames are resized to the simulator's size."""
 
     def __init__(self, engine: Any, *, height: int | None = None, width: int | None = None, seed: int = 0):
@@ -203,14 +204,17 @@ class EnginePredictor:
         self._first, self._prompt = first_frame.copy(), prompt
 
     def step(self, action: Action) -> np.ndarray:
-        text = action_prompt(self._prompt, action)
+        if self.engine.model.actions is not None:  # a learned action space: the scene prompt + ids
+            text, act = self._prompt, {"move": action.move, "pan": action.pan}
+        else:
+            text, act = action_prompt(self._prompt, action), None
         if self._session is None:
             result = self.engine.reset(
-                text, image=self._first, seed=self.seed, height=self.height, width=self.width
+                text, image=self._first, seed=self.seed, height=self.height, width=self.width, action=act
             )
             self._session = result.session_id
         else:
-            result = self.engine.step(self._session, text)
+            result = self.engine.step(self._session, act if act is not None else text)
         return _resize_frames(result.frames, *self._first.shape[:2])
 
 

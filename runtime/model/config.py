@@ -2,7 +2,8 @@
 
 Spec: shared/spec/helios-model.md section 2. The same class describes every size; presets:
 
-- `tiny`: CPU tests and the embedded default until a trained toy model ships (random weights, ms).
+- `tiny`: CPU tests (random weights, milliseconds).
+- `toy`: the toy world's transformer, trained by `helios train` and shipped as the default model.
 - `1.3b`: the public Wan2.1-T2V-1.3B shape plus the three history patch embedders.
 - `14b`: the released Helios Base / Mid / Distilled config (14,312,427,584 parameters).
 """
@@ -147,6 +148,19 @@ PRESETS: dict[str, HeliosConfig] = {
         freq_dim=32,
         ffn_dim=64,
         num_layers=2,
+    ),
+    # The toy world's transformer (`helios train`, the embedded default model): 96×160 frames, a
+    # learned move + camera-pan action (18 ids), the byte-level text encoder's 64-wide features.
+    # ~4.8M parameters: a full-history forward takes ~40 ms on two CPU cores.
+    "toy": HeliosConfig(
+        num_attention_heads=3,
+        attention_head_dim=64,
+        rope_dim=(16, 24, 24),
+        text_dim=64,
+        freq_dim=64,
+        ffn_dim=768,
+        num_layers=6,
+        num_actions=18,
     ),
     "1.3b": HeliosConfig(num_attention_heads=12, ffn_dim=8960, num_layers=30),
     "14b": HeliosConfig(),

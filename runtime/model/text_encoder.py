@@ -357,6 +357,8 @@ class BuiltinTextEncoderConfig:
 
 BUILTIN_PRESETS: dict[str, BuiltinTextEncoderConfig] = {
     "tiny": BuiltinTextEncoderConfig(),
+    # The toy world's encoder, trained with its transformer: the grammar's longest prompt fits.
+    "toy": BuiltinTextEncoderConfig(dim=64, max_tokens=64, num_layers=2, num_heads=4),
 }
 
 

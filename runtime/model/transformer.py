@@ -618,8 +618,9 @@ class HeliosTransformer(nn.Module):
         encoder_hidden_states: (B, K, E) text features; indices_hidden_states: (B, T) frame indices.
         History (all six or none): latents_history_short / mid / long (B, C, Ts / Tm / Tl, Hh, Wh),
         at full latent resolution, with their frame indices (B, Ts / Tm / Tl).
-        action: (B,) integer action ids, for a model built with `num_actions` > 0 (they condition
-        the noisy tokens' modulation; history tokens stay at t = 0 without an action).
+        action: (B,) or (B, K) integer action ids, for a model built with `num_actions` > 0 (the K
+        ids' embeddings are summed, e.g. a move and a camera pan; they condition the noisy tokens'
+        modulation; history tokens stay at t = 0 without an action).
         Returns (B, C, T, H, W) in the compute dtype. Inputs are cast to the compute dtype.
         """
         history = [
@@ -709,14 +710,22 @@ class HeliosTransformer(nn.Module):
         n = self.config.num_actions
         if not n:
             raise ValueError("this model has no action conditioning (num_actions=0); pass action=None")
-        if not isinstance(action, torch.Tensor) or action.shape != (batch,) or action.is_floating_point():
+        if (
+            not isinstance(action, torch.Tensor)
+            or action.dim() not in (1, 2)
+            or action.shape[0] != batch
+            or action.is_floating_point()
+        ):
             shape = tuple(action.shape) if isinstance(action, torch.Tensor) else type(action).__name__
-            raise ValueError(f"action must be an integer tensor of shape ({batch},), got {shape}")
+            raise ValueError(
+                f"action must be an integer tensor of shape ({batch},) or ({batch}, K), got {shape}"
+            )
         # Checked where the ids are: free for CPU ids (what callers build from actions); ids already on
         # the GPU would cost a device sync per forward, so an out-of-range one fails in the lookup.
         if action.device.type == "cpu" and (int(action.min()) < 0 or int(action.max()) >= n):
             raise ValueError(f"action ids must be in [0, {n}), got {action.tolist()}")
-        return self.action_embedder(action.to(self.device))
+        emb = self.action_embedder(action.to(self.device))  # (B, D) or (B, K, D)
+        return emb.sum(1) if action.dim() == 2 else emb
 
     # --- input validation ---------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ SERVER_VERSION = __version__
 
 @dataclass(frozen=True)
 class ServerSettings:
-    model: str = "tiny"  # a preset or a Helios pipeline folder
+    model: str = "toy"  # a preset (toy: the shipped toy world) or a Helios pipeline folder
     devices: tuple[str | None, ...] = (None,)  # one engine worker per entry; None = cuda if present
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port

@@ -329,11 +329,16 @@ def _guard(img: np.ndarray) -> np.ndarray:
 class RandomPolicy:
     """The benchmark's seeded action source: each chunk a uniformly random move (and, one chunk in
     four, a random camera pan) among those that keep the agent clear of the dead zone's edges, so the
-    commanded motion is exactly the agent's motion across the view (`ProceduralWorld.expected_shift`)."""
+    commanded motion is exactly the agent's motion across the view (`ProceduralWorld.expected_shift`).
 
-    def __init__(self, seed: int, pan_probability: float = 0.25):
+    With `free` > 0 (training data), that share of chunks takes any move, dead zone or not, so the
+    data also shows the view scrolling with the agent, as it does when a player drives it.
+    """
+
+    def __init__(self, seed: int, pan_probability: float = 0.25, free: float = 0.0):
         self.rng = np.random.default_rng([seed, 0x5EED])
         self.pan_probability = pan_probability
+        self.free = free
 
     def __call__(self, world: ProceduralWorld) -> Action:
         names = list(MOVES)
@@ -342,6 +347,8 @@ class RandomPolicy:
             if self.rng.random() < self.pan_probability
             else "stay"
         )
+        if self.free and self.rng.random() < self.free:
+            return Action(names[int(self.rng.integers(len(names)))], pan)
         for candidate_pan in (pan, "stay"):
             ok = [m for m in names if world.in_dead_zone_after(Action(m, candidate_pan))]
             if ok:

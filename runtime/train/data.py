@@ -22,20 +22,29 @@ def sim_clip(
     Each chunk is the 33 frames the world renders under one action, the unit the model generates
     and the VAE encodes on its own (33 frames -> 9 latents).
     """
+    prompt, _, frames, actions = sim_episode(index, seed=seed, chunks=chunks, height=height, width=width)
+    return prompt, frames, actions
+
+
+def sim_episode(
+    index: int, *, seed: int = 0, chunks: int = 1, height: int = 96, width: int = 160, free: float = 0.0
+) -> tuple[str, np.ndarray, np.ndarray, list]:
+    """Like `sim_clip`, with the world's first frame (H, W, 3) too (the image of image-to-video):
+    (prompt, first, frames, actions). `free`: see `RandomPolicy` (0 = the benchmark's policy)."""
     world_seed = seed * 1_000_003 + index
     if seed == 0 and world_seed >= EVAL_SEEDS_FROM:
         raise ValueError(f"training world {index} would reach the held-out seeds (>= {EVAL_SEEDS_FROM})")
     rng = np.random.default_rng([seed, index, 0xDA7A])
     prompt = PromptGrammar().sample(rng)
     world = ProceduralWorld(prompt, world_seed, height=height, width=width)
-    policy = RandomPolicy(world_seed)
-    world.reset()
+    policy = RandomPolicy(world_seed, free=free)
+    first = world.reset()
     frames, actions = [], []
     for _ in range(chunks):
         action = policy(world)
         actions.append(action)
         frames.append(world.step(action))
-    return prompt, np.stack(frames), actions
+    return prompt, first, np.stack(frames), actions
 
 
 def to_video(frames: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -89,40 +89,42 @@ def cut_sample(video: torch.Tensor, window: int) -> Sample:
 
 
 def history_dropout(sample: Sample, recipe: Stage1Recipe, gen: torch.Generator) -> Sample:
-    """Spec 10's history dropout, one draw per batch row."""
-    history, anchor = sample.history.clone(), sample.anchor.clone()
-    for b in range(history.shape[0]):
-        u = _uniform(gen, history.device)
-        if u < recipe.drop_all:
-            history[b].zero_()
-            anchor[b].zero_()
-        elif u < recipe.drop_all + recipe.drop_oldest:
-            k = int(torch.randint(0, 3, (1,), generator=gen, device=gen.device).item())
-            history[b, :, : 1 + WINDOW_LATENTS * k].zero_()
+    """Spec 10's history dropout, one draw per batch row (vectorised: no host syncs)."""
+    history, anchor = sample.history, sample.anchor
+    B, T, dev = history.shape[0], history.shape[2], gen.device
+    u = torch.rand(B, generator=gen, device=dev).to(history.device)
+    k = torch.randint(0, 3, (B,), generator=gen, device=dev).to(history.device)
+    drop_all = u < recipe.drop_all
+    drop_oldest = ~drop_all & (u < recipe.drop_all + recipe.drop_oldest)
+    oldest = torch.arange(T, device=history.device)[None] < (1 + WINDOW_LATENTS * k)[:, None]  # (B, T)
+    keep_t = ~((oldest & drop_oldest[:, None]) | drop_all[:, None])
+    history = history * keep_t[:, None, :, None, None].to(history.dtype)
+    anchor = anchor * (~drop_all)[:, None, None, None, None].to(anchor.dtype)
     return Sample(sample.target, history, anchor)
 
 
 def frame_aware_corrupt(sample: Sample, recipe: Stage1Recipe, gen: torch.Generator) -> Sample:
-    """Noise (or resample) every history latent and the anchor with its own level (spec 10)."""
-    history, anchor = sample.history.clone(), sample.anchor.clone()
-    for b in range(history.shape[0]):
-        if _uniform(gen, history.device) < recipe.keep_clean:
-            continue
-        frames = torch.cat([anchor[b], history[b]], dim=1)  # (C, 20, H, W)
-        for t in range(frames.shape[1]):
-            x = frames[:, t]
-            if not bool(x.any()):  # zero padding or dropped: nothing to corrupt
-                continue
-            if recipe.blur and _uniform(gen, x.device) < recipe.blur:
-                lo, hi = recipe.blur_range
-                r = lo + (hi - lo) * _uniform(gen, x.device)
-                frames[:, t] = _resample(x, r)
-            else:
-                sigma = recipe.noise_max * _uniform(gen, x.device)
-                eps = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                frames[:, t] = sigma * eps + (1.0 - sigma) * x
-        anchor[b], history[b] = frames[:, :1], frames[:, 1:]
-    return Sample(sample.target, history, anchor)
+    """Noise (or resample) every history latent and the anchor with its own level (spec 10).
+
+    Vectorised over the batch and the 20 latents; all-zero latents (padding, dropped) stay zero.
+    """
+    frames = torch.cat([sample.anchor, sample.history], dim=2)  # (B, C, 20, H, W)
+    B, _, T = frames.shape[:3]
+    dev = gen.device
+    keep = torch.rand(B, generator=gen, device=dev).to(frames.device) < recipe.keep_clean
+    real = frames.detach().abs().amax(dim=(1, 3, 4)) > 0  # (B, T)
+    sigma = recipe.noise_max * torch.rand(B, T, generator=gen, device=dev).to(frames.device)
+    eps = torch.randn(frames.shape, generator=gen, device=dev, dtype=frames.dtype).to(frames.device)
+    apply = real & ~keep[:, None]
+    s = (sigma * apply).to(frames.dtype)[:, None, :, None, None]  # 0 where not corrupted
+    out = s * eps + (1.0 - s) * frames
+    if recipe.blur:
+        blurred = torch.rand(B, T, generator=gen, device=dev).to(frames.device) < recipe.blur
+        lo, hi = recipe.blur_range
+        factors = lo + (hi - lo) * torch.rand(B, T, generator=gen, device=dev)
+        for b, t in (apply & blurred).nonzero().tolist():
+            out[b, :, t] = _resample(frames[b, :, t], float(factors[b, t]))
+    return Sample(sample.target, out[:, :, 1:], out[:, :, :1])
 
 
 def sample_sigma(batch: int, recipe: Stage1Recipe, gen: torch.Generator) -> torch.Tensor:
@@ -133,11 +135,17 @@ def sample_sigma(batch: int, recipe: Stage1Recipe, gen: torch.Generator) -> torc
 
 
 def stage1_loss(
-    model, sample: Sample, text: torch.Tensor, recipe: Stage1Recipe, gen: torch.Generator
+    model,
+    sample: Sample,
+    text: torch.Tensor,
+    recipe: Stage1Recipe,
+    gen: torch.Generator,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flow-matching MSE of one batch after history dropout and Frame-Aware Corrupt.
 
-    `text` (B, K, E): the prompt features of each row. All draws come from `gen`.
+    `text` (B, K, E): the prompt features of each row. All draws come from `gen`. `weight`
+    (B, 1, T, H, W), optional: per-latent weights of the squared error (mean over all elements).
     """
     sample = frame_aware_corrupt(history_dropout(sample, recipe, gen), recipe, gen)
     x0 = sample.target.float()
@@ -148,11 +156,9 @@ def stage1_loss(
     noisy = s * eps + (1.0 - s) * x0
     # One sigma per row: the model's timestep per row is σ·1000.
     pred = model(noisy, sigma * 1000.0, text, **sample.inputs())
-    return F.mse_loss(pred.float(), eps - x0)
-
-
-def _uniform(gen: torch.Generator, device: torch.device) -> float:
-    return float(torch.rand(1, generator=gen, device=gen.device).item())
+    if weight is None:
+        return F.mse_loss(pred.float(), eps - x0)
+    return ((pred.float() - (eps - x0)).square() * weight).mean()
 
 
 def _resample(x: torch.Tensor, factor: float) -> torch.Tensor:

@@ -25,7 +25,8 @@ STATE_FILE = "trainer_state.pt"
 
 
 class Trainer:
-    """AdamW (0.9, 0.999), weight decay 1e-4, gradient clipping at 1.0 (spec 10, stage 1).
+    """AdamW (0.9, 0.999), weight decay 1e-4, gradient clipping at 1.0 (spec 10, stage 1), and an
+    optional linear learning-rate warm-up over the first `warmup` steps.
 
     `loss_fn(model, step, gen) -> scalar tensor` builds its batch and loss from the step number and
     the run's generator (so resumption reproduces the data order).
@@ -42,9 +43,10 @@ class Trainer:
         clip: float = 1.0,
         seed: int = 0,
         save_every: int = 200,
+        warmup: int = 0,
     ):
         self.model, self.loss_fn, self.folder = model, loss_fn, Path(folder)
-        self.clip, self.save_every = clip, save_every
+        self.clip, self.save_every, self.warmup, self.lr = clip, save_every, warmup, lr
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -70,6 +72,9 @@ class Trainer:
             if not math.isfinite(value):
                 raise FloatingPointError(f"the loss is {value} at step {self.step}; stopping")
             self.optimizer.zero_grad(set_to_none=True)
+            if self.warmup:  # linear warm-up from lr / warmup, by the global step (so resumable)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr * min(1.0, (self.step + 1) / self.warmup)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.optimizer.step()

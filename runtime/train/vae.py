@@ -10,12 +10,25 @@ from ..model.vae import WanVAE
 
 
 def vae_loss(
-    vae: WanVAE, video: torch.Tensor, gen: torch.Generator, kl_weight: float = 1e-6
+    vae: WanVAE,
+    video: torch.Tensor,
+    gen: torch.Generator,
+    kl_weight: float = 1e-6,
+    pixel_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch (B, 3, 1 + 4k, H, W) in [-1, 1]; also returns its parts as floats."""
+    """Loss of one batch (B, 3, 1 + 4k, H, W) in [-1, 1]; also returns its parts as floats.
+
+    `pixel_weight` (B, 1, T, H, W), optional: per-pixel weights of the reconstruction terms (means
+    stay normalised by the pixel count), e.g. to keep a small object the latents must not lose.
+    """
     recon, mean, logvar = vae.autoencode(video, generator=gen)
-    l1 = F.l1_loss(recon, video)
-    mse = F.mse_loss(recon, video)
+    if pixel_weight is None:
+        l1 = F.l1_loss(recon, video)
+        mse = F.mse_loss(recon, video)
+    else:
+        err = recon.float() - video.float()
+        l1 = (err.abs() * pixel_weight).mean()
+        mse = (err.square() * pixel_weight).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
     loss = l1 + mse + kl_weight * kl
     return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}

@@ -18,7 +18,7 @@ RGB = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
 
 @pytest.fixture(scope="module")
 def cp_server():
-    yield from start_server(ServerSettings(port=0, token=TOKEN, devices=group_devices(None, 2)))
+    yield from start_server(ServerSettings(model="tiny", port=0, token=TOKEN, devices=group_devices(None, 2)))
 
 
 def _frames(chunk: pb.Chunk) -> np.ndarray:

@@ -42,7 +42,9 @@ def test_tiny_preset_is_small_and_complete():
     model = HeliosTransformer.from_config("tiny", device="cpu")
     assert model.num_parameters() < 250_000
     assert {"patch_short.weight", "patch_mid.weight", "patch_long.weight"} <= set(model.state_dict())
-    assert set(PRESETS) == {"tiny", "1.3b", "14b"}
+    assert set(PRESETS) == {"tiny", "toy", "1.3b", "14b"}
+    with torch.device("meta"):
+        assert HeliosTransformer(PRESETS["toy"]).num_parameters() < 6_000_000
 
 
 def test_from_config_is_seeded_and_not_degenerate():

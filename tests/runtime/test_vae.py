@@ -250,7 +250,7 @@ def test_config_from_dict_and_presets():
     raw["scale_factor_spatial"] = None
     cfg = WanVAEConfig.from_dict(raw)
     assert cfg == vae_preset("tiny") and cfg.decoder_base_dim == 8
-    assert set(VAE_PRESETS) == {"wan2.1", "tiny"}
+    assert set(VAE_PRESETS) == {"wan2.1", "tiny", "toy"}
     assert cfg.latent_frames(33) == 9 and cfg.pixel_frames(9) == 33
     with pytest.raises(ValueError, match="unknown VAE preset 'huge'"):
         vae_preset("huge")
@@ -289,7 +289,7 @@ def test_load_takes_a_preset_or_a_folder(tmp_path):
     back = WanVAE.load(tmp_path, device="cpu")
     assert back.config == vae.config
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in vae.state_dict().items())
-    with pytest.raises(CheckpointError, match=r"'nope' is neither a preset \(tiny, wan2\.1\) nor"):
+    with pytest.raises(CheckpointError, match=r"'nope' is neither a preset \(tiny, toy, wan2\.1\) nor"):
         WanVAE.load("nope")
 
 

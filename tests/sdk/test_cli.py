@@ -73,7 +73,7 @@ def test_info_of_the_released_config():
         (("info", "--model", "/no/such/folder"), "does not exist"),
         (("rollout", "--chunks", "2", "--switch", "5=x"), "outside 1..1"),
         (("rollout", "--switch", "x"), "CHUNK=PROMPT"),
-        (("rollout", "--height", "100"), "multiple of 64"),
+        (("rollout", "--height", "100"), "multiple of 16"),
         (("rollout", "--image", "/no/such.png"), "no such file"),
     ],
 )

@@ -32,11 +32,26 @@ def test_record_errors_are_one_line():
 
 
 def test_record_at_the_servers_default_size(tmp_path):
-    """The README's main command: no size given, so chunk 0 comes back raw at the model's default
-    frame size (6 MB for tiny's 192×320), above gRPC's stock 4 MiB message limit."""
+    """No size given, so chunk 0 comes back raw at the model's default frame size: 6 MB for tiny's
+    192×320, above gRPC's stock 4 MiB message limit."""
     from helios_sdk.video import read_frames
 
     out = tmp_path / "w.mp4"
-    done = helios("record", "--serve", "--chunks", "1", "--out", str(out))
+    done = helios("record", "--serve", "--model", "tiny", "--chunks", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert read_frames(out).shape == (33, 192, 320, 3)
+
+
+def test_the_readme_main_command_walks_the_toy_world(tmp_path):
+    """The README's main command as it is (the default model, prompt and keys), a few chunks."""
+    from helios_sdk.video import read_frames
+
+    out = tmp_path / "w.mp4"
+    done = helios("record", "--serve", "--chunks", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "toy" in done.stderr and "chunk 3/3" in done.stderr
+    frames = read_frames(out)
+    assert frames.shape == (99, 96, 160, 3)
+    assert frames.std() > 5, "a scene, not a flat colour"
+    bad = helios("record", "--serve", "--chunks", "2", "--keys", "space")
+    assert "unknown key 'space'" in bad.stderr, bad.stderr

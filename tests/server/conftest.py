@@ -45,6 +45,7 @@ def free_port() -> int:
 @pytest.fixture(scope="package")
 def running() -> Iterator[Handle]:
     settings = ServerSettings(
+        model="tiny",
         port=0,
         token=TOKEN,
         max_sessions=6,

@@ -21,7 +21,9 @@ def fresh_server(request):
     """A server of its own; `idle_timeout_s` from the test's parametrisation (default 300)."""
     idle = getattr(request, "param", 300.0)
     gen = start_server(
-        ServerSettings(port=0, token=TOKEN, max_sessions=4, idle_timeout_s=idle, drain_seconds=5)
+        ServerSettings(
+            model="tiny", port=0, token=TOKEN, max_sessions=4, idle_timeout_s=idle, drain_seconds=5
+        )
     )
     handle = next(gen)
     yield handle
@@ -95,7 +97,7 @@ def test_idle_sessions_expire(fresh_server):
 
 
 def test_drain_ends_streams_with_a_closed_event():
-    gen = start_server(ServerSettings(port=0, token=TOKEN, drain_seconds=10))
+    gen = start_server(ServerSettings(model="tiny", port=0, token=TOKEN, drain_seconds=10))
     handle = next(gen)
     stub = handle.stub()
     sid = new_world(stub)

@@ -42,7 +42,9 @@ def fleet():
     # A cluster of our own (never one a `ray start` left running); logical CPUs: two replicas
     # reserve one each, whatever cores the host has.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    settings = ServerSettings(port=0, token=TOKEN, max_sessions=8, ray="auto", replicas=2, warm_up=False)
+    settings = ServerSettings(
+        model="tiny", port=0, token=TOKEN, max_sessions=8, ray="auto", replicas=2, warm_up=False
+    )
     gen = start_server(settings)  # `auto` joins the cluster this process already runs
     try:
         yield next(gen)

@@ -30,12 +30,13 @@ def test_serve_prints_its_address_and_drains_on_sigterm():
         info = stub.GetServerInfo(
             pb.GetServerInfoRequest(), metadata=(("authorization", "Bearer tok"),), timeout=30
         )
-        assert info.model.name == "tiny"
+        assert info.model.name == "toy", "the embedded default model"
+        assert (info.default_height, info.default_width) == (96, 160)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         lines = proc.stderr.read().splitlines()
         logs = [json.loads(x) for x in lines]  # every line, the worker's too, is one JSON object
-        assert any(entry["msg"].startswith("serving tiny") for entry in logs)
+        assert any(entry["msg"].startswith("serving toy") for entry in logs)
         assert any(entry["logger"] == "helios.worker" for entry in logs)
         assert all({"ts", "level", "logger", "msg"} <= entry.keys() for entry in logs)
     finally:

@@ -1,0 +1,144 @@
+"""The toy world end to end on the CPU: train (a few steps each), export, load, step with actions;
+and the shipped toy model (the embedded default)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helios_runtime.engine.actions import MOVE_NAMES, MovePanActions
+from helios_runtime.engine.engine import WorldEngine
+from helios_runtime.engine.errors import InvalidInput
+from helios_runtime.engine.world_model import DEFAULT_MODEL, TOY_FOLDER, WorldModel
+from helios_runtime.train import world
+from helios_runtime.train.stage1 import WINDOW_LATENTS
+
+
+def test_move_pan_ids_from_every_action_form():
+    a = MovePanActions()
+    assert a.ids(None) == (0, 9) == a.STAY
+    assert a.ids({"move": "ne", "pan": "w"}) == (MOVE_NAMES.index("ne"), 9 + MOVE_NAMES.index("w"))
+    assert a.ids({"keys": ["w", "d"]}) == (MOVE_NAMES.index("ne"), 9)
+    assert a.ids({"keys": ["ArrowLeft", "a"]}) == (MOVE_NAMES.index("w"), 9)  # one direction, once
+    assert a.ids({"keys": ["w", "s"]}) == (0, 9)  # opposite keys cancel
+    assert a.ids({"camera": {"yaw": 5.0, "pitch": 3.0}}) == (0, 9 + MOVE_NAMES.index("ne"))
+    assert a.ids({"mouse": {"dx": 0.0, "dy": 10.0}}) == (0, 9 + MOVE_NAMES.index("s"))
+    assert a.ids({"camera": {"yaw": 1.0}, "mouse": {"dx": 1.0}}) == (0, 9)  # below the thresholds
+    for bad, match in (
+        ({"move": "up"}, "unknown move"),
+        ({"keys": ["space"]}, "unknown key"),
+        ({"keys": "w"}, "list of key names"),
+        ({"move": "n", "keys": ["w"]}, "only 'move' and 'pan'"),
+        ({"jump": 1}, "unknown action fields"),
+        ({"camera": {"yaw": float("nan")}}, "finite"),
+    ):
+        with pytest.raises(InvalidInput, match=match):
+            a.ids(bad)
+
+
+def test_the_transformer_sums_several_action_ids():
+    from helios_runtime.model.config import preset
+    from helios_runtime.model.transformer import HeliosTransformer
+
+    model = HeliosTransformer.from_config(preset("tiny").replace(num_actions=18), device="cpu", seed=0)
+    torch.nn.init.normal_(model.action_embedder.weight)  # zero-initialised: give it something to add
+    ids = torch.tensor([[2, 12], [0, 9]])
+    summed = model._action_embedding(ids, 2)
+    assert torch.allclose(summed[0], model.action_embedder.weight[2] + model.action_embedder.weight[12])
+    assert torch.allclose(model._action_embedding(ids[:, 0], 2), model.action_embedder.weight[[2, 0]])
+    with pytest.raises(ValueError, match=r"shape \(2,\) or \(2, K\)"):
+        model._action_embedding(ids[None], 2)
+
+
+def test_render_episodes_is_deterministic_and_labels_actions():
+    a = world.render_episodes(3, 2, workers=1)
+    b = world.render_episodes(3, 2, workers=2)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
+    assert a.frames.shape == (3, 2, 33, 96, 160, 3) and a.first.shape == (3, 96, 160, 3)
+    assert ((a.actions[..., 0] >= 0) & (a.actions[..., 0] < 9) & (a.actions[..., 1] >= 9)).all()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A few steps of every training stage on the CPU, exported: the CI smoke run."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("toy")
+    world.train_vae(root / "vae", episodes=4, chunks=1, batch=1, clip_frames=5, max_steps=2, workers=1)
+    report = json.loads((root / "vae" / "vae_report.json").read_text())
+    assert report["step"] == 2 and len(report["latents_std"]) == 16
+    from helios_runtime.model.text_encoder import BuiltinTextEncoder
+    from helios_runtime.model.vae import WanVAE
+
+    vae = WanVAE.from_pretrained(root / "vae", device="cpu")
+    data = world.encode_episodes(
+        vae, world.render_episodes(3, 3, workers=1), BuiltinTextEncoder.preset("toy", device="cpu")
+    )
+    data.save(root / "latents.pt")
+    data = world.LatentSet.load(root / "latents.pt", "cpu")
+    world.train_world(root / "world", data, batch=2, max_steps=2, agent=10.0)
+    out = world.export_world(root / "world", root / "vae", root / "pipeline")
+    return root, data, out
+
+
+def test_latent_set_and_samples(trained):
+    _, data, _ = trained
+    assert data.latents.shape == (3, 16, 3 * WINDOW_LATENTS, 12, 20) and data.latents.dtype == torch.float16
+    assert data.agent is not None and data.agent.shape == (3, 27, 12, 20) and data.agent.any()
+    gen = torch.Generator().manual_seed(0)
+    sample, _, agent, actions = world.world_sample(data, 16, gen)
+    assert sample.target.shape == (16, 16, 9, 12, 20) and sample.history.shape == (16, 16, 19, 12, 20)
+    assert agent.shape == (16, 1, 9, 12, 20) and actions.shape == (16, 2)
+    image_only = world.world_sample(data, 8, torch.Generator().manual_seed(1), i2v=1.0)[0]
+    text_only = world.world_sample(data, 8, torch.Generator().manual_seed(1), i2v=0.0)[0]
+    # Same draws: image-to-video rows take the first frame's latent as the anchor.
+    rows = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(image_only.anchor, data.image[rows].float())
+    assert not torch.equal(image_only.anchor, text_only.anchor)
+
+
+def test_resume_and_init(trained, tmp_path):
+    root, data, _ = trained
+    again = world.train_world(root / "world", data, batch=2, max_steps=3)  # resumes at step 2
+    assert json.loads((root / "world" / "world_report.json").read_text())["step"] == 3
+    fresh = world.train_world(tmp_path / "w", data, batch=2, max_steps=1, init=root / "world", lr=0.0)
+    for (k, a), b in zip(again.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k  # lr 0: the init weights, unchanged
+
+
+def test_exported_pipeline_runs_with_actions(trained):
+    _, _, out = trained
+    assert world.folder_megabytes(out) < 25
+    model = WorldModel.load(out, device="cpu")
+    assert model.default_size == (96, 160) and isinstance(model.actions, MovePanActions)
+    engine = WorldEngine(model, max_sessions=4)
+    first = engine.reset("a forest at noon", seed=3, action={"move": "e"})
+    assert first.frames.shape == (33, 96, 160, 3)
+    twin = engine.fork(first.session_id)
+    east = engine.step(first.session_id, {"keys": ["d"]})
+    west = engine.step(twin, {"move": "w", "pan": "n"})
+    assert not torch.equal(east.latents, west.latents), "the action conditions the chunk"
+    before = engine.session(twin).chunk
+    with pytest.raises(InvalidInput, match="unknown key"):
+        engine.step(twin, {"keys": ["space"]})
+    assert engine.session(twin).chunk == before, "a bad action changes nothing"
+    prompt_step = engine.step(twin, "a desert at night")  # a prompt: the agent stays
+    assert prompt_step.chunk_index == before
+
+
+def test_reset_action_needs_a_learned_action_space():
+    engine = WorldEngine(WorldModel.load("tiny", device="cpu"))
+    with pytest.raises(InvalidInput, match="learned action space"):
+        engine.reset("x", height=64, width=64, action={"move": "e"})
+
+
+def test_the_shipped_toy_world_is_the_default():
+    assert DEFAULT_MODEL == "toy"
+    assert world.folder_megabytes(TOY_FOLDER) < 25
+    index = json.loads((TOY_FOLDER / "model_index.json").read_text())
+    assert index["action_space"] == "move-pan" and index["anchor"] is True
+    model = WorldModel.load("toy", device="cpu")
+    assert model.transformer.config.num_actions == 18 and model.sampler.steps == (world.TOY_STEPS,)
+    assert model.transformer.dtype == torch.float32, "float16 on disk, float32 to run on a CPU"
