@@ -53,5 +53,5 @@ def test_the_readme_main_command_walks_the_toy_world(tmp_path):
     frames = read_frames(out)
     assert frames.shape == (99, 96, 160, 3)
     assert frames.std() > 5, "a scene, not a flat colour"
-    bad = helios("record", "--serve", "--chunks", "2", "--keys", "space")
+    bad = helios("record", "--serve", "--chunks", "2", "--keys", "space", "--out", str(tmp_path / "b.mp4"))
     assert "unknown key 'space'" in bad.stderr, bad.stderr
