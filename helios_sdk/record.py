@@ -79,16 +79,18 @@ def record(args: argparse.Namespace) -> int:
     if args.chunks < 1:
         raise ValueError(f"--chunks must be at least 1, got {args.chunks}")
     switches = parse_switches(args.switch, args.chunks)
-    parse_keys(getattr(args, "keys", "-"))  # a bad --keys fails before any server starts
+    keys = parse_keys(args.keys)  # a bad --keys fails before any server starts
     token = args.token or os.environ.get("HELIOS_TOKEN") or ""
     if args.serve:
         token = token or "local-" + os.urandom(8).hex()
         with local_server(args.model, token) as address:
-            return _record(address, token, args, switches)
-    return _record(args.server, token, args, switches)
+            return _record(address, token, args, switches, keys)
+    return _record(args.server, token, args, switches, keys)
 
 
-def _record(address: str, token: str, args: argparse.Namespace, switches: dict[int, str]) -> int:
+def _record(
+    address: str, token: str, args: argparse.Namespace, switches: dict[int, str], keys: list[list[str]]
+) -> int:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     channel = grpc.insecure_channel(address, options=channel_options(64 << 20))
     stub = pb_grpc.WorldServiceStub(channel)
@@ -114,8 +116,6 @@ def _record(address: str, token: str, args: argparse.Namespace, switches: dict[i
         metadata=metadata,
         timeout=600,
     ).chunk
-
-    keys = parse_keys(getattr(args, "keys", "-"))
 
     def requests():
         yield pb.StreamRequest(start=pb.StreamStart(session_id=session.session_id, frames=options))

@@ -27,11 +27,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..sim.grammar import PromptGrammar
-from ..sim.world import CHUNK_FRAMES, FPS, Action, ProceduralWorld, RandomPolicy
+from ..sim.world import CHUNK_FRAMES, FPS, Action, ProceduralWorld, RandomPolicy, agent_mask
 
 PSNR_CAP = 100.0  # dB, reported for identical frames
 HIST_BINS = 32
-AGENT_THRESHOLD = 96  # min(R, B) - G above this is the agent (the simulator keeps others <= 64)
 AGENT_MIN_PIXELS = 3
 
 # The issue's targets for a trained model.
@@ -103,9 +102,7 @@ def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = HIST_BINS) -> n
 def agent_position(frame: np.ndarray) -> tuple[float, float] | None:
     """(x, y) centroid of the agent's colour in one frame (H, W, 3), or None when fewer than
     `AGENT_MIN_PIXELS` pixels have min(R, B) - G > `AGENT_THRESHOLD`."""
-    f = frame.astype(np.int16)
-    mask = np.minimum(f[..., 0], f[..., 2]) - f[..., 1] > AGENT_THRESHOLD
-    ys, xs = np.nonzero(mask)
+    ys, xs = np.nonzero(agent_mask(frame))
     if len(ys) < AGENT_MIN_PIXELS:
         return None
     return float(xs.mean()), float(ys.mean())

@@ -1,10 +1,21 @@
 """A procedural world simulator with known ground truth, for measuring a world model's drift."""
 
 from .grammar import PromptGrammar, Scene
-from .world import AGENT_RGB, CHUNK_FRAMES, FPS, MOVES, Action, ProceduralWorld, RandomPolicy
+from .world import (
+    AGENT_RGB,
+    AGENT_THRESHOLD,
+    CHUNK_FRAMES,
+    FPS,
+    MOVES,
+    Action,
+    ProceduralWorld,
+    RandomPolicy,
+    agent_mask,
+)
 
 __all__ = [
     "AGENT_RGB",
+    "AGENT_THRESHOLD",
     "CHUNK_FRAMES",
     "FPS",
     "MOVES",
@@ -13,4 +24,5 @@ __all__ = [
     "PromptGrammar",
     "RandomPolicy",
     "Scene",
+    "agent_mask",
 ]

@@ -38,6 +38,15 @@ DAY_FRAMES = 9600  # a full day-night cycle: 10 minutes at 16 fps
 AGENT_RGB = (255, 0, 255)
 # No other pixel gets min(R, B) - G above this (`_guard`), so magenta is the agent's alone.
 OTHER_MAGENTA_MAX = 64
+# How the agent is found in any frame, the simulator's or a model's: min(R, B) - G above this.
+AGENT_THRESHOLD = 96
+
+
+def agent_mask(frames: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., H, W) bool: the pixels of the agent's colour."""
+    f = frames.astype(np.int16)
+    return np.minimum(f[..., 0], f[..., 2]) - f[..., 1] > AGENT_THRESHOLD
+
 
 # (dx, dy) of each move, in view pixels per `speed` (y down: "n" is up the screen).
 MOVES: dict[str, tuple[int, int]] = {

@@ -22,6 +22,7 @@ inference) and `corrupt=False` (no Frame-Aware Corrupt).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,12 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.actions import MOVE_NAMES, MovePanActions
+from ..engine.actions import MovePanActions
 from ..engine.memory import HISTORY_FRAMES
 from ..model.text_encoder import BuiltinTextEncoder, _zero_past_lengths
 from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
-from ..sim import CHUNK_FRAMES
+from ..sim import AGENT_THRESHOLD, CHUNK_FRAMES
 from .data import sim_episode
 from .stage1 import WINDOW_LATENTS, Sample, Stage1Recipe, stage1_loss
 from .trainer import Trainer
@@ -120,14 +121,18 @@ def render_episodes(
     )
 
 
+def agent_mask(frames: torch.Tensor) -> torch.Tensor:
+    """`sim.agent_mask` for uint8 tensors on any device: (..., H, W, 3) -> (..., H, W) bool."""
+    f = frames.to(torch.int16)
+    return torch.minimum(f[..., 0], f[..., 2]) - f[..., 1] > AGENT_THRESHOLD
+
+
 def agent_weight(frames: torch.Tensor, weight: float) -> torch.Tensor | None:
-    """(B, T, H, W, 3) uint8 -> (B, 1, T, H, W) float: `weight` on the agent's pixels (its colour
-    is the world's alone, `sim.AGENT_RGB`), 1 elsewhere; None when `weight` is 1."""
+    """(B, T, H, W, 3) uint8 -> (B, 1, T, H, W) float: `weight` on the agent's pixels, 1 elsewhere;
+    None when `weight` is 1."""
     if weight == 1.0:
         return None
-    r, g, b = frames.unbind(-1)
-    agent = (r > 200) & (g < 60) & (b > 200)
-    return (1.0 + (weight - 1.0) * agent.float())[:, None]
+    return (1.0 + (weight - 1.0) * agent_mask(frames).float())[:, None]
 
 
 def _video(frames: torch.Tensor) -> torch.Tensor:
@@ -316,7 +321,7 @@ def encode_episodes(vae: WanVAE, data: Episodes, text: BuiltinTextEncoder, batch
 def _agent_latents(frames: torch.Tensor) -> torch.Tensor:
     """(b, K, 33, H, W, 3) uint8 -> (b, 9K, H/8, W/8) bool: the latents whose frames (the first
     alone, then groups of 4) and 8×8 pixels hold any of the agent's pixels."""
-    mask = agent_weight(frames.flatten(0, 1), 2.0)[:, 0] > 1  # (bK, 33, H, W)
+    mask = agent_mask(frames.flatten(0, 1))  # (bK, 33, H, W)
     first = mask[:, :1]
     rest = mask[:, 1:].unflatten(1, (-1, 4)).any(2)  # (bK, 8, H, W)
     grid = torch.cat([first, rest], 1).float()  # (bK, 9, H, W)
@@ -419,7 +424,8 @@ def train_world(
         weight = 1.0 + (agent - 1.0) * where.float() if agent != 1.0 and where is not None else None
         with _autocast(device):
             context = m.embed(data.ids[n], data.keep[n])
-            return stage1_loss(_WithAction(m.transformer, actions), sample, context, recipe, gen, weight)
+            forward = functools.partial(m.transformer, action=actions)  # called as forward(x, t, text, ...)
+            return stage1_loss(forward, sample, context, recipe, gen, weight)
 
     trainer = Trainer(model, loss_fn, out, lr=lr, seed=seed, save_every=1000, warmup=200)
     trainer.run(max_steps=max_steps, max_minutes=minutes, log_every=200)
@@ -431,16 +437,6 @@ def train_world(
         + "\n"
     )
     return model
-
-
-class _WithAction:
-    """The transformer with this batch's action ids bound (stage1_loss calls model(x, t, text, ...))."""
-
-    def __init__(self, transformer: HeliosTransformer, actions: torch.Tensor):
-        self.transformer, self.actions = transformer, actions
-
-    def __call__(self, *args, **kwargs) -> torch.Tensor:
-        return self.transformer(*args, action=self.actions, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -491,7 +487,6 @@ def folder_megabytes(folder: str | Path) -> float:
 
 __all__ = [
     "ACTION_SPACE",
-    "MOVE_NAMES",
     "Episodes",
     "LatentSet",
     "ToyWorld",
