@@ -341,11 +341,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-weight", type=float, default=1.0, help="loss weight of latents showing the agent (default 1)"
     )
     t_world.add_argument("--init", default=None, help="start a fresh run from this world folder's weights")
+    t_world.add_argument(
+        "--drop-all",
+        type=float,
+        default=0.4,
+        help="share of text-to-video rows (history and anchor dropped; default 0.4, spec 10's stage 1)",
+    )
+    t_world.add_argument(
+        "--decay-steps",
+        type=int,
+        default=0,
+        help="decay the learning rate linearly to a tenth over the last N steps before --steps (default 0)",
+    )
+    t_world.add_argument(
+        "--compile", action="store_true", help="run the transformer through torch.compile (GPU speed)"
+    )
+    t_world.add_argument(
+        "--action-dropout",
+        type=float,
+        default=0.0,
+        help="share of rows trained without an action, for action guidance at export (default 0)",
+    )
     t_exp = tr_sub.add_parser("export", help="write the float16 pipeline folder the runtime loads")
     t_exp.add_argument("--world", required=True, help="helios train world --out")
     t_exp.add_argument("--vae", required=True, help="helios train vae --out")
     t_exp.add_argument("--out", required=True, help="the pipeline folder to write")
     t_exp.add_argument("--no-anchor", action="store_true", help="the world was trained with --no-anchor")
+    t_exp.add_argument(
+        "--action-guidance",
+        type=float,
+        default=1.0,
+        help="guide the sampler on the action with this scale (> 1; a world trained with --action-dropout)",
+    )
     for p in (t_vae, t_lat, t_world):
         p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
         p.add_argument("--seed", type=int, default=0, help="training set and initialisation seed (default 0)")

@@ -376,7 +376,9 @@ def train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     step = args.train_command
     if step == "export":
-        out = world.export_world(args.world, args.vae, args.out, anchor=not args.no_anchor)
+        out = world.export_world(
+            args.world, args.vae, args.out, anchor=not args.no_anchor, action_guidance=args.action_guidance
+        )
         print(f"wrote {out} ({world.folder_megabytes(out):.1f} MB)")
         return 0
     device = resolve_device(args.device)
@@ -421,5 +423,9 @@ def train(args: argparse.Namespace) -> int:
             device=device,
             seed=args.seed,
             init=args.init,
+            drop_all=args.drop_all,
+            decay_steps=args.decay_steps,
+            compile=args.compile,
+            action_dropout=args.action_dropout,
         )
     return 0

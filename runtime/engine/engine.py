@@ -411,7 +411,9 @@ class WorldEngine:
             extra["action"] = torch.tensor(rows, dtype=torch.int64)
         transformer = self.model.transformer
 
-        def conditioned(context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        def conditioned(
+            context: torch.Tensor, extra: dict[str, torch.Tensor]
+        ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
             def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 if cancel is not None and cancel():
                     raise Cancelled("the chunk was cancelled before it finished; the session did not advance")
@@ -421,9 +423,12 @@ class WorldEngine:
 
             return forward
 
-        model: Any = conditioned(text)
-        if settings.guided:
-            model = Guidance(model, conditioned(torch.cat([s.negative for s in sessions])))
+        model: Any = conditioned(text, extra)
+        if settings.guided and self.model.guide_action and "action" in extra:
+            # Action guidance: the same prompt without an action (ids -1) is the unconditional side.
+            model = Guidance(model, conditioned(text, {"action": torch.full_like(extra["action"], -1)}))
+        elif settings.guided:
+            model = Guidance(model, conditioned(torch.cat([s.negative for s in sessions]), extra))
         latents = denoise_chunk(
             model, noise, settings, gens[0] if B == 1 else gens, first_chunk=first.chunk == 0
         ).float()

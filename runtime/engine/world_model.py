@@ -51,6 +51,10 @@ class WorldModel:
     # MovePanActions); None: actions reach the model as prompts (PromptTemplateAdapter).
     actions: MovePanActions | None = None
     use_anchor: bool = True  # False: the anchor is always zero (a model trained without it)
+    # True: the sampler's guidance (guidance_scale > 1) contrasts "with the action" against "without
+    # an action" (ids -1, the action dropout's rows) under the same prompt, instead of the prompt
+    # against the negative prompt. model_index.json: "guidance": "action".
+    guide_action: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -207,6 +211,11 @@ class WorldModel:
                 f"{str(folder)!r}: the move-pan action space needs num_actions >= {actions.num_ids}, "
                 f"the transformer has {transformer.config.num_actions}"
             )
+        guidance = index.get("guidance", "prompt")
+        if guidance not in ("prompt", "action") or (guidance == "action" and actions is None):
+            raise CheckpointError(
+                f"{str(folder)!r}: guidance {guidance!r} needs to be 'prompt' or, with an action_space, 'action'"
+            )
         steps = index.get("steps", [6])
         sampler = SamplerSettings(
             SchedulerConfig.from_pretrained(folder),
@@ -223,4 +232,5 @@ class WorldModel:
             default_size=(int(height), int(width)),
             actions=actions,
             use_anchor=bool(index.get("anchor", True)),
+            guide_action=guidance == "action",
         )

@@ -620,7 +620,8 @@ class HeliosTransformer(nn.Module):
         at full latent resolution, with their frame indices (B, Ts / Tm / Tl).
         action: (B,) or (B, K) integer action ids, for a model built with `num_actions` > 0 (the K
         ids' embeddings are summed, e.g. a move and a camera pan; they condition the noisy tokens'
-        modulation; history tokens stay at t = 0 without an action).
+        modulation; history tokens stay at t = 0 without an action). An id of -1 is "no action"
+        (a zero embedding): the unconditional rows of action dropout and action guidance.
         Returns (B, C, T, H, W) in the compute dtype. Inputs are cast to the compute dtype.
         """
         history = [
@@ -722,10 +723,12 @@ class HeliosTransformer(nn.Module):
             )
         # Checked where the ids are: free for CPU ids (what callers build from actions); ids already on
         # the GPU would cost a device sync per forward, so an out-of-range one fails in the lookup.
-        if action.device.type == "cpu" and (int(action.min()) < 0 or int(action.max()) >= n):
-            raise ValueError(f"action ids must be in [0, {n}), got {action.tolist()}")
-        emb = self.action_embedder(action.to(self.device))  # (B, D) or (B, K, D)
-        return emb.sum(1) if action.dim() == 2 else emb
+        if action.device.type == "cpu" and (int(action.min()) < -1 or int(action.max()) >= n):
+            raise ValueError(f"action ids must be in [0, {n}) or -1 (no action), got {action.tolist()}")
+        action = action.to(self.device)
+        present = (action >= 0).unsqueeze(-1)
+        emb = self.action_embedder(action.clamp_min(0)) * present.to(self.action_embedder.weight.dtype)
+        return emb.sum(1) if action.dim() == 2 else emb  # (B, D)
 
     # --- input validation ---------------------------------------------------------------------------
 

@@ -25,8 +25,10 @@ STATE_FILE = "trainer_state.pt"
 
 
 class Trainer:
-    """AdamW (0.9, 0.999), weight decay 1e-4, gradient clipping at 1.0 (spec 10, stage 1), and an
-    optional linear learning-rate warm-up over the first `warmup` steps.
+    """AdamW (0.9, 0.999), weight decay 1e-4, gradient clipping at 1.0 (spec 10, stage 1), an
+    optional linear learning-rate warm-up over the first `warmup` steps and an optional linear
+    decay to `final_lr_scale` × lr over the last `decay_steps` steps before `run`'s `max_steps`
+    (both by the global step, so a resumed run follows the same schedule).
 
     `loss_fn(model, step, gen) -> scalar tensor` builds its batch and loss from the step number and
     the run's generator (so resumption reproduces the data order).
@@ -44,14 +46,21 @@ class Trainer:
         seed: int = 0,
         save_every: int = 200,
         warmup: int = 0,
+        decay_steps: int = 0,
+        final_lr_scale: float = 0.1,
     ):
         self.model, self.loss_fn, self.folder = model, loss_fn, Path(folder)
         self.clip, self.save_every, self.warmup, self.lr = clip, save_every, warmup, lr
+        self.decay_steps, self.final_lr_scale = decay_steps, final_lr_scale
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
         device = next(model.parameters()).device
+        # The fused CUDA kernel: one launch for the whole update instead of a few per tensor.
+        fused = device.type == "cuda" and all(p.device.type == "cuda" for p in params)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused or None
+        )
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -62,36 +71,67 @@ class Trainer:
         self, *, max_steps: int, max_minutes: float = 10.0, log_every: int = 10
     ) -> list[dict[str, float]]:
         """Train until `max_steps` in total (across runs) or `max_minutes` of this run; returns the
-        logged losses of this run."""
+        logged losses of this run (each the mean over the steps since the previous row).
+
+        The loss is read back only every `log_every` steps: reading it each step would make the
+        host wait for the device every step (a small model's training is launch-bound).
+        A non-finite loss stops the run at the next logged step, before it is saved.
+        """
         self.model.train()
         deadline = time.monotonic() + 60.0 * max_minutes
         logged, started = [], time.monotonic()
+        total, count, first_step = None, 0, self.step
         while self.step < max_steps and time.monotonic() < deadline:
             loss = self.loss_fn(self.model, self.step, self.gen)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"the loss is {value} at step {self.step}; stopping")
             self.optimizer.zero_grad(set_to_none=True)
-            if self.warmup:  # linear warm-up from lr / warmup, by the global step (so resumable)
+            scale = self.lr_scale(max_steps)
+            if scale is not None:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr * min(1.0, (self.step + 1) / self.warmup)
+                    group["lr"] = self.lr * scale
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.optimizer.step()
             self.step += 1
+            total = loss.detach() if total is None else total + loss.detach()
+            count += 1
             if self.step % log_every == 0 or self.step == max_steps:
-                row = {"step": self.step, "loss": value, "seconds": time.monotonic() - started}
-                logged.append(row)
-                print(
-                    f"step {self.step}/{max_steps} loss {row['loss']:.4f} ({row['seconds']:.0f} s)",
-                    file=sys.stderr,
-                )
+                logged.append(self._log(total, count, started, first_step, max_steps))
+                total, count = None, 0
             if self.step % self.save_every == 0:
                 self.save()
+        if count:
+            logged.append(self._log(total, count, started, first_step, max_steps))
         self.history += logged
         self.save()
         self.model.eval()
         return logged
+
+    def lr_scale(self, max_steps: int) -> float | None:
+        """The learning rate's factor at the current step (None: no schedule, lr throughout)."""
+        if not self.warmup and not self.decay_steps:
+            return None
+        scale = min(1.0, (self.step + 1) / self.warmup) if self.warmup else 1.0
+        if self.decay_steps:
+            left = max_steps - self.step  # steps still to take, this one included
+            if left < self.decay_steps:
+                fraction = left / self.decay_steps  # 1 at the start of the decay, ~0 at the end
+                scale *= self.final_lr_scale + (1.0 - self.final_lr_scale) * fraction
+        return scale
+
+    def _log(
+        self, total: torch.Tensor, count: int, started: float, first_step: int, max_steps: int
+    ) -> dict[str, float]:
+        value = float(total) / count
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value} before step {self.step}; stopping")
+        seconds = time.monotonic() - started
+        row = {"step": self.step, "loss": value, "seconds": seconds}
+        rate = (self.step - first_step) / seconds if seconds > 0 else 0.0
+        print(
+            f"step {self.step}/{max_steps} loss {value:.4f} ({seconds:.0f} s, {rate:.1f} steps/s)",
+            file=sys.stderr,
+        )
+        return row
 
     def save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

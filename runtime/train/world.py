@@ -398,11 +398,20 @@ def train_world(
     device: str | torch.device = "cpu",
     seed: int = 0,
     init: str | Path | None = None,
+    drop_all: float = Stage1Recipe.drop_all,
+    decay_steps: int = 0,
+    compile: bool = False,
+    action_dropout: float = 0.0,
 ) -> ToyWorld:
     """Train (or resume) the toy transformer and its text encoder in `out`.
 
     `agent`: the loss weight of the target latents that show the agent (1: a plain loss). `init`: a
-    `train_world` folder whose weights a fresh run starts from.
+    `train_world` folder whose weights a fresh run starts from. `drop_all`: the history dropout's
+    share of text-to-video rows (no history, no anchor; spec 10's 0.4). `decay_steps`: decay the
+    learning rate linearly to a tenth over the last that many steps before `max_steps`.
+    `compile`: run the transformer through `torch.compile` (same numbers; fewer, fused kernels).
+    `action_dropout`: the share of rows trained without an action (ids -1), so the sampler can
+    guide on the action (`export_world(action_guidance=...)`).
     """
     device = torch.device(device)
     if init is not None:
@@ -415,25 +424,31 @@ def train_world(
         transformer = HeliosTransformer.from_config("toy", device=device, dtype=torch.float32, seed=seed)
         text = BuiltinTextEncoder.preset("toy", device=device)
     model = ToyWorld(transformer, text).train().requires_grad_(True)
-    recipe = Stage1Recipe() if corrupt else Stage1Recipe(keep_clean=1.0)
+    recipe = Stage1Recipe(drop_all=drop_all, keep_clean=Stage1Recipe.keep_clean if corrupt else 1.0)
+    # Compiled or not, the module (and so the checkpoint) is the same; only the call differs.
+    run_transformer = torch.compile(transformer) if compile else transformer
 
     def loss_fn(m: ToyWorld, step: int, gen: torch.Generator) -> torch.Tensor:
         sample, n, where, actions = world_sample(data, batch, gen)
+        if action_dropout:
+            dropped = torch.rand(batch, generator=gen, device=gen.device).to(actions.device) < action_dropout
+            actions = torch.where(dropped[:, None], torch.full_like(actions, -1), actions)
         if not anchor:
             sample = replace(sample, anchor=torch.zeros_like(sample.anchor))
         weight = 1.0 + (agent - 1.0) * where.float() if agent != 1.0 and where is not None else None
         with _autocast(device):
             context = m.embed(data.ids[n], data.keep[n])
-            forward = functools.partial(m.transformer, action=actions)  # called as forward(x, t, text, ...)
+            forward = functools.partial(run_transformer, action=actions)  # called as forward(x, t, text, ...)
             return stage1_loss(forward, sample, context, recipe, gen, weight)
 
-    trainer = Trainer(model, loss_fn, out, lr=lr, seed=seed, save_every=1000, warmup=200)
+    trainer = Trainer(
+        model, loss_fn, out, lr=lr, seed=seed, save_every=1000, warmup=200, decay_steps=decay_steps
+    )
     trainer.run(max_steps=max_steps, max_minutes=minutes, log_every=200)
+    report = {"step": trainer.step, "anchor": anchor, "corrupt": corrupt, "batch": batch, "agent": agent}
+    report.update(drop_all=drop_all, lr=lr, decay_steps=decay_steps, action_dropout=action_dropout)
     (Path(out) / "world_report.json").write_text(
-        json.dumps(
-            {"step": trainer.step, "anchor": anchor, "corrupt": corrupt, "batch": batch, "agent": agent},
-            indent=1,
-        )
+        json.dumps(report, indent=1)
         + "\n"
     )
     return model
@@ -451,8 +466,12 @@ def export_world(
     *,
     anchor: bool = True,
     name: str | None = None,
+    action_guidance: float = 1.0,
 ) -> Path:
-    """Write the pipeline folder `WorldModel.load` reads, weights in float16 (~18 MB)."""
+    """Write the pipeline folder `WorldModel.load` reads, weights in float16 (~18 MB).
+
+    `action_guidance` > 1: the sampler guides on the action (for a world trained with action
+    dropout): v = v(no action) + scale · (v(action) − v(no action)), two forwards per step."""
     world_dir, vae_dir, out = Path(world_dir), Path(vae_dir), Path(out)
     transformer = HeliosTransformer.from_pretrained(
         world_dir / "transformer", device="cpu", dtype=torch.float32
@@ -474,9 +493,11 @@ def export_world(
         "action_space": ACTION_SPACE,
         "anchor": anchor,
         "steps": [TOY_STEPS],
-        "guidance_scale": 1.0,
+        "guidance_scale": float(action_guidance),
         "default_size": [HEIGHT, WIDTH],
     }
+    if action_guidance > 1.0:
+        index["guidance"] = "action"
     (out / "model_index.json").write_text(json.dumps(index, indent=1) + "\n")
     return out
 

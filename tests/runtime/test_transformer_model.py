@@ -297,6 +297,11 @@ def test_action_embedding_starts_harmless_then_conditions(tmp_path):
         plain(**kw, action=torch.tensor([0, 0]))
     with pytest.raises(ValueError, match=r"in \[0, 9\)"):
         acting(**kw, action=torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match=r"or -1 \(no action\)"):
+        acting(**kw, action=torch.tensor([0, -2]))
+    # -1 is "no action": that row is the action-free model's, the other keeps its action.
+    mixed = acting(**kw, action=torch.tensor([-1, 8]))
+    assert torch.equal(mixed[0], want[0]) and torch.equal(mixed[1], moved[1])
     with pytest.raises(ValueError, match="integer tensor of shape"):
         acting(**kw, action=torch.tensor([0.0, 1.0]))
     assert "num_actions" not in plain.config.to_dict()

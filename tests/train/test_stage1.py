@@ -110,3 +110,30 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path, one_thread):
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert (tmp_path / "c" / "config.json").is_file(), "the safetensors checkpoint is written too"
+
+
+def test_learning_rate_schedule_warms_up_and_decays(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    trainer = Trainer(model, lambda m, s, g: m.weight.sum(), tmp_path, lr=1.0, warmup=4, decay_steps=10,
+                      final_lr_scale=0.1)
+    scales = []
+    for step in range(20):
+        trainer.step = step
+        scales.append(trainer.lr_scale(max_steps=20))
+    assert scales[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert scales[4:10] == [1.0] * 6
+    # The last 10 steps fall linearly from 1 towards 0.1 (the last step takes 0.19).
+    assert scales[10] == pytest.approx(1.0) and scales[19] == pytest.approx(0.1 + 0.9 * 0.1)
+    assert all(a > b for a, b in zip(scales[10:], scales[11:]))
+    assert Trainer(torch.nn.Linear(2, 2), lambda m, s, g: m.weight.sum(), tmp_path / "x").lr_scale(5) is None
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tmp_path):
+    model = torch.nn.Linear(2, 2)
+
+    def loss(m, step, gen):
+        return m.weight.sum() * (float("nan") if step == 2 else 1.0)
+
+    with pytest.raises(FloatingPointError, match="nan"):
+        Trainer(model, loss, tmp_path, lr=1e-3, save_every=1000).run(max_steps=10, log_every=4)
+    assert not (tmp_path / "trainer_state.pt").exists()

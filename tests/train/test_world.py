@@ -4,6 +4,7 @@ and the shipped toy model (the embedded default)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from helios_runtime.engine.actions import MOVE_NAMES, MovePanActions
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.errors import InvalidInput
+from helios_runtime.model.checkpoint import CheckpointError
 from helios_runtime.engine.world_model import DEFAULT_MODEL, TOY_FOLDER, WorldModel
 from helios_runtime.train import world
 from helios_runtime.train.stage1 import WINDOW_LATENTS
@@ -49,6 +51,9 @@ def test_the_transformer_sums_several_action_ids():
     summed = model._action_embedding(ids, 2)
     assert torch.allclose(summed[0], model.action_embedder.weight[2] + model.action_embedder.weight[12])
     assert torch.allclose(model._action_embedding(ids[:, 0], 2), model.action_embedder.weight[[2, 0]])
+    none = model._action_embedding(torch.tensor([[-1, -1], [-1, 12]]), 2)
+    assert torch.equal(none[0], torch.zeros(model.action_embedder.weight.shape[1]))
+    assert torch.allclose(none[1], model.action_embedder.weight[12])
     with pytest.raises(ValueError, match=r"shape \(2,\) or \(2, K\)"):
         model._action_embedding(ids[None], 2)
 
@@ -78,7 +83,7 @@ def trained(tmp_path_factory):
     )
     data.save(root / "latents.pt")
     data = world.LatentSet.load(root / "latents.pt", "cpu")
-    world.train_world(root / "world", data, batch=2, max_steps=2, agent=10.0)
+    world.train_world(root / "world", data, batch=2, max_steps=2, agent=10.0, action_dropout=0.5)
     out = world.export_world(root / "world", root / "vae", root / "pipeline")
     return root, data, out
 
@@ -103,7 +108,11 @@ def test_resume_and_init(trained, tmp_path):
     root, data, _ = trained
     again = world.train_world(root / "world", data, batch=2, max_steps=3)  # resumes at step 2
     assert json.loads((root / "world" / "world_report.json").read_text())["step"] == 3
-    fresh = world.train_world(tmp_path / "w", data, batch=2, max_steps=1, init=root / "world", lr=0.0)
+    fresh = world.train_world(
+        tmp_path / "w", data, batch=2, max_steps=1, init=root / "world", lr=0.0, drop_all=0.1, decay_steps=1
+    )
+    report = json.loads((tmp_path / "w" / "world_report.json").read_text())
+    assert (report["drop_all"], report["decay_steps"]) == (0.1, 1)
     for (k, a), b in zip(again.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b), k  # lr 0: the init weights, unchanged
 
@@ -126,6 +135,39 @@ def test_exported_pipeline_runs_with_actions(trained):
     assert engine.session(twin).chunk == before, "a bad action changes nothing"
     prompt_step = engine.step(twin, "a desert at night")  # a prompt: the agent stays
     assert prompt_step.chunk_index == before
+
+
+def test_action_guidance_contrasts_the_action_with_no_action(trained, tmp_path):
+    root, _, plain = trained
+    out = world.export_world(root / "world", root / "vae", tmp_path / "guided", action_guidance=3.0)
+    index = json.loads((out / "model_index.json").read_text())
+    assert (index["guidance"], index["guidance_scale"]) == ("action", 3.0)
+    assert "guidance" not in json.loads((plain / "model_index.json").read_text())
+    model = WorldModel.load(out, device="cpu")
+    assert model.guide_action and model.sampler.guided
+    torch.nn.init.normal_(model.transformer.action_embedder.weight)  # make the action matter
+    seen = []
+    forward = model.transformer.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["action"].tolist())
+        return forward(*args, **kwargs)
+
+    model.transformer.forward = spy
+    engine = WorldEngine(model)
+    guided = engine.reset("a forest at noon", seed=3, action={"move": "e", "pan": "n"})
+    # Every step runs the action and the same prompt without it (two forwards a step).
+    assert seen[0::2] == [[[3, 9 + 1]]] * world.TOY_STEPS and seen[1::2] == [[[-1, -1]]] * world.TOY_STEPS
+    model.sampler = model.sampler.replace(guidance_scale=1.0)
+    unguided = engine.reset("a forest at noon", seed=3, action={"move": "e", "pan": "n"})
+    assert not torch.equal(guided.latents, unguided.latents)
+
+    (tmp_path / "bad").mkdir()
+    for name in ("transformer", "vae", "text_encoder", "scheduler"):
+        shutil.copytree(out / name, tmp_path / "bad" / name)
+    (tmp_path / "bad" / "model_index.json").write_text(json.dumps({**index, "action_space": None}))
+    with pytest.raises(CheckpointError, match="guidance 'action'"):
+        WorldModel.load(tmp_path / "bad", device="cpu")
 
 
 def test_reset_action_needs_a_learned_action_space():
