@@ -256,10 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drift.add_argument(
         "--predictor",
-        choices=["copy-last", "engine"],
+        choices=["copy-last", "engine", "vae-roundtrip"],
         default="engine",
         help="engine: the model via WorldEngine (image-to-video from the first frame); copy-last: only "
-        "the baseline (default engine)",
+        "the baseline; vae-roundtrip: the simulator's own chunks through the model's VAE, the ceiling "
+        "a perfect transformer would reach (default engine)",
     )
     drift.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
     drift.add_argument("--device", default=None, help="torch device (default: cuda if present)")

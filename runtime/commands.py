@@ -285,7 +285,7 @@ def eval_drift(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .eval.drift import CopyLastFrame, EnginePredictor, run_drift
+    from .eval.drift import CopyLastFrame, EnginePredictor, VaeRoundTrip, run_drift
 
     if args.seeds < 1 or args.chunks < 1:
         raise ValueError(f"--seeds and --chunks must be at least 1, got {args.seeds} and {args.chunks}")
@@ -293,17 +293,22 @@ def eval_drift(args: argparse.Namespace) -> int:
         raise ValueError(f"--first-seed must not be negative, got {args.first_seed}")
     predictors: list = [CopyLastFrame()]
     device = "cpu"
-    if args.predictor == "engine":
+    if args.predictor in ("engine", "vae-roundtrip"):
         from .engine.engine import WorldEngine
         from .engine.world_model import WorldModel
 
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
         model = WorldModel.load(args.model, device=args.device, seed=0)
         device = str(model.device)
-        engine = WorldEngine(model, max_sessions=2)
-        predictors.insert(
-            0, EnginePredictor(engine, height=args.model_height, width=args.model_width, seed=0)
-        )
+        if args.predictor == "engine":
+            engine = WorldEngine(model, max_sessions=2)
+            predictor = EnginePredictor(engine, height=args.model_height, width=args.model_width, seed=0)
+        else:
+            height = args.model_height or model.default_size[0]
+            width = args.model_width or model.default_size[1]
+            name = f"vae-roundtrip:{model.name}"
+            predictor = VaeRoundTrip(model.vae, height=height, width=width, name=name)
+        predictors.insert(0, predictor)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
 
     plot_ok = args.plot is None or importlib.util.find_spec("matplotlib") is not None
@@ -321,7 +326,7 @@ def eval_drift(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     result["settings"].update(
         predictor=args.predictor,
-        model=args.model if args.predictor == "engine" else None,
+        model=args.model if args.predictor != "copy-last" else None,
         model_size=[args.model_height, args.model_width],
         device=device,
         versions={"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},

@@ -214,7 +214,8 @@ class WorldModel:
         guidance = index.get("guidance", "prompt")
         if guidance not in ("prompt", "action") or (guidance == "action" and actions is None):
             raise CheckpointError(
-                f"{str(folder)!r}: guidance {guidance!r} needs to be 'prompt' or, with an action_space, 'action'"
+                f"{str(folder)!r}: guidance {guidance!r} needs to be 'prompt' or, "
+                "with an action_space, 'action'"
             )
         steps = index.get("steps", [6])
         sampler = SamplerSettings(

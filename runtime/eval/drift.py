@@ -160,6 +160,40 @@ class CopyLastFrame:
         return np.broadcast_to(self._frame, (CHUNK_FRAMES, *self._frame.shape)).copy()
 
 
+class VaeRoundTrip:
+    """The VAE's ceiling: the simulator's own chunk, encoded and decoded by a model's VAE (at the
+    model's size, resized back). It sees the ground truth (`sees_truth`), so it is a bound, not a
+    predictor: what a transformer that predicted every latent perfectly would score through this VAE.
+    """
+
+    sees_truth = True
+
+    def __init__(
+        self, vae: Any, *, height: int | None = None, width: int | None = None, name: str = "vae-roundtrip"
+    ):
+        self.vae, self.height, self.width, self.name = vae, height, width, name
+
+    def reset(self, first_frame: np.ndarray, prompt: str) -> None:
+        self._size = first_frame.shape[:2]
+
+    def step(self, action: Action, truth: np.ndarray | None = None) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        if truth is None:
+            raise ValueError("VaeRoundTrip needs the simulator's chunk (run_drift passes it)")
+        vae = self.vae
+        x = torch.from_numpy(np.ascontiguousarray(truth)).to(vae.device).permute(3, 0, 1, 2)  # (3, T, H, W)
+        x = x.float().div(127.5).sub(1.0)
+        h, w = self.height or x.shape[2], self.width or x.shape[3]
+        if (h, w) != tuple(x.shape[2:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        with torch.inference_mode():
+            y = vae.decode(vae.encode(x[None].to(vae.dtype)))[0].float()  # (3, T, h, w)
+        frames = ((y.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu()
+        return _resize_frames(frames, *self._size)
+
+
 _DIRECTION_WORDS = {
     "n": "north",
     "ne": "north-east",
@@ -300,7 +334,7 @@ def run_drift(
             expected = world.expected_shift(action)
             truth = world.step(action)
             for p in predictors:
-                pred = p.step(action)
+                pred = p.step(action, truth) if getattr(p, "sees_truth", False) else p.step(action)
                 row = chunk_metrics(truth, pred, starts[p.name], expected)
                 starts[p.name] = agent_position(pred[-1])
                 for m, v in row.items():

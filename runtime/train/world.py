@@ -447,10 +447,7 @@ def train_world(
     trainer.run(max_steps=max_steps, max_minutes=minutes, log_every=200)
     report = {"step": trainer.step, "anchor": anchor, "corrupt": corrupt, "batch": batch, "agent": agent}
     report.update(drop_all=drop_all, lr=lr, decay_steps=decay_steps, action_dropout=action_dropout)
-    (Path(out) / "world_report.json").write_text(
-        json.dumps(report, indent=1)
-        + "\n"
-    )
+    (Path(out) / "world_report.json").write_text(json.dumps(report, indent=1) + "\n")
     return model
 
 

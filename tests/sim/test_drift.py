@@ -12,6 +12,7 @@ from helios_runtime.eval.drift import (
     PSNR_CAP,
     CopyLastFrame,
     EnginePredictor,
+    VaeRoundTrip,
     agent_position,
     direction_agrees,
     histogram_distance,
@@ -19,7 +20,7 @@ from helios_runtime.eval.drift import (
     run_drift,
     ssim,
 )
-from helios_runtime.sim import CHUNK_FRAMES, ProceduralWorld
+from helios_runtime.sim import CHUNK_FRAMES, Action, ProceduralWorld
 from helios_sdk.cli import main
 
 
@@ -129,3 +130,19 @@ def test_plot(tmp_path):
     path = tmp_path / "drift.png"
     plot(run_drift([], [1], 2), str(path))
     assert path.stat().st_size > 1000
+
+
+def test_vae_roundtrip_is_the_toy_vaes_ceiling(tmp_path, capsys):
+    """The simulator's chunks through the shipped toy VAE: the agent survives where it is, and the
+    picture is close (the bound a perfect transformer would reach through this VAE)."""
+    out = tmp_path / "vae.json"
+    args = ["eval", "drift", "--predictor", "vae-roundtrip", "--device", "cpu"]
+    args += ["--seeds", "1", "--chunks", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    vae = result["per_chunk"]["vae-roundtrip:toy"]
+    assert result["settings"]["model"] == "toy"
+    assert vae["agent_visible"] == [1.0, 1.0] and all(e < 3.0 for e in vae["position_error"])
+    assert all(p > 20.0 for p in vae["psnr"]) and vae["direction_agrees"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="needs the simulator's chunk"):
+        VaeRoundTrip(None).step(Action("e"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -114,8 +116,9 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path, one_thread):
 
 def test_learning_rate_schedule_warms_up_and_decays(tmp_path):
     model = torch.nn.Linear(2, 2)
-    trainer = Trainer(model, lambda m, s, g: m.weight.sum(), tmp_path, lr=1.0, warmup=4, decay_steps=10,
-                      final_lr_scale=0.1)
+    trainer = Trainer(
+        model, lambda m, s, g: m.weight.sum(), tmp_path, lr=1.0, warmup=4, decay_steps=10, final_lr_scale=0.1
+    )
     scales = []
     for step in range(20):
         trainer.step = step
@@ -124,7 +127,7 @@ def test_learning_rate_schedule_warms_up_and_decays(tmp_path):
     assert scales[4:10] == [1.0] * 6
     # The last 10 steps fall linearly from 1 towards 0.1 (the last step takes 0.19).
     assert scales[10] == pytest.approx(1.0) and scales[19] == pytest.approx(0.1 + 0.9 * 0.1)
-    assert all(a > b for a, b in zip(scales[10:], scales[11:]))
+    assert all(a > b for a, b in itertools.pairwise(scales[10:]))
     assert Trainer(torch.nn.Linear(2, 2), lambda m, s, g: m.weight.sum(), tmp_path / "x").lr_scale(5) is None
 
 

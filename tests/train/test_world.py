@@ -13,8 +13,8 @@ import torch
 from helios_runtime.engine.actions import MOVE_NAMES, MovePanActions
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.errors import InvalidInput
-from helios_runtime.model.checkpoint import CheckpointError
 from helios_runtime.engine.world_model import DEFAULT_MODEL, TOY_FOLDER, WorldModel
+from helios_runtime.model.checkpoint import CheckpointError
 from helios_runtime.train import world
 from helios_runtime.train.stage1 import WINDOW_LATENTS
 
