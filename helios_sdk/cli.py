@@ -231,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--chunks", type=int, default=9, help="chunks to record, 33 frames each (default 9)")
     rec.add_argument("--seed", type=int, default=0, help="world seed")
+    rec.add_argument(
+        "--start",
+        choices=["auto", "text", "world"],
+        default="auto",
+        help="how the first chunk starts: text (the prompt alone), world (image-to-video from the "
+        "procedural world's first frame for the prompt and --seed; the prompt must be a sentence of "
+        "its grammar), auto (world on the shipped toy model, else text; the default)",
+    )
+    rec.add_argument("--image", default=None, metavar="PATH", help="start from this PNG / JPEG instead")
     rec.add_argument("--width", type=int, default=None, help="pixels (default: the server's)")
     rec.add_argument("--height", type=int, default=None, help="pixels (default: the server's)")
     rec.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")

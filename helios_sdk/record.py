@@ -3,6 +3,11 @@
 Connects (or, with `--serve`, starts a local `helios serve` on a free port first), checks the API
 version, creates a session, resets it with the prompt, then streams chunks in lockstep — one action
 per chunk, `--switch CHUNK=PROMPT` changing the prompt — writing each frame to the mp4 as it arrives.
+
+The first chunk starts from the prompt alone (text-to-video), from an image (`--image`), or — the
+default for the shipped toy world, `--start auto` — from the procedural world's own first frame for
+the prompt and seed (image-to-video, as the drift benchmark starts it: the toy model keeps one agent
+and the scene's look far better from an image than from text).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from ._proto.helios.v1 import world_pb2 as pb
 from ._proto.helios.v1 import world_pb2_grpc as pb_grpc
 from .client import channel_options
+from .messages import image_proto
 from .video import Mp4Writer
 
 API_MAJOR = "1"
@@ -110,12 +116,12 @@ def _record(
         file=sys.stderr,
     )
     options = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
+    reset = pb.ResetRequest(session_id=session.session_id, prompt=args.prompt, seed=args.seed, frames=options)
+    image = start_image(args, info.model.name, session.height, session.width)
+    if image is not None:
+        reset.image.CopyFrom(image_proto(image))
     start = time.monotonic()
-    first = stub.Reset(
-        pb.ResetRequest(session_id=session.session_id, prompt=args.prompt, seed=args.seed, frames=options),
-        metadata=metadata,
-        timeout=600,
-    ).chunk
+    first = stub.Reset(reset, metadata=metadata, timeout=600).chunk
 
     def requests():
         yield pb.StreamRequest(start=pb.StreamStart(session_id=session.session_id, frames=options))
@@ -143,6 +149,32 @@ def _record(
     stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), metadata=metadata, timeout=30)
     print(f"\nwrote {writer.frames_written} frames to {args.out}")
     return 0
+
+
+def start_image(args: argparse.Namespace, model: str, height: int, width: int) -> bytes | np.ndarray | None:
+    """The image the first chunk starts from: `--image` (file bytes, decoded by the server), the
+    procedural world's first frame (`--start world`, or `auto` on the shipped toy world), or None
+    (text-to-video)."""
+    if args.image:
+        with open(args.image, "rb") as f:
+            return f.read()
+    if args.start == "text" or (args.start == "auto" and model != "toy"):
+        return None
+    try:
+        from helios_runtime.sim import ProceduralWorld
+    except ImportError as exc:
+        if args.start == "world":
+            raise ValueError("--start world needs the runtime (pip install 'helios-sdk[runtime]')") from exc
+        return None
+    try:
+        world = ProceduralWorld(args.prompt, args.seed, height=height, width=width)
+    except ValueError as exc:  # not a sentence of the world's grammar
+        if args.start == "world":
+            raise ValueError(f"--start world: {exc}") from exc
+        print(f"starting from the prompt alone: {exc}", file=sys.stderr)
+        return None
+    print("starting from the procedural world's first frame (--start text: from the prompt)", file=sys.stderr)
+    return world.frame()
 
 
 def _progress(done: int, total: int, frames: int, start: float) -> None:

@@ -50,8 +50,37 @@ def test_the_readme_main_command_walks_the_toy_world(tmp_path):
     done = helios("record", "--serve", "--chunks", "3", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "toy" in done.stderr and "chunk 3/3" in done.stderr
+    assert "starting from the procedural world's first frame" in done.stderr
     frames = read_frames(out)
     assert frames.shape == (99, 96, 160, 3)
     assert frames.std() > 5, "a scene, not a flat colour"
     bad = helios("record", "--serve", "--chunks", "2", "--keys", "space", "--out", str(tmp_path / "b.mp4"))
     assert "unknown key 'space'" in bad.stderr, bad.stderr
+
+
+def test_the_start_image(tmp_path):
+    """--image sends the file; --start world (auto on the toy model) the procedural world's first
+    frame for the prompt and seed; text, or auto on another model, none."""
+    import argparse
+
+    import numpy as np
+    import pytest
+
+    from helios_runtime.sim import ProceduralWorld
+    from helios_sdk.record import start_image
+
+    def args(**kw):
+        base = {"image": None, "start": "auto", "prompt": "a desert at dusk with rocks", "seed": 4}
+        return argparse.Namespace(**{**base, **kw})
+
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG not really")
+    assert start_image(args(image=str(png)), "toy", 96, 160) == png.read_bytes()
+    frame = start_image(args(), "toy", 96, 160)
+    assert np.array_equal(frame, ProceduralWorld("a desert at dusk with rocks", 4, 96, 160).frame())
+    assert start_image(args(start="world"), "tiny", 64, 96).shape == (64, 96, 3)
+    assert start_image(args(), "tiny", 96, 160) is None
+    assert start_image(args(start="text"), "toy", 96, 160) is None
+    assert start_image(args(prompt="a castle on the moon"), "toy", 96, 160) is None  # not the grammar
+    with pytest.raises(ValueError, match="--start world"):
+        start_image(args(prompt="a castle on the moon", start="world"), "toy", 96, 160)
