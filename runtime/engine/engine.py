@@ -159,7 +159,7 @@ class WorldEngine:
         video_in = _video_tensor(video, height, width, self.device) if video is not None else None
         text = self._encode([prompt])
         negative = None
-        if settings.guided:
+        if settings.guided and not self.model.guide_action:  # action guidance needs no negative prompt
             neg = self.model.negative_prompt if negative_prompt is None else negative_prompt
             negative = self._encode([neg])
 
@@ -424,7 +424,7 @@ class WorldEngine:
             return forward
 
         model: Any = conditioned(text, extra)
-        if settings.guided and self.model.guide_action and "action" in extra:
+        if settings.guided and self.model.guide_action:  # (a model with guide_action has actions)
             # Action guidance: the same prompt without an action (ids -1) is the unconditional side.
             model = Guidance(model, conditioned(text, {"action": torch.full_like(extra["action"], -1)}))
         elif settings.guided:

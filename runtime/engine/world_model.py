@@ -56,6 +56,10 @@ class WorldModel:
     # against the negative prompt. model_index.json: "guidance": "action".
     guide_action: bool = False
 
+    def __post_init__(self) -> None:
+        if self.guide_action and self.actions is None:
+            raise ValueError("guide_action needs a learned action space (actions)")
+
     @property
     def device(self) -> torch.device:
         return self.transformer.device

@@ -178,19 +178,17 @@ class VaeRoundTrip:
 
     def step(self, action: Action, truth: np.ndarray | None = None) -> np.ndarray:
         import torch
-        import torch.nn.functional as F
+
+        # The engine's own conversions: its video input (scaling, resize) and its frame output.
+        from ..engine.engine import _to_uint8, _video_tensor
 
         if truth is None:
             raise ValueError("VaeRoundTrip needs the simulator's chunk (run_drift passes it)")
         vae = self.vae
-        x = torch.from_numpy(np.ascontiguousarray(truth)).to(vae.device).permute(3, 0, 1, 2)  # (3, T, H, W)
-        x = x.float().div(127.5).sub(1.0)
-        h, w = self.height or x.shape[2], self.width or x.shape[3]
-        if (h, w) != tuple(x.shape[2:]):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        h, w = self.height or truth.shape[1], self.width or truth.shape[2]
+        x = _video_tensor(truth, h, w, vae.device)  # (1, 3, T, h, w)
         with torch.inference_mode():
-            y = vae.decode(vae.encode(x[None].to(vae.dtype)))[0].float()  # (3, T, h, w)
-        frames = ((y.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu()
+            frames = _to_uint8(vae.decode(vae.encode(x.to(vae.dtype))))  # (T, h, w, 3)
         return _resize_frames(frames, *self._size)
 
 

@@ -15,8 +15,9 @@ def vae_loss(
     gen: torch.Generator,
     kl_weight: float = 1e-6,
     pixel_weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch (B, 3, 1 + 4k, H, W) in [-1, 1]; also returns its parts as floats.
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one batch (B, 3, 1 + 4k, H, W) in [-1, 1]; also returns its parts, detached 0-d
+    tensors (reading them as floats here would make the host wait for the device every step).
 
     `pixel_weight` (B, 1, T, H, W), optional: per-pixel weights of the reconstruction terms (means
     stay normalised by the pixel count), e.g. to keep a small object the latents must not lose.
@@ -31,4 +32,4 @@ def vae_loss(
         mse = (err.square() * pixel_weight).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
     loss = l1 + mse + kl_weight * kl
-    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
+    return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}

@@ -3,6 +3,7 @@ and the shipped toy model (the embedded default)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -158,6 +159,7 @@ def test_action_guidance_contrasts_the_action_with_no_action(trained, tmp_path):
     guided = engine.reset("a forest at noon", seed=3, action={"move": "e", "pan": "n"})
     # Every step runs the action and the same prompt without it (two forwards a step).
     assert seen[0::2] == [[[3, 9 + 1]]] * world.TOY_STEPS and seen[1::2] == [[[-1, -1]]] * world.TOY_STEPS
+    assert engine.session(guided.session_id).negative is None, "no negative prompt to encode or keep"
     model.sampler = model.sampler.replace(guidance_scale=1.0)
     unguided = engine.reset("a forest at noon", seed=3, action={"move": "e", "pan": "n"})
     assert not torch.equal(guided.latents, unguided.latents)
@@ -168,6 +170,8 @@ def test_action_guidance_contrasts_the_action_with_no_action(trained, tmp_path):
     (tmp_path / "bad" / "model_index.json").write_text(json.dumps({**index, "action_space": None}))
     with pytest.raises(CheckpointError, match="guidance 'action'"):
         WorldModel.load(tmp_path / "bad", device="cpu")
+    with pytest.raises(ValueError, match="needs a learned action space"):
+        dataclasses.replace(model, actions=None)
 
 
 def test_reset_action_needs_a_learned_action_space():
