@@ -1,6 +1,6 @@
 """Frames per second of the embedded default world (`toy`) on the CPU: the engine in-process, the
-trained toy transformer (6 UniPC steps per chunk, each two forwards with the action guidance
-the model ships with) and VAE at 96×160, an action every chunk.
+trained toy transformer (6 UniPC steps per chunk, one forward each; two for a model exported with
+action guidance) and VAE at 96×160, an action every chunk.
 
 Per chunk: wall time (request to last decoded frame), denoise / decode split, time to the first
 frame; frames per second = decoded frames / wall time, VAE included. The first chunk is reported
