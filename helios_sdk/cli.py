@@ -294,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument(
         "--plot", default=None, metavar="PATH", help="also plot per-chunk metrics (matplotlib)"
     )
+    drift.add_argument(
+        "--frozen-daylight",
+        action="store_true",
+        help="diagnostic: hold the simulator's daylight at the prompt's time of day, separating a "
+        "model's own colour drift from the day advancing (the issue's targets are defined with it moving)",
+    )
     drift.set_defaults(handler="eval_drift")
 
     tr = sub.add_parser(

@@ -320,7 +320,13 @@ def eval_drift(args: argparse.Namespace) -> int:
         print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     result = run_drift(
-        predictors, seeds, args.chunks, height=args.height, width=args.width, progress=progress
+        predictors,
+        seeds,
+        args.chunks,
+        height=args.height,
+        width=args.width,
+        progress=progress,
+        frozen_daylight=args.frozen_daylight,
     )
     if tty:
         print(file=sys.stderr)

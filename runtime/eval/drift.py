@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..sim.grammar import PromptGrammar
-from ..sim.world import CHUNK_FRAMES, FPS, Action, ProceduralWorld, RandomPolicy, agent_mask
+from ..sim.world import CHUNK_FRAMES, DAY_FRAMES, FPS, Action, ProceduralWorld, RandomPolicy, agent_mask
 
 PSNR_CAP = 100.0  # dB, reported for identical frames
 HIST_BINS = 32
@@ -294,13 +294,16 @@ def run_drift(
     width: int = 160,
     prompts: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    frozen_daylight: bool = False,
 ) -> dict[str, Any]:
     """Roll every predictor beside the simulator for `chunks` chunks from each seed's world.
 
     Seed s draws its prompt from `PromptGrammar.sample` (unless `prompts` gives one per seed) and its
     actions from `RandomPolicy(s)`. A `CopyLastFrame` baseline is added when absent. Returns a
     JSON-ready dict: settings, per-chunk means over seeds of every metric for every predictor (NaN
-    position errors become None), and `summary` with the issue's targets.
+    position errors become None), and `summary` with the issue's targets. `frozen_daylight` holds the
+    simulator's light at the prompt's time of day: a diagnostic that separates a model's own colour
+    drift from the day advancing (the issue's benchmark runs with the daylight moving).
     """
     if chunks < 1 or not seeds:
         raise ValueError(f"need at least one chunk and one seed, got {chunks} chunks and {len(seeds)} seeds")
@@ -319,7 +322,9 @@ def run_drift(
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
         prompt = prompts[i] if prompts is not None else grammar.sample(np.random.default_rng([seed, 0xC0DE]))
-        world = ProceduralWorld(prompt, seed, height, width)
+        world = ProceduralWorld(
+            prompt, seed, height, width, day_frames=None if frozen_daylight else DAY_FRAMES
+        )
         prompt = world.prompt
         used_prompts.append(prompt)
         policy = RandomPolicy(seed)
@@ -354,6 +359,7 @@ def run_drift(
             "prompts": used_prompts,
             "psnr_cap_db": PSNR_CAP,
             "hist_bins": HIST_BINS,
+            "daylight": "frozen" if frozen_daylight else "moving",
         },
         "chunk_end_s": [(k + 1) * CHUNK_FRAMES / FPS for k in range(chunks)],
         "per_chunk": per_chunk,

@@ -14,7 +14,8 @@ Units and conventions (shapes: T frames, H rows, W columns):
   view at the same speed, so the agent slides across the view the opposite way.
 - The world is a torus of 4 × 4 views. The camera follows the agent with a dead zone: whenever the
   agent's centre would come within `margin` pixels of the view's edge, the view scrolls with it.
-- The daylight goes round once in `DAY_FRAMES` frames (10 minutes), starting at the prompt's time.
+- The daylight goes round once in `DAY_FRAMES` frames (10 minutes), starting at the prompt's time;
+  `day_frames=None` holds it at the prompt's time (the drift benchmark's `--frozen-daylight`).
 
 Everything is drawn from one numpy generator seeded by (seed, the prompt's CRC-32), and every update
 is a fixed sequence of float operations, so the same (prompt, seed, actions) give identical bytes
@@ -118,9 +119,21 @@ class Action:
 class ProceduralWorld:
     """A deterministic top-down world: `reset()` -> frame (H, W, 3) uint8, `step(action)` -> (33, H, W, 3)."""
 
-    def __init__(self, prompt: str, seed: int = 0, height: int = 96, width: int = 160):
+    def __init__(
+        self,
+        prompt: str,
+        seed: int = 0,
+        height: int = 96,
+        width: int = 160,
+        day_frames: int | None = DAY_FRAMES,
+    ):
         if height < 32 or width < 32:
             raise ValueError(f"the view must be at least 32×32 pixels, got {height}×{width}")
+        if day_frames is not None and (
+            not isinstance(day_frames, int) or isinstance(day_frames, bool) or day_frames < 1
+        ):
+            raise ValueError(f"day_frames must be a positive int or None (light frozen), got {day_frames!r}")
+        self.day_frames = day_frames
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.grammar = PromptGrammar()
@@ -274,7 +287,7 @@ class ProceduralWorld:
     def _light(self) -> np.ndarray:
         """Per-channel multiplier of the daylight at frame t: bright at noon, warm at dawn and dusk,
         dim and blue at night."""
-        phase = _DAY_PHASE[self.scene.time] + self.t / DAY_FRAMES
+        phase = _DAY_PHASE[self.scene.time] + (self.t / self.day_frames if self.day_frames else 0.0)
         sun = np.sin(2 * np.pi * (phase - 0.25))  # 1 at noon, 0 at dawn and dusk, -1 at midnight
         level = 0.3 + 0.7 * (0.5 + 0.5 * sun)
         warm = 0.3 * np.exp(-((sun / 0.35) ** 2))

@@ -123,6 +123,18 @@ def test_cli_writes_json(tmp_path, capsys):
     assert main(["eval", "drift", "--seeds", "0", "--predictor", "copy-last", "--out", str(out)]) == 2
 
 
+def test_frozen_daylight_is_recorded_and_narrows_copy_last_drift(tmp_path):
+    out = tmp_path / "drift.json"
+    args = ["eval", "drift", "--predictor", "copy-last", "--seeds", "2", "--chunks", "4", "--out", str(out)]
+    assert main(args) == 0
+    moving = json.loads(out.read_text())
+    assert main([*args, "--frozen-daylight"]) == 0
+    frozen = json.loads(out.read_text())
+    assert (moving["settings"]["daylight"], frozen["settings"]["daylight"]) == ("moving", "frozen")
+    # The day advancing is most of the truth's colour change: the frozen world stays closer to frame 0.
+    assert frozen["per_chunk"]["copy-last"]["hist"][-1] < moving["per_chunk"]["copy-last"]["hist"][-1]
+
+
 def test_plot(tmp_path):
     pytest.importorskip("matplotlib")
     from helios_runtime.eval.drift import plot

@@ -79,6 +79,20 @@ def test_world_moves_without_actions():
     assert frames[-1].astype(float).mean() < frames[0].astype(float).mean()  # dusk grows darker
 
 
+def test_frozen_daylight_holds_the_prompts_light():
+    moving = ProceduralWorld("a tundra at dusk with rocks", 2)
+    frozen = ProceduralWorld("a tundra at dusk with rocks", 2, day_frames=None)
+    assert frozen.frame().tobytes() == moving.frame().tobytes()  # same world at t = 0
+    light = frozen._light()
+    for _ in range(3):
+        moving.step("stay"), frozen.step("stay")
+    np.testing.assert_array_equal(frozen._light(), light)
+    assert not np.allclose(moving._light(), light)  # dusk darkens
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="day_frames"):
+            ProceduralWorld("a tundra at dusk with rocks", 2, day_frames=bad)
+
+
 @pytest.mark.parametrize("move", [m for m in MOVES if m != "stay"])
 def test_agent_follows_the_commanded_move(move):
     world = ProceduralWorld("a desert at noon with deer", 3)
