@@ -69,7 +69,7 @@ def main() -> None:
         "sampler_steps": list(model.sampler.steps),
         "guidance": {
             "scale": model.sampler.guidance_scale,
-            "on": "action" if model.guide_action else "prompt",
+            "on": None if not model.sampler.guided else "action" if model.guide_action else "prompt",
         },
         "load_s": load_s,
         "summary": summary,

@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--action-guidance",
         type=float,
         default=1.0,
-        help="guide the sampler on the action with this scale (> 1; a world trained with --action-dropout)",
+        help="guide the sampler on the action with this scale (> 1, for a world trained with "
+        "--action-dropout; default 1: no guidance)",
     )
     for p in (t_vae, t_lat, t_world):
         p.add_argument("--device", default=None, help="torch device (default: cuda if present)")

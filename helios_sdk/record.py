@@ -86,6 +86,8 @@ def record(args: argparse.Namespace) -> int:
         raise ValueError(f"--chunks must be at least 1, got {args.chunks}")
     switches = parse_switches(args.switch, args.chunks)
     keys = parse_keys(args.keys)  # a bad --keys fails before any server starts
+    if args.image and not os.path.isfile(args.image):  # and so does a missing --image
+        raise OSError(f"--image {args.image!r}: no such file")
     token = args.token or os.environ.get("HELIOS_TOKEN") or ""
     if args.serve:
         token = token or "local-" + os.urandom(8).hex()
@@ -115,38 +117,51 @@ def _record(
         f"{info.model.name} ({info.model.sampler}) at {session.width}×{session.height}, {args.chunks} chunks",
         file=sys.stderr,
     )
-    options = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
-    reset = pb.ResetRequest(session_id=session.session_id, prompt=args.prompt, seed=args.seed, frames=options)
-    image = start_image(args, info.model.name, session.height, session.width)
-    if image is not None:
-        reset.image.CopyFrom(image_proto(image))
-    start = time.monotonic()
-    first = stub.Reset(reset, metadata=metadata, timeout=600).chunk
 
-    def requests():
-        yield pb.StreamRequest(start=pb.StreamStart(session_id=session.session_id, frames=options))
-        for k in range(1, args.chunks):
-            if k in switches:
-                action = pb.Action(prompt=pb.PromptAction(text=switches[k]))
-            elif keys and keys[(k - 1) % len(keys)]:
-                action = pb.Action(control=pb.ControlAction(keys=keys[(k - 1) % len(keys)]))
-            else:
-                action = pb.Action()
-            yield pb.StreamRequest(action=pb.StreamAction(seq=k, action=action))
+    def close() -> None:
+        stub.CloseSession(
+            pb.CloseSessionRequest(session_id=session.session_id), metadata=metadata, timeout=30
+        )
 
-    with Mp4Writer(args.out, fps=info.fps or 16) as writer:
-        for frame in first.frames:
-            writer.write(np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, 3))
-        _progress(1, args.chunks, writer.frames_written, start)
-        for msg in stub.Stream(requests(), metadata=metadata):
-            if msg.WhichOneof("kind") == "frame":
-                f = msg.frame
-                writer.write(np.frombuffer(f.data, np.uint8).reshape(f.height, f.width, 3))
-            elif msg.event.type == pb.SESSION_EVENT_TYPE_CHUNK_DONE:
-                _progress(msg.event.chunk_index + 1, args.chunks, writer.frames_written, start)
-            elif msg.event.type in (pb.SESSION_EVENT_TYPE_ACTION_REJECTED, pb.SESSION_EVENT_TYPE_CLOSED):
-                print(f"\nserver: {msg.event.message}", file=sys.stderr)
-    stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), metadata=metadata, timeout=30)
+    try:  # whatever fails from here on, the session does not outlive this client
+        options = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
+        reset = pb.ResetRequest(
+            session_id=session.session_id, prompt=args.prompt, seed=args.seed, frames=options
+        )
+        image = start_image(args, info.model.name, session.height, session.width)
+        if image is not None:
+            reset.image.CopyFrom(image_proto(image))
+        start = time.monotonic()
+        first = stub.Reset(reset, metadata=metadata, timeout=600).chunk
+
+        def requests():
+            yield pb.StreamRequest(start=pb.StreamStart(session_id=session.session_id, frames=options))
+            for k in range(1, args.chunks):
+                if k in switches:
+                    action = pb.Action(prompt=pb.PromptAction(text=switches[k]))
+                elif keys and keys[(k - 1) % len(keys)]:
+                    action = pb.Action(control=pb.ControlAction(keys=keys[(k - 1) % len(keys)]))
+                else:
+                    action = pb.Action()
+                yield pb.StreamRequest(action=pb.StreamAction(seq=k, action=action))
+
+        with Mp4Writer(args.out, fps=info.fps or 16) as writer:
+            for frame in first.frames:
+                writer.write(np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, 3))
+            _progress(1, args.chunks, writer.frames_written, start)
+            for msg in stub.Stream(requests(), metadata=metadata):
+                if msg.WhichOneof("kind") == "frame":
+                    f = msg.frame
+                    writer.write(np.frombuffer(f.data, np.uint8).reshape(f.height, f.width, 3))
+                elif msg.event.type == pb.SESSION_EVENT_TYPE_CHUNK_DONE:
+                    _progress(msg.event.chunk_index + 1, args.chunks, writer.frames_written, start)
+                elif msg.event.type in (pb.SESSION_EVENT_TYPE_ACTION_REJECTED, pb.SESSION_EVENT_TYPE_CLOSED):
+                    print(f"\nserver: {msg.event.message}", file=sys.stderr)
+    except BaseException:
+        with contextlib.suppress(grpc.RpcError):  # the original error is the one to report
+            close()
+        raise
+    close()
     print(f"\nwrote {writer.frames_written} frames to {args.out}")
     return 0
 

@@ -133,13 +133,12 @@ class ProceduralWorld:
             not isinstance(day_frames, int) or isinstance(day_frames, bool) or day_frames < 1
         ):
             raise ValueError(f"day_frames must be a positive int or None (light frozen), got {day_frames!r}")
-        self.day_frames = day_frames
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.grammar = PromptGrammar()
         self.scene: Scene = self.grammar.parse(prompt)
         self.prompt = self.grammar.format(self.scene)
-        self.seed, self.height, self.width = seed, height, width
+        self.seed, self.height, self.width, self.day_frames = seed, height, width, day_frames
         self.scale = height / 96
         self.speed = 0.5 * self.scale  # pixels per frame per axis
         self.margin = round(height / 6)  # dead zone: the agent's centre stays this far from the edges

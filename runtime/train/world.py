@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -469,6 +470,8 @@ def export_world(
 
     `action_guidance` > 1: the sampler guides on the action (for a world trained with action
     dropout): v = v(no action) + scale · (v(action) − v(no action)), two forwards per step."""
+    if not math.isfinite(action_guidance) or action_guidance < 1.0:
+        raise ValueError(f"action_guidance must be a finite scale >= 1 (1: none), got {action_guidance}")
     world_dir, vae_dir, out = Path(world_dir), Path(vae_dir), Path(out)
     transformer = HeliosTransformer.from_pretrained(
         world_dir / "transformer", device="cpu", dtype=torch.float32

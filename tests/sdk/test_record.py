@@ -28,7 +28,10 @@ def test_record_errors_are_one_line():
     assert down.returncode == 2 and "cannot reach a helios server" in down.stderr
     bad = helios("record", "--serve", "--chunks", "2", "--switch", "7=x")
     assert bad.returncode == 2 and "outside 1..1" in bad.stderr
-    assert "Traceback" not in down.stderr + bad.stderr
+    # A missing --image fails before any server starts.
+    missing = helios("record", "--serve", "--image", "/nonexistent/start.png")
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert "Traceback" not in down.stderr + bad.stderr + missing.stderr
 
 
 def test_record_at_the_servers_default_size(tmp_path):

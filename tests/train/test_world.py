@@ -144,6 +144,10 @@ def test_action_guidance_contrasts_the_action_with_no_action(trained, tmp_path):
     index = json.loads((out / "model_index.json").read_text())
     assert (index["guidance"], index["guidance_scale"]) == ("action", 3.0)
     assert "guidance" not in json.loads((plain / "model_index.json").read_text())
+    for bad_scale in (0.5, float("nan")):
+        with pytest.raises(ValueError, match="action_guidance"):
+            world.export_world(root / "world", root / "vae", tmp_path / "never", action_guidance=bad_scale)
+    assert not (tmp_path / "never").exists()
     model = WorldModel.load(out, device="cpu")
     assert model.guide_action and model.sampler.guided
     torch.nn.init.normal_(model.transformer.action_embedder.weight)  # make the action matter
