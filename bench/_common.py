@@ -28,6 +28,26 @@ def gpu_state() -> dict:
         return {"error": str(exc)}
 
 
+def cuda_ms(fn, repeat: int) -> list[float]:
+    """`repeat` timings of fn() in milliseconds by CUDA events (each synchronised)."""
+    out = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end))
+    return out
+
+
+def median_ms(fn, repeat: int = 20, warmup: int = 3) -> float:
+    """Median CUDA-event milliseconds of fn() over `repeat` runs after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(cuda_ms(fn, repeat))
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a, b = a.double(), b.double()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import gpu_state, rel_l2, run_header
+from _common import cuda_ms, gpu_state, rel_l2, run_header
 
 from helios_runtime.model.vae import WanVAE
 
@@ -31,18 +31,6 @@ def reference_from(ours: WanVAE):
         ref = AutoencoderKLWan(**{k: v for k, v in ours.config.to_dict().items() if not k.startswith("_")})
     ref.load_state_dict(ours.state_dict(), strict=True, assign=True)
     return ref.eval()
-
-
-def cuda_ms(fn, repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end))
-    return out
 
 
 def measure(dtype: torch.dtype, latents: torch.Tensor, video: torch.Tensor, repeat: int) -> dict:

@@ -27,6 +27,17 @@ WORLD_MODEL_HELP = (
 DEFAULT_PROMPT = "a meadow at noon with trees and sheep"
 
 
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """--precision: the transformer's GEMM precision on a GPU (the fast path; ignored on the CPU)."""
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp8"],
+        default=None,
+        help="GPU only: bf16 (default) or fp8, float8 GEMMs in the transformer blocks, ~1.4x faster at a "
+        "small accuracy cost (docs/performance.md); default $HELIOS_PRECISION or bf16",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helios",
@@ -107,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--fps", type=int, default=16, help="frame rate of the mp4 (default 16, Wan's)")
     roll.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
     roll.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_precision(roll)
 
     srv = sub.add_parser(
         "serve",
@@ -154,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=64 * 1024 * 1024,
         help="largest gRPC message (default 64 MiB: a unary chunk of raw 384×640 frames is 24 MB)",
     )
+    add_precision(srv)
     srv.add_argument(
         "--no-warm-up", action="store_true", help="report SERVING without running a warm-up chunk"
     )
@@ -273,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drift.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
     drift.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_precision(drift)
     drift.add_argument("--seeds", type=int, default=20, help="held-out worlds (default 20)")
     drift.add_argument(
         "--first-seed", type=int, default=100_000, help="seed of the first world (default 100000)"

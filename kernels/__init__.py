@@ -6,7 +6,10 @@ The fused kernels of the transformer block's hot path (issue 7; spec 3.5, 3.7, 3
 - `norm_modulate`: float32 LayerNorm + per-segment `x·(1 + scale) + shift` (norm1 / norm3 of a block);
 - `gated_residual`, and `residual_norm_modulate` / `residual_layer_norm`, which add a residual and
   normalise the result in the same pass (the block always normalises right after adding);
-- `rms_norm_rope`: q/k RMSNorm over all heads + RoPE + history-key scale; `rope` and `rms_norm` alone.
+- `rms_norm_rope`: q/k RMSNorm over all heads + RoPE + history-key scale; `rope` and `rms_norm` alone;
+- FP8 (issue 17): the norms above with `fp8=True` return their rows quantised per token (float8 e4m3fn
+  + a float32 scale per row) for the FP8 linears; `quantize_rows` (optionally GELU first) does the same
+  for rows that come from elsewhere (`fp8.py`).
 
 `reference` holds the torch code each kernel reproduces; `selftest(device)` runs every kernel against it.
 Importing this package does not import Triton: the kernels are defined at first use, so that
@@ -26,6 +29,7 @@ import torch
 from . import reference
 
 if TYPE_CHECKING:
+    from .fp8 import quantize_rows
     from .modulation import gated_residual, norm_modulate, residual_layer_norm, residual_norm_modulate
     from .parity import selftest
     from .rotary import rms_norm, rms_norm_rope, rope
@@ -39,6 +43,7 @@ _LAZY = {
     "rms_norm_rope": "rotary",
     "rms_norm": "rotary",
     "rope": "rotary",
+    "quantize_rows": "fp8",
     "selftest": "parity",
 }
 
@@ -46,6 +51,7 @@ __all__ = [
     "available",
     "gated_residual",
     "norm_modulate",
+    "quantize_rows",
     "reference",
     "residual_layer_norm",
     "residual_norm_modulate",

@@ -39,3 +39,25 @@ def cast_to(x, dtype: tl.constexpr):
         return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(dtype)
+
+
+# float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; largest finite 448, no infinity.
+E4M3_MAX = 448.0
+_E4M3_MIN_NORMAL = 0.015625  # 2^-6; below it the values step by 2^-9 (subnormals)
+
+
+@triton.jit
+def e4m3_bits(x):
+    """The float8 e4m3fn byte (as uint32) of x (float32), rounded to nearest even and saturated at
+    ±448. By integer arithmetic on the float32 bits, for the same reason as bfloat16 above: Triton's
+    interpreter truncates `.to(tl.float8e4nv)`. x must not be NaN (the callers scale finite rows)."""
+    sign = (x.to(tl.uint32, bitcast=True) >> 24) & 0x80
+    a = tl.minimum(tl.abs(x), 448.0)
+    bits = a.to(tl.uint32, bitcast=True)
+    # Normal numbers: round the 23-bit mantissa to 3 bits, then re-bias the exponent (127 -> 7).
+    r = (bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000
+    normal = (((r >> 23) - 120) << 3) | ((r >> 20) & 7)
+    # Subnormals: multiples of 2^-9; a·512 rounded to an integer (ties to even) by the 1.5·2^23 trick.
+    # 8 (a value that rounds up to 2^-6) is also the byte of the smallest normal number.
+    sub = ((a * 512.0 + 12582912.0) - 12582912.0).to(tl.uint32)
+    return tl.where(a < 0.015625, sub, normal) | sign

@@ -28,10 +28,12 @@ from ._launch import (
     check_mod_rows,
     check_rows,
     check_split,
+    interpreted,
     row_block,
     row_warps,
 )
-from ._rounding import cast_to, round_as
+from ._rounding import E4M3_MAX, cast_to, round_as
+from .fp8 import AMAX_FLOOR, store_e4m3_row
 
 NORM_NONE, NORM_MODULATE, NORM_AFFINE = 0, 1, 2
 
@@ -51,6 +53,7 @@ def _residual_norm_kernel(
     bias_ptr,
     x_out_ptr,
     h_out_ptr,
+    h_scale_ptr,
     D,
     n_hist,
     y_start,
@@ -70,13 +73,17 @@ def _residual_norm_kernel(
     s_xon,
     s_hob,
     s_hon,
+    s_hsb,
     RESIDUAL: tl.constexpr,
     GATED: tl.constexpr,
     NORM: tl.constexpr,
+    QUANT: tl.constexpr,
+    HW_CAST: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """One token row: optional residual x + y(·gate) on tokens >= y_start (written to x_out), then an
-    optional LayerNorm of the (rounded) result on tokens >= h_start, modulated or affine (h_out)."""
+    optional LayerNorm of the (rounded) result on tokens >= h_start, modulated or affine (h_out); with
+    QUANT, h_out is float8 e4m3fn (a uint8 view) quantised from float32 with its row scale (h_scale)."""
     n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)  # int64 offsets: B·N·D passes 2^31 at large batches
     seg = (n >= n_hist).to(tl.int64)  # modulation row: 0 history, 1 noisy
@@ -113,8 +120,11 @@ def _residual_norm_kernel(
                 w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
                 bias = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
                 h = h * w + bias
-            out = h_out_ptr + b * s_hob + (n - h_start) * s_hon + cols
-            tl.store(out, cast_to(h, h_out_ptr.dtype.element_ty), mask=mask)
+            row = h_out_ptr + b * s_hob + (n - h_start) * s_hon
+            if QUANT:
+                store_e4m3_row(h, cols, mask, row, h_scale_ptr + b * s_hsb + (n - h_start), HW_CAST)
+            else:
+                tl.store(row + cols, cast_to(h, h_out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -133,6 +143,7 @@ def _launch(
     bias: torch.Tensor | None = None,
     x_out: torch.Tensor | None = None,
     h_out: torch.Tensor | None = None,
+    h_scale: torch.Tensor | None = None,
     n_hist: int = 0,
     y_start: int = 0,
     h_start: int = 0,
@@ -160,6 +171,7 @@ def _launch(
         dummy if bias is None else bias,
         dummy if x_out is None else x_out,
         dummy if h_out is None else h_out,
+        dummy if h_scale is None else h_scale,
         D,
         n_hist,
         y_start,
@@ -179,13 +191,28 @@ def _launch(
         s_xon,
         s_hob,
         s_hon,
+        0 if h_scale is None else h_scale.stride(0),
         RESIDUAL=y is not None,
         GATED=gate is not None,
         NORM=norm,
+        QUANT=h_scale is not None,
+        HW_CAST=not interpreted(_residual_norm_kernel),
         BLOCK_D=block,
         num_warps=row_warps(block, _VALUES_PER_THREAD[y is not None, norm != NORM_NONE]),
         **LAUNCH,
     )
+
+
+def _norm_out(x: torch.Tensor, rows: int, fp8: bool) -> tuple[dict, torch.Tensor | tuple]:
+    """The normalised output of `rows` tokens: launch arguments and what the wrapper returns, either
+    h (B, rows, D) in x's dtype, or with `fp8` (q (B, rows, D) float8_e4m3fn, scale (B, rows) float32)."""
+    B, _, D = x.shape
+    if not fp8:
+        h = torch.empty((B, rows, D), device=x.device, dtype=x.dtype)
+        return {"h_out": h}, h
+    q = torch.empty((B, rows, D), device=x.device, dtype=torch.float8_e4m3fn)
+    scale = torch.full((B, rows), AMAX_FLOOR / E4M3_MAX, device=x.device, dtype=torch.float32)
+    return {"h_out": q.view(torch.uint8), "h_scale": scale}, (q, scale)
 
 
 def _check_x(name: str, x: torch.Tensor) -> tuple[int, int, int]:
@@ -218,12 +245,13 @@ def _check_residual(
 
 
 def norm_modulate(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n_hist: int, eps: float
-) -> torch.Tensor:
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n_hist: int, eps: float, *, fp8: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """LayerNorm over D (float32, no affine) then x·(1 + scale) + shift per segment, in x's dtype.
 
     x (B, N, D); shift, scale (B or 1, 2, D) float32. Replaces the block's
-    `modulate(layer_norm32(x, None, eps), shift, scale, n_hist).to(x.dtype)`.
+    `modulate(layer_norm32(x, None, eps), shift, scale, n_hist).to(x.dtype)`. With `fp8` the float32
+    result is quantised per token instead (`fp8.py`): returns (q (B, N, D) float8_e4m3fn, scale (B, N)).
     """
     B, N, D = _check_x("norm_modulate", x)
     eps = check_eps(eps)
@@ -231,8 +259,8 @@ def norm_modulate(
     check_mod_rows("shift", shift, B, D)
     check_mod_rows("scale", scale, B, D)
     check_device(_residual_norm_kernel, "norm_modulate", {"x": x, "shift": shift, "scale": scale})
-    h = torch.empty((B, N, D), device=x.device, dtype=x.dtype)
-    _launch(x, shift=shift, scale=scale, h_out=h, n_hist=n_hist, eps=eps, norm=NORM_MODULATE)
+    h_args, h = _norm_out(x, N, fp8)
+    _launch(x, shift=shift, scale=scale, **h_args, n_hist=n_hist, eps=eps, norm=NORM_MODULATE)
     return h
 
 
@@ -263,8 +291,10 @@ def residual_norm_modulate(
     *,
     y_start: int = 0,
     out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A residual and the next `norm_modulate` in one pass: returns (new x, modulated norm of new x).
+    fp8: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """A residual and the next `norm_modulate` in one pass: returns (new x, modulated norm of new x);
+    with `fp8` the norm comes quantised per token, as `norm_modulate(..., fp8=True)` returns it.
 
     On tokens [y_start, N) x gains y (B, N - y_start, D): times `gate` per segment as in
     `gated_residual`, or, with gate None, a plain add in x's dtype (the cross-attention residual
@@ -279,9 +309,9 @@ def residual_norm_modulate(
     tensors = {"x": x, "y": y, "gate": gate, "shift": shift, "scale": scale, "out": out}
     check_device(_residual_norm_kernel, "residual_norm_modulate", tensors)
     out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-    h = torch.empty((B, N, D), device=x.device, dtype=x.dtype)
+    h_args, h = _norm_out(x, N, fp8)
     _launch(
-        x, y=y, gate=gate, shift=shift, scale=scale, x_out=out, h_out=h, n_hist=n_hist, y_start=y_start,
+        x, y=y, gate=gate, shift=shift, scale=scale, x_out=out, **h_args, n_hist=n_hist, y_start=y_start,
         eps=eps, norm=NORM_MODULATE,
     )  # fmt: skip
     return out, h
@@ -299,14 +329,16 @@ def residual_layer_norm(
     y_start: int = 0,
     norm_start: int = 0,
     out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    fp8: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """A residual (as `residual_norm_modulate`) and the affine float32 LayerNorm of tokens
     [norm_start, N) of its result: returns (new x (B, N, D), normed (B, N - norm_start, D)) in x's dtype.
 
     Serves the self-attention residual followed by cross-attention's `norm2` (weight, bias (D,)),
-    which reads only the noisy tokens: norm_start = n_hist under guidance cross-attention.
+    which reads only the noisy tokens: norm_start = n_hist under guidance cross-attention. With `fp8`
+    the normed rows come quantised per token (q, scale), as `norm_modulate(..., fp8=True)` returns them.
     """
-    B, N, D = _check_x("residual_layer_norm", x)
+    _, N, D = _check_x("residual_layer_norm", x)
     eps = check_eps(eps)
     check_split("n_hist", n_hist, N)
     check_split("norm_start", norm_start, N)
@@ -321,9 +353,9 @@ def residual_layer_norm(
     tensors = {"x": x, "y": y, "gate": gate, "weight": weight, "bias": bias, "out": out}
     check_device(_residual_norm_kernel, "residual_layer_norm", tensors)
     out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-    h = torch.empty((B, N - norm_start, D), device=x.device, dtype=x.dtype)
+    h_args, h = _norm_out(x, N - norm_start, fp8)
     _launch(
-        x, y=y, gate=gate, weight=weight, bias=bias, x_out=out, h_out=h, n_hist=n_hist, y_start=y_start,
+        x, y=y, gate=gate, weight=weight, bias=bias, x_out=out, **h_args, n_hist=n_hist, y_start=y_start,
         h_start=norm_start, eps=eps, norm=NORM_AFFINE,
     )  # fmt: skip
     return out, h

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
+from .fp8 import quantize_rows
 from .modulation import gated_residual, norm_modulate, residual_layer_norm, residual_norm_modulate
 from .rotary import rms_norm, rms_norm_rope, rope
 
@@ -26,6 +27,12 @@ KERNELS = (
     "rms_norm_rope",  # q
     "rms_norm_rope_history",  # k with the history-key scale
     "rms_norm",  # cross-attention q/k
+    # float8 activations of the FP8 path (fp8.py): the norms quantised per token, and rows
+    "norm_modulate_fp8",
+    "residual_norm_modulate_fp8",
+    "residual_layer_norm_fp8",
+    "quantize_rows",  # the attention output before its out-projection
+    "quantize_rows_gelu",  # the FFN's hidden rows, GELU'd, before the down-projection
 )
 
 # Outputs with no reduction in them: equal to the reference bit for bit, whatever the dtype.
@@ -35,9 +42,18 @@ EXACT = {
     ("residual_add_norm_modulate", "x"),
     ("residual_layer_norm", "x"),
     ("rope", "out"),
+    ("residual_norm_modulate_fp8", "x"),
+    ("residual_layer_norm_fp8", "x"),
+    ("quantize_rows", "q"),  # an abs-max, IEEE divisions and one rounding: nothing to reorder
+    ("quantize_rows", "scale"),
 }
 
-_ORDERED_BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_ORDERED_BITS = {
+    torch.float32: torch.int32,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+    torch.float8_e4m3fn: torch.int8,
+}
 
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -67,13 +83,14 @@ def compare(out: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
         raise AssertionError(f"kernel output {got} != reference {want} (shape, dtype)")
     if out.numel() == 0:
         return {"elements": 0, "max_abs": 0.0, "max_rel": 0.0, "max_ulp": 0.0, "mismatch": 0.0}
-    diff = (out.double() - expected.double()).abs()
+    a, b = out.double(), expected.double()
+    diff = (a - b).abs()
     return {
         "elements": out.numel(),
         "max_abs": float(diff.max()),
-        "max_rel": float(diff.max() / expected.double().abs().max().clamp_min(1e-30)),
+        "max_rel": float(diff.max() / b.abs().max().clamp_min(1e-30)),
         "max_ulp": float(ulp_distance(out, expected).max()),
-        "mismatch": float((out != expected).double().mean()),
+        "mismatch": float((a != b).double().mean()),
     }
 
 
@@ -88,6 +105,13 @@ def within_tolerance(kernel: str, output: str, dtype: torch.dtype, m: dict[str, 
     """
     if (kernel, output) in EXACT:
         return m["mismatch"] == 0
+    if kernel.endswith("_fp8") or kernel.startswith("quantize_rows"):
+        # Float8 rows of a norm (or of GELU, whose tanh differs by an ulp between libraries): the
+        # float32 value may sit on the other side of a rounding boundary, one e4m3 step off on few
+        # elements; each row's scale is its abs-max over 448, as close as the float32 values.
+        if output == "scale":
+            return m["max_rel"] <= 1e-6
+        return m["max_ulp"] <= 1 and m["mismatch"] <= max(0.01, 1 / max(m["elements"], 1))
     if dtype == torch.float32:
         return m["max_rel"] <= 1e-6
     return m["max_rel"] <= 2**-7 and m["mismatch"] <= max(0.01, 1 / max(m["elements"], 1))
@@ -162,6 +186,26 @@ def run_case(
         got = residual_layer_norm(x, y[:, start:], gate, n_hist, w, b, eps, y_start=start, norm_start=n_hist)
         want = ref.residual_layer_norm(x, y[:, start:], gate, n_hist, w, b, eps, start, n_hist)
         pairs["x"], pairs["h"] = (got[0], want[0]), (got[1], want[1])
+    elif kernel == "norm_modulate_fp8":
+        got = norm_modulate(x, shift, scale, n_hist, eps, fp8=True)
+        want = ref.norm_modulate_fp8(x, shift, scale, n_hist, eps)
+        pairs["q"], pairs["scale"] = (got[0], want[0]), (got[1], want[1])
+    elif kernel == "residual_norm_modulate_fp8":
+        got_x, got = residual_norm_modulate(x, y, gate, shift, scale, n_hist, eps, fp8=True)
+        want_x, want = ref.residual_norm_modulate_fp8(x, y, gate, shift, scale, n_hist, eps)
+        pairs["x"], pairs["q"], pairs["scale"] = (got_x, want_x), (got[0], want[0]), (got[1], want[1])
+    elif kernel == "residual_layer_norm_fp8":
+        w, b = t["ln_weight"], t["ln_bias"]
+        got_x, got = residual_layer_norm(x, y, gate, n_hist, w, b, eps, norm_start=n_hist, fp8=True)
+        want_x, want = ref.residual_layer_norm_fp8(x, y, gate, n_hist, w, b, eps, 0, n_hist)
+        pairs["x"], pairs["q"], pairs["scale"] = (got_x, want_x), (got[0], want[0]), (got[1], want[1])
+    elif kernel in ("quantize_rows", "quantize_rows_gelu"):
+        gelu = kernel == "quantize_rows_gelu"
+        # A strided view (every other token), as the attention output reaches the out-projection.
+        rows = torch.cat([x, y], dim=1)[:, ::2]
+        got = quantize_rows(rows, gelu=gelu)
+        want = ref.quantize_rows(ref.gelu_tanh(rows) if gelu else rows)
+        pairs["q"], pairs["scale"] = (got[0], want[0]), (got[1], want[1])
     elif kernel == "rope":
         q = t["q"].unflatten(-1, (heads, head_dim))
         hs = t["head_scale"]
@@ -178,6 +222,23 @@ def run_case(
     else:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
     return {name: compare(got, want) for name, (got, want) in pairs.items()}
+
+
+def tiny_forward_inputs(in_channels: int, text_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A whole transformer forward's inputs at a tiny size, with the full multi-term memory: two noisy
+    latent frames of 4×4, five text tokens, short / mid / long history (2 / 2 / 4 frames). For the
+    tests that run a tiny model both ways (torch path, kernel path, FP8)."""
+    g = torch.Generator().manual_seed(seed)
+    kw = {
+        "hidden_states": torch.randn(1, in_channels, 2, 4, 4, generator=g),
+        "timestep": torch.tensor([700.0]),
+        "encoder_hidden_states": torch.randn(1, 5, text_dim, generator=g),
+        "indices_hidden_states": torch.tensor([[9, 10]]),
+    }
+    for name, n, first in (("short", 2, 7), ("mid", 2, 5), ("long", 4, 1)):
+        kw[f"latents_history_{name}"] = torch.randn(1, in_channels, n, 4, 4, generator=g)
+        kw[f"indices_latents_history_{name}"] = torch.arange(first, first + n)[None]
+    return kw
 
 
 def selftest(

@@ -143,3 +143,56 @@ def rms_norm_rope(
     """q/k of self-attention: RMSNorm over all D, split into heads, RoPE, history-key scale.
     x (B, N, D) -> (B, N, Hd, Dh) in x's dtype."""
     return rope(rms_norm(x, weight, eps).unflatten(-1, (heads, -1)), table, n_hist, head_scale)
+
+
+# ---------------------------------------------------------------------------------------------------
+# float8 e4m3fn activations (fp8.py): per-token scales, for the FP8 linears of the fast path
+# ---------------------------------------------------------------------------------------------------
+
+E4M3_MAX = 448.0
+AMAX_FLOOR = 1e-12
+
+
+def quantize_rows(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows r (..., K), taken in float32 -> (q (..., K) float8_e4m3fn, scale (...) float32): with
+    a = max(max|row|, 1e-12), q = row · (448 / a) rounded to nearest even, saturated at ±448, and
+    scale = a / 448. Both divisions are tensor by tensor: a CUDA division by a Python scalar
+    multiplies by its reciprocal instead, one rounding off."""
+    r = r.float()
+    amax = r.abs().amax(dim=-1).clamp_min(AMAX_FLOOR)
+    limit = torch.full_like(amax, E4M3_MAX)
+    q = (r * (limit / amax).unsqueeze(-1)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, amax / limit
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation) of x in float32, as the FFN computes it."""
+    return F.gelu(x.float(), approximate="tanh")
+
+
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """q · scale in float32: what an FP8 GEMM multiplies."""
+    return q.float() * scale.unsqueeze(-1)
+
+
+def norm_modulate_fp8(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n_hist: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm_modulate` with its float32 result quantised per token instead of cast to x's dtype."""
+    return quantize_rows(modulate(layer_norm32(x, None, None, eps), shift, scale, n_hist))
+
+
+def residual_norm_modulate_fp8(
+    x, y, gate, shift, scale, n_hist: int, eps: float, y_start: int = 0
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """`residual_norm_modulate` with the norm quantised per token."""
+    x = residual(x, y, gate, n_hist, y_start)
+    return x, norm_modulate_fp8(x, shift, scale, n_hist, eps)
+
+
+def residual_layer_norm_fp8(
+    x, y, gate, n_hist: int, weight, bias, eps: float, y_start: int = 0, norm_start: int = 0
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """`residual_layer_norm` with the normed rows quantised per token."""
+    x = residual(x, y, gate, n_hist, y_start)
+    return x, quantize_rows(layer_norm32(x[:, norm_start:], weight, bias, eps))

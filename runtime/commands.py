@@ -175,7 +175,7 @@ def rollout(args: argparse.Namespace) -> int:
     video = read_frames(args.video) if args.video else None
 
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-    model = WorldModel.load(args.model, device=args.device, seed=args.seed)
+    model = WorldModel.load(args.model, device=args.device, seed=args.seed, fast=fast_path_choice(args))
     engine = WorldEngine(model)
     height = args.height or model.default_size[0]
     width = args.width or model.default_size[1]
@@ -213,6 +213,17 @@ def rollout(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+def fast_path_choice(args: argparse.Namespace):
+    """The fast-path switches of this process's environment, with --precision on top when given."""
+    import dataclasses
+
+    from .engine.fastpath import FastPathChoice
+
+    choice = FastPathChoice.from_env()
+    precision = getattr(args, "precision", None)
+    return dataclasses.replace(choice, precision=precision) if precision else choice
+
+
 def serve(args: argparse.Namespace) -> int:
     import asyncio
     import os
@@ -226,6 +237,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.idle_timeout <= 0:
         raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     _check_ray_flags(args)
+    if args.precision:
+        # Workers (and, for Ray replicas, the front's FastPathChoice) read it from the environment.
+        os.environ["HELIOS_PRECISION"] = args.precision
     settings = ServerSettings(
         model=args.model,
         devices=group_devices(args.device, args.context_parallel),
@@ -292,14 +306,15 @@ def eval_drift(args: argparse.Namespace) -> int:
     if args.first_seed < 0:
         raise ValueError(f"--first-seed must not be negative, got {args.first_seed}")
     predictors: list = [CopyLastFrame()]
-    device = "cpu"
+    device, precision = "cpu", None
     if args.predictor in ("engine", "vae-roundtrip"):
         from .engine.engine import WorldEngine
         from .engine.world_model import WorldModel
 
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-        model = WorldModel.load(args.model, device=args.device, seed=0)
+        model = WorldModel.load(args.model, device=args.device, seed=0, fast=fast_path_choice(args))
         device = str(model.device)
+        precision = model.transformer.precision
         if args.predictor == "engine":
             engine = WorldEngine(model, max_sessions=2)
             predictor = EnginePredictor(engine, height=args.model_height, width=args.model_width, seed=0)
@@ -335,6 +350,7 @@ def eval_drift(args: argparse.Namespace) -> int:
         model=args.model if args.predictor != "copy-last" else None,
         model_size=[args.model_height, args.model_width],
         device=device,
+        precision=precision,
         versions={"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
     )
     out = args.out or os.path.join("bench", "results", f"drift_{args.predictor}.json")

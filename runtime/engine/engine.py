@@ -409,7 +409,7 @@ class WorldEngine:
         if vocab is not None:
             rows = [ids or vocab.STAY for ids in (action_ids or [None] * B)]
             extra["action"] = torch.tensor(rows, dtype=torch.int64)
-        transformer = self.model.transformer
+        transformer = self.model.forward  # the transformer, or its CUDA-graph replay (fast_path)
 
         def conditioned(
             context: torch.Tensor, extra: dict[str, torch.Tensor]
@@ -419,7 +419,14 @@ class WorldEngine:
                     raise Cancelled("the chunk was cancelled before it finished; the session did not advance")
                 # A group shares its schedule: one timestep for all rows keeps the time embedding
                 # batch-independent (see HeliosTransformer.forward).
-                return transformer(x, t[:1], context, **indices, **history, **extra)
+                return transformer(
+                    hidden_states=x,
+                    timestep=t[:1],
+                    encoder_hidden_states=context,
+                    **indices,
+                    **history,
+                    **extra,
+                )
 
             return forward
 

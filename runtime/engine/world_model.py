@@ -26,7 +26,11 @@ from ..model.vae import WanVAE
 from ..sampling.denoise import SamplerSettings, sampler_preset
 from ..sampling.schedule import SchedulerConfig
 from .actions import MovePanActions
-from .fastpath import FastPathChoice
+from .fastpath import PRECISIONS, FastPathChoice, use_compile_cache
+
+# Blocks at each end that FP8 keeps in bf16 (fast_path(precision="fp8")): chosen on bench/fp8.py's
+# per-block sensitivity (docs/performance.md).
+FP8_KEEP_BF16_BLOCKS = 1
 
 # "toy": the trained toy world shipped in the package (the default). "tiny": random weights, for
 # tests. "random-14b" / "random-1.3b": the real architectures with random weights (bf16 on a GPU),
@@ -55,6 +59,12 @@ class WorldModel:
     # an action" (ids -1, the action dropout's rows) under the same prompt, instead of the prompt
     # against the negative prompt. model_index.json: "guidance": "action".
     guide_action: bool = False
+
+    @property
+    def forward(self):
+        """The transformer's forward as the engine calls it: replayed from CUDA graphs for the small
+        pyramid stage once `fast_path` turned them on (`graphs.GraphedForward`), else the module."""
+        return getattr(self, "_graphed", None) or self.transformer
 
     def __post_init__(self) -> None:
         if self.guide_action and self.actions is None:
@@ -89,10 +99,30 @@ class WorldModel:
             model = cls.from_pretrained(folder, device=device, dtype=dtype)
         choice = fast if fast is not None else FastPathChoice.from_env()
         if choice.fast if choice.fast is not None else model.device.type == "cuda":
-            model.fast_path(compile_vae=choice.compile_vae)
+            model.fast_path(compile_vae=choice.compile_vae, precision=choice.precision)
+        elif choice.precision == "fp8":
+            # Off the fast path (the CPU): FP8's numerics emulated, for accuracy studies; slower.
+            model.quantize_fp8()
         return model
 
-    def fast_path(self, transformer: str = "auto", compile_vae: bool = True) -> WorldModel:
+    def quantize_fp8(self, keep_bf16_blocks: int | None = None) -> WorldModel:
+        """The transformer's blocks in FP8 (`HeliosTransformer.quantize_fp8`) keeping the first and
+        last `keep_bf16_blocks` (default `FP8_KEEP_BF16_BLOCKS`, at most half the blocks) as they are.
+        On a GPU `fast_path(precision="fp8")` does this with the fused kernels; on the CPU the same
+        quantised numbers run through float32 matmuls (an emulation: accuracy, not speed)."""
+        keep = FP8_KEEP_BF16_BLOCKS if keep_bf16_blocks is None else keep_bf16_blocks
+        keep = min(keep, len(self.transformer.blocks) // 2)
+        self.transformer.quantize_fp8(keep_first=keep, keep_last=keep)
+        return self
+
+    def fast_path(
+        self,
+        transformer: str = "auto",
+        compile_vae: bool = True,
+        precision: str = "bf16",
+        keep_bf16_blocks: int | None = None,
+        cuda_graphs: bool = True,
+    ) -> WorldModel:
         """The real-time configuration on a GPU (on the CPU it changes nothing). Returns self.
 
         - Transformer, `transformer=`: "kernels" runs every block's row operations (norms, modulation,
@@ -104,12 +134,27 @@ class WorldModel:
         - VAE: bfloat16 (the reference's float32 costs 1.5× the time for no visible difference),
           channels-last convolutions, and with `compile_vae` its per-frame decoder step compiled
           (`WanVAE.compile_decoder`: 0.49 -> 0.22-0.29 s per chunk, bench/vae_layout.py).
+        - Precision, `precision=`: "bf16" (the default), or "fp8": every block's linears become
+          float8 e4m3fn GEMMs (`HeliosTransformer.quantize_fp8`; weights per output channel, once,
+          here; activations per token, quantised inside the fused norm / GELU kernels), except the
+          first and last `keep_bf16_blocks` blocks (default `FP8_KEEP_BF16_BLOCKS`). One way: the
+          quantised blocks' bf16 weights are freed. docs/performance.md has its speed and accuracy.
+        - With `cuda_graphs` (the default) the small first pyramid stage is replayed from CUDA graphs
+          (`graphs.GraphedForward`: its forward is short enough for launch time to show).
+        - Compiled and autotuned artefacts persist in `compile_cache_dir()` ($HELIOS_CACHE_DIR), so a
+          second process on the machine warms up from the cache (`use_compile_cache`).
         """
-        if self.device.type != "cuda":
-            return self
         if transformer not in ("auto", "kernels", "compile"):
             raise ValueError(f"transformer must be 'auto', 'kernels' or 'compile', got {transformer!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if self.device.type != "cuda":
+            return self
         import helios_kernels
+
+        use_compile_cache()
+        if precision == "fp8":
+            self.quantize_fp8(keep_bf16_blocks)
 
         self.vae.to(torch.bfloat16).set_memory_format(torch.channels_last_3d)
         # Every chunk has the same shapes: let cuDNN time its convolution algorithms once per shape.
@@ -118,6 +163,10 @@ class WorldModel:
             self.vae.compile_decoder()
         if transformer == "kernels" or (transformer == "auto" and helios_kernels.available(self.device)):
             self.transformer.use_kernels()
+            if cuda_graphs:
+                from .graphs import GraphedForward
+
+                self._graphed = GraphedForward(self.transformer)
         elif not self.transformer.compiled:
             self.transformer.use_kernels(False).compile_blocks()
         return self

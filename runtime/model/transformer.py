@@ -306,7 +306,22 @@ class Block(nn.Module):
         self.attn2 = Attention(cfg)
         self.norm2 = _AffineNorm(D) if cfg.cross_attn_norm else None
         self.ffn = FeedForward(D, cfg.ffn_dim)
-        self.kernels = None  # the helios_kernels module when HeliosTransformer.use_kernels is on
+        self._kernels_on = False  # HeliosTransformer.use_kernels; read through `kernels`
+        self.fp8 = False  # linears are `Fp8Linear`s (HeliosTransformer.quantize_fp8)
+
+    @property
+    def kernels(self):
+        """The helios_kernels module when the fused kernels are on, else None (a flag underneath, so
+        that a block deep-copies: a module object does not)."""
+        if not self._kernels_on:
+            return None
+        import helios_kernels
+
+        return helios_kernels
+
+    @kernels.setter
+    def kernels(self, module) -> None:
+        self._kernels_on = module is not None
 
     def forward(
         self,
@@ -346,10 +361,12 @@ class Block(nn.Module):
     def _forward_kernels(self, x, context, rows, rope, n_hist: int, attend) -> torch.Tensor:
         """`forward` with every row operation a fused Triton kernel (`helios_kernels`): each reads and
         writes the (B, N, D) activation once instead of once per torch op. Same numbers as `forward`:
-        element-wise parts bit for bit, norms up to the order of float32 sums (kernels/README.md)."""
-        hk, eps, attn1, attn2 = self.kernels, self.eps, self.attn1, self.attn2
+        element-wise parts bit for bit, norms up to the order of float32 sums (kernels/README.md).
+        Under FP8 (`self.fp8`) the norms hand the linears their rows quantised per token (q, scale)
+        from the same pass, and the FFN's GELU is fused with the quantisation of its hidden rows."""
+        hk, eps, attn1, attn2, fp8 = self.kernels, self.eps, self.attn1, self.attn2, self.fp8
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = rows
-        h = hk.norm_modulate(x, shift_sa, scale_sa, n_hist, eps)
+        h = hk.norm_modulate(x, shift_sa, scale_sa, n_hist, eps, fp8=fp8)
         amplify = getattr(attn1, "history_key_scale", None)
         head_scale = 1.0 + 9.0 * torch.sigmoid(amplify) if amplify is not None and n_hist > 0 else None
         q = hk.rms_norm_rope(attn1.to_q(h), attn1.norm_q.weight, rope, attn1.heads, eps)
@@ -370,15 +387,24 @@ class Block(nn.Module):
             x = torch.cat([x[:, :split], noisy], dim=1) if split else noisy
             return self._feed_forward_kernels(x, shift_ff, scale_ff, gate_ff, n_hist)
         x, y = hk.residual_layer_norm(
-            x, out, gate_sa, n_hist, self.norm2.weight, self.norm2.bias, eps, norm_start=split
+            x, out, gate_sa, n_hist, self.norm2.weight, self.norm2.bias, eps, norm_start=split, fp8=fp8
         )
         out = attn2.cross_attend(y, context)
-        x, h = hk.residual_norm_modulate(x, out, None, shift_ff, scale_ff, n_hist, eps, y_start=split)
-        return hk.gated_residual(x, self.ffn(h), gate_ff, n_hist)
+        x, h = hk.residual_norm_modulate(
+            x, out, None, shift_ff, scale_ff, n_hist, eps, y_start=split, fp8=fp8
+        )
+        return hk.gated_residual(x, self._ffn_kernels(h), gate_ff, n_hist)
 
     def _feed_forward_kernels(self, x, shift, scale, gate, n_hist: int) -> torch.Tensor:
-        h = self.kernels.norm_modulate(x, shift, scale, n_hist, self.eps)
-        return self.kernels.gated_residual(x, self.ffn(h), gate, n_hist)
+        h = self.kernels.norm_modulate(x, shift, scale, n_hist, self.eps, fp8=self.fp8)
+        return self.kernels.gated_residual(x, self._ffn_kernels(h), gate, n_hist)
+
+    def _ffn_kernels(self, h) -> torch.Tensor:
+        """The FFN; under FP8 its GELU and the quantisation of the hidden rows are one kernel."""
+        if not self.fp8:
+            return self.ffn(h)
+        hidden = self.ffn.net[0].proj(h)  # (B, N, F) bf16, bias added in the GEMM
+        return self.ffn.net[2](self.kernels.quantize_rows(hidden, gelu=True))
 
 
 class OutputNorm(nn.Module):
@@ -481,6 +507,32 @@ class HeliosTransformer(nn.Module):
         for block in self.blocks:
             block.kernels = kernels
         return self
+
+    def quantize_fp8(self, keep_first: int = 0, keep_last: int = 0) -> HeliosTransformer:
+        """FP8 inference: every block's linears (attention q/k/v/out, FFN) become `Fp8Linear`s,
+        weights quantised now per output channel, activations per token at run time (`fp8.py`),
+        except the first `keep_first` and last `keep_last` blocks, which stay in the compute dtype.
+        Embedders, norms, modulation and the output head are untouched. In place, one way (the bf16
+        weights of the quantised blocks are freed); returns self."""
+        from .fp8 import quantize_block
+
+        L = len(self.blocks)
+        for name, value in (("keep_first", keep_first), ("keep_last", keep_last)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= L:
+                raise ValueError(
+                    f"{name} must be an int in [0, {L}] (blocks kept in {self.dtype}), got {value!r}"
+                )
+        for i, block in enumerate(self.blocks):
+            if keep_first <= i < L - keep_last and not block.fp8:
+                quantize_block(block)
+        return self
+
+    @property
+    def precision(self) -> str:
+        """ "fp8" when any block runs FP8 linears, else the compute dtype's name."""
+        if any(block.fp8 for block in self.blocks):
+            return "fp8"
+        return str(self.dtype).removeprefix("torch.")
 
     def enable_context_parallel(self, cp: ContextParallel | None) -> HeliosTransformer:
         """Split every later forward's token sequence over `cp`'s ranks (None: back to one device).

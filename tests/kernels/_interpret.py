@@ -13,6 +13,7 @@ every row operation a kernel); or "model": a whole tiny transformer with history
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch
 
 import helios_kernels as hk
-from helios_kernels.parity import compare, run_case
+from helios_kernels.parity import compare, run_case, tiny_forward_inputs
 from helios_runtime.model.config import preset
 from helios_runtime.model.transformer import Block, HeliosTransformer, keeps_fp32
 
@@ -52,22 +53,31 @@ def run_block(
 
 
 @torch.no_grad()
-def run_model(*, dtype: torch.dtype, seed: int = 0) -> dict[str, dict[str, float]]:
-    """`HeliosTransformer.use_kernels` on a tiny model with the full multi-term memory."""
+def run_model(*, dtype: torch.dtype, seed: int = 0, fp8: bool = False) -> dict[str, dict[str, float]]:
+    """`HeliosTransformer.use_kernels` on a tiny model with the full multi-term memory. With `fp8`
+    (`quantize_fp8`) the fused path (norms quantising their rows, GELU fused with the FFN's
+    quantisation) against the torch path through the same `Fp8Linear`s."""
     model = HeliosTransformer.from_config("tiny", device="cpu", dtype=dtype, seed=seed).eval()
-    g = torch.Generator().manual_seed(seed)
-    C, K = model.config.in_channels, model.config.text_dim
-    kw = {
-        "hidden_states": torch.randn(1, C, 2, 4, 4, generator=g),
-        "timestep": torch.tensor([700.0]),
-        "encoder_hidden_states": torch.randn(1, 5, K, generator=g),
-        "indices_hidden_states": torch.tensor([[9, 10]]),
-    }
-    for name, n, first in (("short", 2, 7), ("mid", 2, 5), ("long", 4, 1)):
-        kw[f"latents_history_{name}"] = torch.randn(1, C, n, 4, 4, generator=g)
-        kw[f"indices_latents_history_{name}"] = torch.arange(first, first + n)[None]
+    if fp8:
+        model.quantize_fp8()
+    kw = tiny_forward_inputs(model.config.in_channels, model.config.text_dim, seed)
     want = model(**kw)
     return {"out": compare(model.use_kernels()(**kw), want)}
+
+
+def run_e4m3_table(*, dtype: torch.dtype, seed: int = 0) -> dict[str, dict[str, float]]:
+    """`quantize_rows` on a row holding every finite e4m3 value, every midpoint between neighbours
+    (ties), and random values from 2^-12 to 448: its maximum is 448, so the scale is exactly 1 and
+    the bytes are the rounding itself, ties and subnormals included."""
+    values = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    values = values[values.isfinite()].unique()
+    g = torch.Generator().manual_seed(seed)
+    spread = torch.exp2(torch.randint(-12, 9, (2000,), generator=g).float())
+    rand = ((torch.rand(2000, generator=g) * 2 - 1) * spread).clamp(-448, 448)
+    row = torch.cat([values, (values[1:] + values[:-1]) / 2, rand, torch.tensor([448.0, -0.0])])[None]
+    got_q, got_s = hk.quantize_rows(row.to(dtype))
+    want_q, want_s = hk.reference.quantize_rows(row.to(dtype))
+    return {"q": compare(got_q, want_q), "scale": compare(got_s, want_s)}
 
 
 def main() -> None:
@@ -81,7 +91,13 @@ def main() -> None:
             if key in args:
                 args[key] = getattr(torch, args[key])
         try:
-            runner = {"block": run_block, "model": run_model}.get(kernel)
+            runners = {
+                "block": run_block,
+                "model": run_model,
+                "model_fp8": functools.partial(run_model, fp8=True),
+                "e4m3_table": run_e4m3_table,
+            }
+            runner = runners.get(kernel)
             results[ident] = runner(**args) if runner else run_case(kernel, **args)
         except Exception:
             results[ident] = {"error": traceback.format_exc()}

@@ -102,12 +102,16 @@ BLOCK_CASES = {
     for n_hist, mode in ((0, "per_head"), (2, "per_head"), (2, "scalar"), (6, "per_head"))
 }
 MODEL_CASES = {f"model/{dtype}": {"kernel": "model", "dtype": dtype} for dtype in ("float32", "bfloat16")}
+FP8_MODEL_CASES = {
+    f"model_fp8/{dtype}": {"kernel": "model_fp8", "dtype": dtype} for dtype in ("float32", "bfloat16")
+}
+E4M3_CASES = {"e4m3_table/float32": {"kernel": "e4m3_table", "dtype": "float32"}}
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
     """Every case's metrics, computed once in a subprocess under TRITON_INTERPRET=1."""
-    everything = {**KERNEL_CASES, **BLOCK_CASES, **MODEL_CASES}
+    everything = {**KERNEL_CASES, **BLOCK_CASES, **MODEL_CASES, **FP8_MODEL_CASES, **E4M3_CASES}
     cases = [{"id": ident, **case} for ident, case in everything.items()]
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -136,8 +140,8 @@ def test_kernel_matches_reference(interpreted, ident):
     assert outputs, "no outputs compared"
     for name, m in outputs.items():
         assert within_tolerance(case["kernel"], name, getattr(torch, case["dtype"]), m), f"{name}: {m}"
-        if (case["kernel"], name) in EXACT or case["dtype"] == "float32":
-            continue
+        if (case["kernel"], name) in EXACT or case["dtype"] == "float32" or name in ("q", "scale"):
+            continue  # float8 rows and their float32 scales: within_tolerance is their criterion
         # These tiny rows sum in few enough steps that bfloat16 / float16 results agree exactly or
         # by a single rounding; a wrong segment, rounding or rotation moves most elements by more.
         assert m["max_ulp"] <= 1, f"{name}: {m}"
@@ -161,6 +165,24 @@ def test_transformer_with_kernels_matches_torch_path(interpreted, ident):
     m = _result(interpreted, ident)["out"]
     limit = 1e-5 if MODEL_CASES[ident]["dtype"] == "float32" else 2e-2
     assert m["max_rel"] <= limit, m
+
+
+@pytest.mark.parametrize("ident", list(FP8_MODEL_CASES))
+def test_fp8_transformer_fused_path_matches_its_torch_path(interpreted, ident):
+    """FP8: norms that hand their rows over quantised, GELU fused with the FFN's quantisation, against
+    the same `Fp8Linear`s fed by the torch path (which quantises bf16 / float32 activations itself).
+    Only the rounding of the norms' sums (float32 vs bf16 activations in between) separates them."""
+    m = _result(interpreted, ident)["out"]
+    limit = 1e-3 if FP8_MODEL_CASES[ident]["dtype"] == "float32" else 3e-2
+    assert m["max_rel"] <= limit, m
+
+
+def test_e4m3_rounding_is_exact_on_every_value_tie_and_subnormal(interpreted):
+    """The kernels' float8 rounding (integer arithmetic under the interpreter) gives torch's bytes."""
+    result = _result(interpreted, "e4m3_table/float32")
+    assert result["q"]["elements"] > 2400
+    assert result["q"]["mismatch"] == 0, result["q"]
+    assert result["scale"]["mismatch"] == 0, result["scale"]
 
 
 def test_available_under_interpreter(interpreted):
