@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..chunk import FRAMES_PER_CHUNK, LATENT_FRAMES
 from ..model.text_encoder import PromptCache, blend, interpolation_weights
 from ..sampling.denoise import Guidance, SamplerSettings, denoise_chunk
 from ..sampling.pyramid import chunk_noise
@@ -43,7 +44,7 @@ from .actions import (
     parse_action,
 )
 from .errors import Cancelled, CapacityExceeded, InvalidInput, SessionClosed, SessionNotFound
-from .memory import CHUNK_FRAMES, MultiTermMemory, frame_indices
+from .memory import MultiTermMemory, frame_indices
 from .rng import RESET, CounterNoise, StreamNoise
 from .session import PromptState, Session
 from .snapshot import SnapshotError
@@ -54,7 +55,6 @@ FrameCallback = Callable[[int, torch.Tensor], None]  # (frame index in the chunk
 # I2V / V2V: the conditioning latents are noised with σ ~ U[min, max] (spec 5.10 defaults).
 IMAGE_NOISE_SIGMA = (0.111, 0.135)
 VIDEO_NOISE_SIGMA = (0.111, 0.135)
-PIXEL_CHUNK = (CHUNK_FRAMES - 1) * 4 + 1  # 33 video frames per chunk
 CLOSED_IDS_KEPT = 4096
 
 
@@ -344,7 +344,7 @@ class WorldEngine:
         history frame; both are noised. Draws in the reference pipeline's order."""
         still = image.unsqueeze(2)  # (1, 3, 1, H, W)
         anchor = self._encode_pixels(still, gen)
-        fake = self._encode_pixels(still.expand(-1, -1, PIXEL_CHUNK, -1, -1), gen)[:, :, -1:]
+        fake = self._encode_pixels(still.expand(-1, -1, FRAMES_PER_CHUNK, -1, -1), gen)[:, :, -1:]
         anchor = _noised(anchor, IMAGE_NOISE_SIGMA, gen, self.device)
         fake = _noised(fake, VIDEO_NOISE_SIGMA, gen, self.device)
         memory.set_anchor(anchor)
@@ -359,13 +359,15 @@ class WorldEngine:
         """V2V (spec 5.10): the first frame is the anchor; the last ⌊F/33⌋ 33-frame windows, each
         encoded alone, fill the history. Draws in the reference pipeline's order."""
         frames = video.shape[2]
-        windows = frames // PIXEL_CHUNK
+        windows = frames // FRAMES_PER_CHUNK
         if windows == 0:
-            raise InvalidInput(f"a video needs at least {PIXEL_CHUNK} frames, got {frames}")
-        start = frames - windows * PIXEL_CHUNK
+            raise InvalidInput(f"a video needs at least {FRAMES_PER_CHUNK} frames, got {frames}")
+        start = frames - windows * FRAMES_PER_CHUNK
         first = self._encode_pixels(video[:, :, :1], gen)
         latents = [
-            self._encode_pixels(video[:, :, start + i * PIXEL_CHUNK : start + (i + 1) * PIXEL_CHUNK], gen)
+            self._encode_pixels(
+                video[:, :, start + i * FRAMES_PER_CHUNK : start + (i + 1) * FRAMES_PER_CHUNK], gen
+            )
             for i in range(windows)
         ]
         anchor = _noised(first, IMAGE_NOISE_SIGMA, gen, self.device)
@@ -395,7 +397,7 @@ class WorldEngine:
         gens = [s.noise.generator(s.chunk, self.device) for s in sessions]
 
         t0 = time.perf_counter()
-        noise = torch.cat([chunk_noise((1, C, CHUNK_FRAMES, lat_h, lat_w), g, self.device) for g in gens])
+        noise = torch.cat([chunk_noise((1, C, LATENT_FRAMES, lat_h, lat_w), g, self.device) for g in gens])
         text = torch.cat([p.for_next_chunk() for p in states])
         memories = [s.memory.inputs() for s in sessions]
         history = {k: torch.cat([m[k] for m in memories]) for k in memories[0]}

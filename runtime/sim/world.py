@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from ..chunk import FRAMES_PER_CHUNK
 from .grammar import MOVING_OBJECTS, PromptGrammar, Scene
 
-CHUNK_FRAMES = 33  # video frames per chunk, as the model generates them
-FPS = 16
 DAY_FRAMES = 9600  # a full day-night cycle: 10 minutes at 16 fps
 AGENT_RGB = (255, 0, 255)
 # No other pixel gets min(R, B) - G above this (`_guard`), so magenta is the agent's alone.
@@ -166,8 +165,8 @@ class ProceduralWorld:
         act = Action.of(action)
         move = np.array(MOVES[act.move], dtype=np.float64) * self.speed
         pan = np.array(MOVES[act.pan], dtype=np.float64) * self.speed
-        frames = np.empty((CHUNK_FRAMES, self.height, self.width, 3), dtype=np.uint8)
-        for i in range(CHUNK_FRAMES):
+        frames = np.empty((FRAMES_PER_CHUNK, self.height, self.width, 3), dtype=np.uint8)
+        for i in range(FRAMES_PER_CHUNK):
             self.t += 1
             self._agent += move
             self._cam += pan
@@ -191,7 +190,7 @@ class ProceduralWorld:
         """The agent's (dx, dy) across the view over one chunk under `action`, before any dead-zone
         scrolling: (move - pan) × speed × 33 pixels."""
         act = Action.of(action)
-        k = self.speed * CHUNK_FRAMES
+        k = self.speed * FRAMES_PER_CHUNK
         (mx, my), (px, py) = MOVES[act.move], MOVES[act.pan]
         return (mx - px) * k, (my - py) * k
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.world_model import WorldModel
-from helios_runtime.server.worker import Worker
+from helios_runtime.server.worker.loop import Worker
 
 
 class ScriptedTransport:

@@ -1,28 +1,23 @@
-"""The engine worker: one process per device that owns a WorldEngine and answers the front.
-
-    python -m helios_runtime.server.worker --endpoint tcp://127.0.0.1:5555 --model tiny --device cpu
+"""The engine worker's loop: it owns a WorldEngine and answers the front (process main: `main.py`).
 
 The loop drains every request that has arrived, answers the cheap ones (fork, snapshot, close, ...)
 at once, and runs all pending steps together through `WorldEngine.step_many`, which batches sessions
 whose sizes and settings match. Decoded frames leave as soon as they exist (one ZeroMQ message each),
 so the front can stream them while the chunk is still decoding. The worker never waits on the
 network or on encoding: those happen in the front. Cancel messages are read between denoising
-steps. Protocol: `protocol.py`.
+steps. Protocol: `../protocol/`.
 
 The loop only sees a `Transport`: a worker process uses its ZeroMQ socket (`ZmqTransport`); a Ray
-Serve replica (`ray_pool.py`) runs the same loop in a thread over in-process queues (`QueueTransport`).
+Serve replica (`replica.py`) runs the same loop in a thread over in-process queues (`QueueTransport`).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import os
 import queue
-import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,9 +25,10 @@ import numpy as np
 import torch
 import zmq
 
-from ..engine.actions import Blend, Prompt, Transition
-from ..engine.engine import WorldEngine
-from ..engine.errors import (
+from ...chunk import LAST_FRAME
+from ...engine.actions import Blend, Prompt, Transition
+from ...engine.engine import WorldEngine
+from ...engine.errors import (
     Cancelled,
     CapacityExceeded,
     EngineError,
@@ -40,9 +36,8 @@ from ..engine.errors import (
     SessionClosed,
     SessionNotFound,
 )
-from ..engine.snapshot import SnapshotError
-from ..engine.world_model import WorldModel
-from .protocol import pack, unpack
+from ...engine.snapshot import SnapshotError
+from ..protocol.messages import pack, unpack
 
 log = logging.getLogger("helios.worker")
 
@@ -200,7 +195,7 @@ class Worker:
 
     def frame_sender(self, rid: int, chunk_index: int, which: str):
         def on_frame(index: int, frame: torch.Tensor) -> None:
-            if which == "none" or (which == "last" and index != 32):
+            if which == "none" or (which == "last" and index != LAST_FRAME):
                 return
             h, w, _ = frame.shape
             self.send(
@@ -349,113 +344,3 @@ class Worker:
         )
         for h, r in zip(batch, results, strict=True):
             self.send({"kind": "result", "id": h["id"], "chunk_index": r.chunk_index, "timings": r.timings})
-
-
-def warm_up(engine: WorldEngine) -> float:
-    """Run the whole chunk path (reset, step, decode) once before reporting ready, so the first
-    client pays no one-time cost (allocator growth, kernel selection, graph compilation).
-    On a GPU (the fast path) it warms up at the model's default frame size, whose compiled graphs
-    and kernels it builds here (other sizes build on first use); on the CPU at the smallest allowed
-    size to keep start-up short."""
-    start = time.perf_counter()
-    if engine.model.device.type == "cuda":
-        height, width = engine.model.default_size
-    else:
-        height = width = engine.model.pyramid_multiple()
-    first = engine.reset("warm-up", seed=0, height=height, width=width)
-    engine.step(first.session_id)
-    engine.close(first.session_id)
-    return time.perf_counter() - start
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="helios engine worker (started by `helios serve`)")
-    parser.add_argument("--endpoint", required=True, help="the front's ZeroMQ ROUTER endpoint")
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="torch device; a comma list (cuda:0,cuda:1) runs one session context-parallel over them",
-    )
-    parser.add_argument("--max-sessions", type=int, default=64)
-    parser.add_argument("--identity", default=None)
-    parser.add_argument("--no-warm-up", action="store_true")
-    parser.add_argument("--json-logs", action="store_true")
-    parser.add_argument("--min-free-gib", type=float, default=2.0, help="GPU memory a new session needs free")
-    args = parser.parse_args(argv)
-    from .server import configure_logging
-
-    configure_logging(args.json_logs)
-
-    devices = args.device.split(",") if args.device else [None]
-    followers: list = []
-    if len(devices) > 1:
-        # Context parallel: this process is rank 0 of a group over the listed devices.
-        from ..parallel.launch import init_worker_group, spawn_followers
-        from ..parallel.replicated import LeaderEngine
-
-        address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs)
-        group = init_worker_group(0, len(devices), address, devices[0])
-        model = WorldModel.load(args.model, device=group.device)
-        model.transformer.enable_context_parallel(group.cp)
-        engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions), group)
-    else:
-        model = WorldModel.load(args.model, device=devices[0])
-        engine = WorldEngine(model, max_sessions=args.max_sessions)
-    warm = 0.0 if args.no_warm_up else warm_up(engine)
-    context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.IDENTITY, (args.identity or f"worker-{os.getpid()}").encode())
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(args.endpoint)
-    info = {
-        **describe_model(model, warm),
-        "pid": os.getpid(),
-        "device": str(model.device) if len(devices) == 1 else ",".join(devices),
-        "context_parallel": len(devices),
-    }
-    worker = Worker(engine, socket, min_free_bytes=int(args.min_free_gib * 2**30))
-    worker.send({"kind": "ready", "model": info})
-    log.info("ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
-    try:
-        worker.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if followers:
-            engine.shutdown()
-            for proc in followers:
-                proc.wait(timeout=30)
-    return 0
-
-
-def describe_model(model: WorldModel, warm_up_seconds: float) -> dict[str, Any]:
-    """The model part of a worker's ready message, which GetServerInfo reports."""
-    return {
-        "name": model.name,
-        "parameters": model.transformer.num_parameters(),
-        "sampler": _sampler_name(model),
-        "steps": list(model.sampler.steps),
-        "default_height": model.default_size[0],
-        "default_width": model.default_size[1],
-        "size_multiple": model.pyramid_multiple(),
-        "warm_up_seconds": warm_up_seconds,
-        "transformer_path": (
-            "kernels"
-            if model.transformer.blocks[0].kernels is not None
-            else "compiled"
-            if model.transformer.compiled
-            else "eager"
-        ),
-    }
-
-
-def _sampler_name(model: WorldModel) -> str:
-    sched = model.sampler.scheduler
-    if sched.scheduler_type == "dmd":
-        return "distilled"
-    return "base" if sched.stages == 1 else "mid"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,6 +12,8 @@ import fractions
 import av
 import numpy as np
 
+from ...chunk import FPS, FRAMES_PER_CHUNK
+
 DEFAULT_JPEG_QUALITY = 90
 
 
@@ -35,7 +37,7 @@ def encode_jpeg(frame: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes
 class H264Encoder:
     """Annex-B H.264 access units, one per frame; an IDR frame every `keyframe_every` frames."""
 
-    def __init__(self, width: int, height: int, fps: int = 16, keyframe_every: int = 33):
+    def __init__(self, width: int, height: int, fps: int = FPS, keyframe_every: int = FRAMES_PER_CHUNK):
         if width % 2 or height % 2:
             raise ValueError(f"H.264 needs even frame sizes, got {width}×{height}")
         self.ctx = av.CodecContext.create("libx264", "w")

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
 from .service import WorldService
 from .settings import ServerSettings
-from .workers import EnginePool, WorkerPool
+from .zmq_pool import EnginePool, WorkerPool
 
 log = logging.getLogger("helios.front")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name
@@ -64,21 +62,6 @@ def _deny(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
     if details.method.endswith("/Stream"):
         return grpc.stream_stream_rpc_method_handler(stream)
     return grpc.unary_unary_rpc_method_handler(unary)
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (structured logs)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 @dataclass
@@ -192,15 +175,3 @@ async def run(settings: ServerSettings) -> None:
         print(f"listening on {settings.host}:{server.port}", flush=True)
         await stop.wait()
         log.info("draining")
-
-
-def configure_logging(json_logs: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonLogFormatter()
-        if json_logs
-        else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .protocol import pack, unpack
+from ..protocol.messages import pack, unpack
 
 log = logging.getLogger("helios.front")
 
@@ -131,7 +131,7 @@ class WorkerPool(EnginePool):
         cmd = [
             sys.executable,
             "-m",
-            "helios_runtime.server.worker",
+            "helios_runtime.server.worker.main",
             "--endpoint",
             self.endpoint,
             "--model",

@@ -30,14 +30,14 @@ import numpy as np
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
+from ...chunk import FPS, FRAMES_PER_CHUNK
 from . import metrics
 from .encoding import DEFAULT_JPEG_QUALITY, H264Encoder, decode_image, decode_video, encode_jpeg
 from .settings import API_VERSION, SERVER_VERSION, ServerSettings
-from .workers import EnginePool, WorkerError, WorkerHandle
+from .zmq_pool import EnginePool, WorkerError, WorkerHandle
 
 log = logging.getLogger("helios.front")
 
-CHUNK_FRAMES = 33
 MAX_PROMPT_CHARS = 4000
 MAX_PENDING_ACTIONS = 16
 SELECTIONS = {
@@ -171,7 +171,7 @@ class FrameEncoder:
             return encode_jpeg(frame, self.quality), True
         if self.encoding == pb.FRAME_ENCODING_H264:
             if self.h264 is None:
-                self.h264 = H264Encoder(frame.shape[1], frame.shape[0], keyframe_every=CHUNK_FRAMES)
+                self.h264 = H264Encoder(frame.shape[1], frame.shape[0], keyframe_every=FRAMES_PER_CHUNK)
             return self.h264.encode(frame)
         return frame.tobytes(), True
 
@@ -344,7 +344,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
         return pb.Frame(
             session_id=s.id,
             chunk_index=reply["chunk_index"],
-            frame_index=reply["chunk_index"] * CHUNK_FRAMES + reply["index_in_chunk"],
+            frame_index=reply["chunk_index"] * FRAMES_PER_CHUNK + reply["index_in_chunk"],
             index_in_chunk=reply["index_in_chunk"],
             timestamp_ns=time.time_ns(),
             width=reply["width"],
@@ -375,8 +375,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 max_width=self.settings.max_width,
                 max_height=self.settings.max_height,
                 encodings=[pb.FRAME_ENCODING_RGB24, pb.FRAME_ENCODING_JPEG, pb.FRAME_ENCODING_H264],
-                frames_per_chunk=CHUNK_FRAMES,
-                fps=16,
+                frames_per_chunk=FRAMES_PER_CHUNK,
+                fps=FPS,
                 max_sessions=self.settings.max_sessions,
                 active_sessions=self._open_count(),
                 max_message_bytes=self.settings.max_message_bytes,

@@ -1,0 +1,186 @@
+"""An engine worker inside a Ray Serve replica (the replica half of the Ray scale-out).
+
+`EngineReplica` is what Serve runs in each replica: a `WorldModel` + `WorldEngine` and the same
+engine loop as a worker process (`loop.Worker`), driven in a background thread over in-process
+queues instead of ZeroMQ. Replies travel back as the Serve call's stream: one message per decoded
+frame, then the result. The front's half, `RayWorkerPool`, and why there is one Serve deployment per
+engine slot, are in `front/ray_pool.py`.
+
+`ray` is imported only when this is used: the runtime works without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...engine.fastpath import FastPathChoice
+
+log = logging.getLogger("helios.worker")  # what runs in a replica logs as a worker does
+
+RAY_HINT = "the Ray scale-out needs Ray Serve: pip install 'helios-world-sdk[ray]'"
+Message = tuple[dict[str, Any], list[bytes]]
+
+
+def import_ray() -> tuple[Any, Any]:
+    """`ray` and `ray.serve`, or an ImportError that says how to install them."""
+    # Ray's C++ core puts a crash handler on SIGTERM in every driver (read when ray is imported);
+    # it turns the front's own SIGTERM drain into an abort (exit 134) that cuts the disconnect short.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    try:
+        import ray
+        from ray import serve
+    except ImportError as exc:
+        raise ImportError(f"{RAY_HINT} ({exc})") from exc
+    return ray, serve
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """What every engine replica is built from (pickled to the replica)."""
+
+    model: str
+    max_sessions: int
+    warm_up: bool = True
+    gpus: float = 0.0  # > 0: the replica runs on the GPU Ray gave it, else on the CPU
+    min_free_gib: float = 2.0  # GPU memory a new session needs free (as the worker's --min-free-gib)
+    fast: FastPathChoice = field(default_factory=FastPathChoice)  # the front's HELIOS_EAGER / _COMPILE
+
+
+# ---------------------------------------------------------------------------------------------------
+# In the replica
+# ---------------------------------------------------------------------------------------------------
+
+
+class EngineReplica:
+    """One engine worker inside a Ray Serve replica (deployed as `serve.deployment(EngineReplica)`).
+
+    The constructor loads the model and warms it up, so Serve reports the replica healthy only when
+    it can take sessions. The engine loop runs in a thread; the replica's event loop only moves
+    messages, so heartbeats and new requests are answered while a chunk is being denoised."""
+
+    def __init__(self, config: ReplicaConfig):
+        from ...engine.engine import WorldEngine
+        from ...engine.world_model import WorldModel
+        from .loop import QueueTransport, Worker
+        from .main import describe_model, warm_up
+
+        device = "cuda" if config.gpus > 0 else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our GPU
+        model = WorldModel.load(config.model, device=device, fast=config.fast)
+        self.engine = WorldEngine(model, max_sessions=config.max_sessions)
+        warm = warm_up(self.engine) if config.warm_up else 0.0
+        self.incarnation = uuid.uuid4().hex  # new for every replica Serve starts in this slot
+        self.static = {
+            **describe_model(model, warm),
+            "pid": os.getpid(),
+            "device": str(model.device),
+            "host": _node_address(),
+            "replica": _replica_id(),
+            "incarnation": self.incarnation,
+            "capacity": config.max_sessions,
+        }
+        self.ids = itertools.count(1)
+        self.replies: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Message]]] = {}
+        self.transport = QueueTransport(self._deliver)
+        self.worker = Worker(self.engine, self.transport, min_free_bytes=int(config.min_free_gib * 2**30))
+        self.thread = threading.Thread(target=self._loop, name="helios-engine", daemon=True)
+        self.thread.start()
+        log.info("engine replica ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
+
+    def _loop(self) -> None:
+        try:
+            self.worker.run()
+        except Exception:  # check_health reports the dead loop, and Serve replaces the replica
+            log.exception("the engine loop failed")
+
+    def _deliver(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        """Worker thread -> the event loop of the call waiting for this request id."""
+        entry = self.replies.get(header.get("id", 0))
+        if entry is None:  # its caller went away
+            return
+        loop, queue = entry
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (header, blobs))
+        except RuntimeError:  # the replica is shutting down
+            pass
+
+    def info(self) -> dict[str, Any]:
+        """The worker's ready message (model, device, host, pid), with its current load."""
+        return {**self.static, "sessions": len(self.engine.sessions)}
+
+    async def watch(self, period_s: float) -> AsyncIterator[dict[str, Any]]:
+        """A heartbeat for the front's watcher: `info()` now and every `period_s` after. The call
+        never ends on its own, so a replica that dies fails it at once."""
+        while True:
+            yield self.info()
+            await asyncio.sleep(period_s)
+
+    async def request(self, header: dict[str, Any], blobs: list[bytes]) -> AsyncIterator[Message]:
+        """One protocol.py request: yields its frame messages, then its result or error. A caller
+        that cancels the call cancels the work (between denoising steps)."""
+        wanted = header.pop("incarnation", None)
+        if wanted is not None and wanted != self.incarnation:
+            message = "the engine replica was restarted and its sessions were lost"
+            yield {"kind": "error", "code": "UNAVAILABLE", "message": message, "stale": True}, []
+            return
+        rid = next(self.ids)  # the replica's own ids: a front's ids may repeat after it restarts
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.replies[rid] = (asyncio.get_running_loop(), queue)
+        finished = False
+        try:
+            self.transport.put({**header, "id": rid}, blobs)
+            while not finished:
+                reply, data = await queue.get()
+                finished = reply.get("kind") in ("result", "error")
+                yield reply, data
+        finally:
+            self.replies.pop(rid, None)
+            if not finished:
+                self.transport.put({"op": "cancel", "target": rid, "id": 0}, [])
+
+    def check_health(self) -> None:
+        """Serve's health probe: a replica whose engine loop died is replaced."""
+        if not self.thread.is_alive():
+            raise RuntimeError("the engine loop has stopped")
+
+    def __del__(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+
+
+class EngineFleet:
+    """The application's ingress. A Serve application needs one, but the gRPC front is the real
+    entry point and calls each engine deployment directly; this one only names them."""
+
+    def __init__(self, names: list[str], *engines: Any):
+        self.names = names
+
+    def engines(self) -> list[str]:
+        return self.names
+
+
+def _node_address() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # informational only
+        return ""
+
+
+def _replica_id() -> str:
+    """Serve's id of this replica (as in its logs and `serve status`), when it can be had."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # informational only
+        return ""
