@@ -23,50 +23,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from helios_sdk.actions import Blend, Prompt, Transition
+from helios_sdk.actions import Blend, Prompt, Transition, check
 
 from .errors import InvalidInput
-
-MAX_TRANSITION_CHUNKS = 64
-
 
 Conditioning = Prompt | Blend | Transition
 
 
-def _check_text(text: Any, what: str) -> str:
-    if not isinstance(text, str):
-        raise InvalidInput(f"{what} must be a str, got {type(text).__name__}")
-    if "\x00" in text:
-        raise InvalidInput(f"{what} contains a NUL character")
-    return text
-
-
 def validate(cond: Conditioning) -> Conditioning:
-    """Check a conditioning action's fields; raise InvalidInput naming what is wrong."""
-    if isinstance(cond, Prompt):
-        _check_text(cond.text, "Prompt.text")
-    elif isinstance(cond, Transition):
-        _check_text(cond.text, "Transition.text")
-        if not isinstance(cond.chunks, int) or isinstance(cond.chunks, bool):
-            raise InvalidInput(f"Transition.chunks must be an int, got {type(cond.chunks).__name__}")
-        if not 1 <= cond.chunks <= MAX_TRANSITION_CHUNKS:
-            raise InvalidInput(
-                f"Transition.chunks must be in [1, {MAX_TRANSITION_CHUNKS}], got {cond.chunks}"
-            )
-    elif isinstance(cond, Blend):
-        if not cond.prompts:
-            raise InvalidInput("Blend needs at least one prompt")
-        if len(cond.prompts) != len(cond.weights):
-            raise InvalidInput(f"Blend has {len(cond.prompts)} prompts but {len(cond.weights)} weights")
-        for i, text in enumerate(cond.prompts):
-            _check_text(text, f"Blend.prompts[{i}]")
-        for i, w in enumerate(cond.weights):
-            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
-                raise InvalidInput(f"Blend.weights[{i}] must be a finite number >= 0, got {w!r}")
-        if sum(cond.weights) <= 0:
-            raise InvalidInput(f"Blend.weights must have a positive sum, got {list(cond.weights)}")
-    else:
+    """Check a conditioning action's fields (`helios_sdk.actions.check`); InvalidInput naming what
+    is wrong."""
+    if not isinstance(cond, (Prompt, Blend, Transition)):
         raise InvalidInput(f"unknown conditioning action {type(cond).__name__}")
+    try:
+        check(cond)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     return cond
 
 

@@ -214,8 +214,9 @@ class WorldEngine:
         """Step several sessions; those with matching shapes and settings share one batched forward.
 
         All actions are validated (and prompts encoded) before any session changes; a bad request
-        anywhere fails the call with nothing changed. `cancel` is polled before every model forward;
-        when it returns True the call raises `Cancelled` and no session advances.
+        anywhere fails the call with nothing changed. `cancel` (a `CancelToken`, or any `() -> bool`) is
+        read before every model forward; once it is set the call raises `Cancelled` and no session
+        advances.
         """
         ids = [sid for sid, _ in requests]
         if len(set(ids)) != len(ids):

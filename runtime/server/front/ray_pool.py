@@ -2,11 +2,11 @@
 
     helios serve --ray auto --replicas 8        # on a node of a running cluster (`ray start --head`)
 
-`RayWorkerPool` is the front's pool (the same interface as the local `WorkerPool`, so the service,
-its session affinity and its least-loaded placement are unchanged); `EngineReplica` is what runs
-in each replica: a `WorldModel` + `WorldEngine` and the same engine loop as a worker process
-(`worker.Worker`), driven in a background thread over in-process queues instead of ZeroMQ. Replies
-travel back as the Serve call's stream: one message per decoded frame, then the result.
+`RayWorkerPool` is the front's pool, an `EngineClient` like the local `WorkerPool` (the service,
+its session affinity and its least-loaded placement are unchanged); `worker/replica.py`'s
+`EngineReplica` is what runs in each replica: a `WorldModel` + `WorldEngine` and the same engine
+loop as a worker process, behind an in-process client instead of ZeroMQ. A request is one streaming
+Serve call carrying the protocol's objects: one `Frame` per decoded frame, then the `Result`.
 
 Why one Serve deployment per engine slot (`engine-0` ... `engine-{N-1}`, `num_replicas=1` each, in
 one application) rather than one deployment with N replicas: a session's state (its multi-term
@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from ...engine.fastpath import FastPathChoice
-from ..worker.replica import EngineFleet, EngineReplica, Message, ReplicaConfig, import_ray
-from .zmq_pool import EnginePool, WorkerError, WorkerHandle
+from ..protocol.client import EngineClient, WorkerError, WorkerHandle
+from ..protocol.messages import Error, Request
+from ..worker.replica import STALE, EngineFleet, EngineReplica, ReplicaConfig, import_ray
 
 log = logging.getLogger("helios.front")
 
@@ -58,7 +58,7 @@ HEALTH_CHECK_PERIOD_S = 2.0
 # ---------------------------------------------------------------------------------------------------
 
 
-class RayWorkerPool(EnginePool):
+class RayWorkerPool(EngineClient):
     """Engine workers as Ray Serve replicas: the same interface and errors as `WorkerPool`."""
 
     def __init__(
@@ -83,20 +83,17 @@ class RayWorkerPool(EnginePool):
         self.model = model
         self.max_sessions = max_sessions
         self.warm_up = warm_up
-        self.on_lost = on_lost
         self.json_logs = json_logs
         self.address = address
         self.gpus = gpus
         self.cpus = cpus
         self.app = app
         self.names = [f"engine-{i}" for i in range(replicas)]
-        self.workers = [
-            WorkerHandle(i, None, name.encode(), capacity=max_sessions) for i, name in enumerate(self.names)
-        ]
+        slots = [WorkerHandle(i, None, n.encode(), capacity=max_sessions) for i, n in enumerate(self.names)]
+        super().__init__(slots, on_lost)
         self.handles: list[Any] = []  # one Serve handle per slot, streaming (every call here streams)
         self.incarnations: list[str | None] = [None] * replicas
-        self.pending: dict[int, tuple[WorkerHandle, asyncio.Queue[Message]]] = {}
-        self.ids = itertools.count(1)
+        self.calls: dict[int, tuple[Any, asyncio.Task]] = {}  # request id -> its Serve stream, its pump
         self.tasks: list[asyncio.Task] = []
         self.deployed: asyncio.Future[None] | None = None
         self.owns_ray = False  # we called ray.init: disconnect (and stop a local cluster) on close
@@ -298,75 +295,54 @@ class RayWorkerPool(EnginePool):
         if w.generation != generation or self.closing:
             return
         log.error("engine replica %s was lost: %s; Serve starts a new one", self.names[w.index], why)
-        w.generation += 1
-        w.load = 0
         w.ready.clear()
         self.incarnations[w.index] = None
-        lost = ({"kind": "error", "code": "UNAVAILABLE", "message": _lost_message(self.names[w.index])}, [])
-        for key, (owner, queue) in list(self.pending.items()):
-            if owner is w:
-                queue.put_nowait(lost)
-                self.pending.pop(key, None)
-        if self.on_lost is not None:
-            self.on_lost(w)
+        self._lose(w, _lost_message(self.names[w.index]))
 
     # --- requests -----------------------------------------------------------------------------------
 
-    async def request(
-        self, worker: WorkerHandle, header: dict[str, Any], *blobs: bytes
-    ) -> AsyncIterator[tuple[dict[str, Any], list[bytes]]]:
-        """Send a request to the worker's replica; yield its frame messages, then its result."""
-        incarnation = self.incarnations[worker.index]
-        if incarnation is None:  # not started yet, or lost and not replaced yet
+    def _check_available(self, worker: WorkerHandle) -> None:
+        if self.incarnations[worker.index] is None:  # not started yet, or lost and not replaced yet
             raise WorkerError("UNAVAILABLE", "the engine replica is starting; retry shortly")
-        generation = worker.generation
-        key = next(self.ids)
-        queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.pending[key] = (worker, queue)
-        stream = self.handles[worker.index].request.remote(
-            {**header, "incarnation": incarnation}, list(blobs)
-        )
-        pump = asyncio.create_task(self._pump(stream, worker, generation, queue))
-        finished = False
-        try:
-            while True:
-                reply, data = await queue.get()
-                kind = reply.get("kind")
-                if kind == "error":
-                    finished = True
-                    if reply.get("stale"):
-                        self._lost(worker, generation, "it was replaced")
-                        raise WorkerError("UNAVAILABLE", _lost_message(self.names[worker.index]))
-                    raise WorkerError(reply["code"], reply["message"])
-                if kind == "result":
-                    finished = True
-                    yield reply, data
-                    return
-                yield reply, data
-        finally:
-            self.pending.pop(key, None)
-            if not finished:  # the caller went away mid-chunk: cancel the call, and so the work
-                stream.cancel()
-            pump.cancel()
 
-    async def _pump(self, stream: Any, worker: WorkerHandle, generation: int, queue: asyncio.Queue) -> None:
-        """Move the Serve stream's messages into the request's queue; turn Ray errors into ours."""
+    async def _send(self, worker: WorkerHandle, request: Request) -> None:
+        """One streaming Serve call per request, named for the replica incarnation it is meant for."""
+        incarnation = self.incarnations[worker.index]
+        stream = self.handles[worker.index].request.remote(request, incarnation)
+        pump = asyncio.create_task(self._pump(stream, worker, worker.generation, request.id))
+        self.calls[request.id] = (stream, pump)
+
+    async def _cancel(self, worker: WorkerHandle, rid: int) -> None:
+        call = self.calls.get(rid)
+        if call is not None:  # cancelling the call cancels the work in the replica
+            call[0].cancel()
+
+    def _done(self, worker: WorkerHandle, rid: int) -> None:
+        call = self.calls.pop(rid, None)
+        if call is not None:
+            call[1].cancel()
+
+    async def _pump(self, stream: Any, worker: WorkerHandle, generation: int, rid: int) -> None:
+        """Move the Serve stream's replies to the request; turn Ray's errors into protocol errors."""
         ray, serve = import_ray()
+        lost = _lost_message(self.names[worker.index])
         try:
-            async for message in stream:
-                queue.put_nowait(message)
+            async for reply in stream:
+                if isinstance(reply, Error) and reply.message == STALE:  # reached a replacement
+                    self._lost(worker, generation, "it was replaced")
+                    reply = Error(rid, "UNAVAILABLE", lost)
+                self._deliver(reply)
         except asyncio.CancelledError:
             raise
         except ray.exceptions.RayActorError as exc:
             self._lost(worker, generation, f"its process died ({type(exc).__name__})")
-            message = _lost_message(self.names[worker.index])
-            queue.put_nowait(({"kind": "error", "code": "UNAVAILABLE", "message": message}, []))
+            self._deliver(Error(rid, "UNAVAILABLE", lost))  # when another call noticed first
         except serve.exceptions.BackPressureError as exc:
-            queue.put_nowait(({"kind": "error", "code": "RESOURCE_EXHAUSTED", "message": str(exc)}, []))
+            self._deliver(Error(rid, "RESOURCE_EXHAUSTED", str(exc)))
         except Exception as exc:  # a bug in the replica (RayTaskError) or in Serve: this call fails
             log.error("engine replica %s call failed: %r", self.names[worker.index], exc)
             message = f"the engine replica call failed: {type(exc).__name__}: {exc}"
-            queue.put_nowait(({"kind": "error", "code": "INTERNAL", "message": message}, []))
+            self._deliver(Error(rid, "INTERNAL", message))
 
 
 def _quiet(future: asyncio.Future) -> None:

@@ -28,9 +28,10 @@ from grpc_reflection.v1alpha import reflection
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
+from ..protocol.client import EngineClient
 from .service import WorldService
 from .settings import ServerSettings
-from .zmq_pool import EnginePool, WorkerPool
+from .zmq_pool import WorkerPool
 
 log = logging.getLogger("helios.front")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name
@@ -69,7 +70,7 @@ class RunningServer:
     port: int
     settings: ServerSettings
     service: WorldService
-    pool: EnginePool
+    pool: EngineClient
     health: health_aio.HealthServicer
     grpc_server: grpc.aio.Server
 
@@ -123,7 +124,7 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         await pool.close()
 
 
-def make_pool(settings: ServerSettings) -> EnginePool:
+def make_pool(settings: ServerSettings) -> EngineClient:
     """Local worker processes, one per device; or Ray Serve replicas when `settings.ray` is set."""
     if settings.ray is None:
         return WorkerPool(

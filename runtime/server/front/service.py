@@ -1,28 +1,21 @@
-"""The helios.v1 WorldService on grpc.aio: validation, sessions, encoding, streams.
+"""The helios.v1 WorldService on grpc.aio: sessions, RPCs, encoding; streams in `stream.py`.
 
-Each RPC checks its input (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED),
-forwards the work to the session's engine worker (`workers.py`) and encodes the frames that come
-back (RGB24, JPEG or H.264, in threads, never in the worker). No exception escapes as UNKNOWN: every
-failure becomes a status code, and only the request that failed is affected.
-
-Streams: the client's first message is StreamStart; in lockstep every action yields one chunk; in
-free-run the world keeps generating and the newest action applies at the next chunk boundary. A
-stream's outgoing frames wait in a bounded buffer of two chunks; when the consumer falls behind, the
-oldest waiting frames are dropped (latest frame wins) and a FRAMES_DROPPED event says how many.
+Each RPC checks its input (`codec.py`: INVALID_ARGUMENT, and here NOT_FOUND, FAILED_PRECONDITION,
+RESOURCE_EXHAUSTED), sends the work to the session's engine worker as a protocol message through
+the pool (`protocol/client.py`) and encodes the frames that come back (RGB24, JPEG or H.264, in
+threads, never in the worker). No exception escapes as UNKNOWN: every failure becomes a status code
+(a worker's errors carry theirs), and only the request that failed is affected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import logging
-import math
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import numpy as np
@@ -31,35 +24,19 @@ from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
 from ...chunk import FPS, FRAMES_PER_CHUNK
-from . import metrics
-from .encoding import DEFAULT_JPEG_QUALITY, H264Encoder, decode_image, decode_video, encode_jpeg
+from ..protocol.client import EngineClient, WorkerError, WorkerHandle
+from ..protocol.messages import Close, Fork, Frame, Reset, Restore, Result, Snapshot, Step
+from . import codec, metrics
+from .codec import RpcError, invalid
+from .encoding import FrameEncoder, decode_image, decode_video
 from .settings import API_VERSION, SERVER_VERSION, ServerSettings
-from .zmq_pool import EnginePool, WorkerError, WorkerHandle
+from .stream import StreamSession
 
 log = logging.getLogger("helios.front")
 
-MAX_PROMPT_CHARS = 4000
-MAX_PENDING_ACTIONS = 16
-SELECTIONS = {
-    pb.FRAME_SELECTION_UNSPECIFIED: "all",
-    pb.FRAME_SELECTION_ALL: "all",
-    pb.FRAME_SELECTION_LAST: "last",
-    pb.FRAME_SELECTION_NONE: "none",
-}
-
-
-class RpcError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def invalid(message: str) -> RpcError:
-    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
 
 @dataclass
-class SessionEntry:
+class FrontSession:
     id: str
     worker: WorkerHandle
     generation: int
@@ -95,101 +72,15 @@ class SnapshotStore:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Conversions and checks
-# ---------------------------------------------------------------------------------------------------
-
-
-def _finite(value: float, what: str) -> float:
-    if not math.isfinite(value):
-        raise invalid(f"{what} must be finite, got {value}")
-    return float(value)
-
-
-def _text(value: str, what: str) -> str:
-    if len(value) > MAX_PROMPT_CHARS:
-        raise invalid(f"{what} is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
-    if "\x00" in value:
-        raise invalid(f"{what} contains a NUL character")
-    return value
-
-
-def action_to_wire(action: pb.Action) -> dict[str, Any] | None:
-    """A proto Action -> the worker's msgpack form (None: continue)."""
-    kind = action.WhichOneof("kind")
-    if kind is None:
-        return None
-    if kind == "prompt":
-        return {"type": "prompt", "text": _text(action.prompt.text, "prompt.text")}
-    if kind == "blend":
-        if not action.blend.prompts:
-            raise invalid("blend needs at least one weighted prompt")
-        texts = [_text(p.text, "blend.prompts.text") for p in action.blend.prompts]
-        weights = [_finite(p.weight, "blend weight") for p in action.blend.prompts]
-        return {"type": "blend", "texts": texts, "weights": weights}
-    if kind == "transition":
-        chunks = action.transition.chunks or 3
-        return {
-            "type": "transition",
-            "text": _text(action.transition.text, "transition.text"),
-            "chunks": chunks,
-        }
-    c = action.control
-    control = {
-        "keys": list(c.keys),
-        "mouse": {"dx": _finite(c.mouse_dx, "mouse_dx"), "dy": _finite(c.mouse_dy, "mouse_dy")},
-        "camera": {
-            "yaw": _finite(c.camera_yaw, "camera_yaw"),
-            "pitch": _finite(c.camera_pitch, "camera_pitch"),
-            "zoom": _finite(c.camera_zoom, "camera_zoom"),
-        },
-    }
-    return {"type": "control", "control": control}
-
-
-class FrameEncoder:
-    """Encodes a session's frames for one request or one stream (H.264 keeps state)."""
-
-    def __init__(self, options: pb.FrameOptions):
-        self.encoding = options.encoding or pb.FRAME_ENCODING_RGB24
-        if self.encoding not in (pb.FRAME_ENCODING_RGB24, pb.FRAME_ENCODING_JPEG, pb.FRAME_ENCODING_H264):
-            raise invalid(f"unknown frame encoding {options.encoding}")
-        if options.jpeg_quality > 100:
-            raise invalid(f"jpeg_quality must be 1..100 (0: default), got {options.jpeg_quality}")
-        self.quality = options.jpeg_quality or DEFAULT_JPEG_QUALITY
-        self.h264: H264Encoder | None = None
-
-    async def encode_raw(self, raw: bytes, width: int, height: int) -> tuple[bytes, bool]:
-        """A worker's RGB24 bytes -> (payload, keyframe). RGB24 passes through with no copy and no
-        thread hop; JPEG / H.264 encode in a thread so the event loop never waits on them."""
-        if self.encoding == pb.FRAME_ENCODING_RGB24:
-            return raw, True
-        frame = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
-        return await asyncio.to_thread(self.encode, frame)
-
-    def encode(self, frame: np.ndarray) -> tuple[bytes, bool]:
-        if self.encoding == pb.FRAME_ENCODING_JPEG:
-            return encode_jpeg(frame, self.quality), True
-        if self.encoding == pb.FRAME_ENCODING_H264:
-            if self.h264 is None:
-                self.h264 = H264Encoder(frame.shape[1], frame.shape[0], keyframe_every=FRAMES_PER_CHUNK)
-            return self.h264.encode(frame)
-        return frame.tobytes(), True
-
-    @property
-    def label(self) -> str:
-        return pb.FrameEncoding.Name(self.encoding).removeprefix("FRAME_ENCODING_").lower()
-
-
-# ---------------------------------------------------------------------------------------------------
 # The servicer
 # ---------------------------------------------------------------------------------------------------
 
 
 class WorldService(pb_grpc.WorldServiceServicer):
-    def __init__(self, settings: ServerSettings, pool: EnginePool):
+    def __init__(self, settings: ServerSettings, pool: EngineClient):
         self.settings = settings
         self.pool = pool
-        self.sessions: dict[str, SessionEntry] = {}
+        self.sessions: dict[str, FrontSession] = {}
         self.snapshots = SnapshotStore(settings.snapshot_store_bytes)
         self.draining = False
         self.stream_stops: set[asyncio.Event] = set()
@@ -212,9 +103,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
         except RpcError as exc:
             await self._abort(context, exc.code, exc.message)
         except WorkerError as exc:
-            await self._abort(
-                context, getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL), exc.message
-            )
+            await self._abort(context, codec.status(exc.code), exc.message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: INTERNAL, logged, and only this request fails
@@ -229,7 +118,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
         metrics.ERRORS.labels(code=code.name).inc()
         await context.abort(code, message)
 
-    def _session(self, session_id: str, need_live: bool = True) -> SessionEntry:
+    def _session(self, session_id: str, need_live: bool = True) -> FrontSession:
         if not session_id:
             raise invalid("session_id is required")
         s = self.sessions.get(session_id)
@@ -265,8 +154,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
 
     def _add_session(
         self, worker: WorkerHandle, width: int, height: int, sid: str | None = None
-    ) -> SessionEntry:
-        entry = SessionEntry(sid or uuid.uuid4().hex, worker, worker.generation, width, height)
+    ) -> FrontSession:
+        entry = FrontSession(sid or uuid.uuid4().hex, worker, worker.generation, width, height)
         entry.last_active = time.monotonic()
         worker.load += 1
         self.sessions[entry.id] = entry
@@ -289,12 +178,10 @@ class WorldService(pb_grpc.WorldServiceServicer):
     # --- generation ---------------------------------------------------------------------------------
 
     async def _chunk(
-        self, s: SessionEntry, header: dict, blobs: list[bytes], options: pb.FrameOptions, rpc: str
-    ):
+        self, s: FrontSession, request: Reset | Step, options: pb.FrameOptions, rpc: str, action_seq: int = 0
+    ) -> pb.Chunk:
         """Run one reset/step on the worker and build the Chunk reply (frames per the selection)."""
-        selection = SELECTIONS.get(options.selection)
-        if selection is None:
-            raise invalid(f"unknown frame selection {options.selection}")
+        request.frames = codec.selection(options)
         encoder = FrameEncoder(options)
         start = time.monotonic()
         chunk = pb.Chunk(session_id=s.id)
@@ -302,28 +189,19 @@ class WorldService(pb_grpc.WorldServiceServicer):
         first = True
         metrics.QUEUE_DEPTH.inc()
         try:
-            async for reply, data in self.pool.request(s.worker, {**header, "frames": selection}, *blobs):
-                if reply["kind"] == "frame":
+            async for reply in self.pool.request(s.worker, request):
+                if isinstance(reply, Frame):
                     if first:
                         metrics.FIRST_FRAME_SECONDS.observe(time.monotonic() - start)
                         first = False
                     t0 = time.monotonic()
-                    payload, key = await encoder.encode_raw(data[0], reply["width"], reply["height"])
+                    payload, key = await encoder.encode_raw(reply.data, reply.width, reply.height)
                     encode_s += time.monotonic() - t0
-                    chunk.frames.append(
-                        self._frame_msg(s, reply, payload, key, encoder, header.get("action_seq", 0))
-                    )
+                    chunk.frames.append(codec.frame(s.id, reply, payload, key, encoder.encoding, action_seq))
                     metrics.FRAMES_SENT.labels(encoding=encoder.label).inc()
                 else:
-                    chunk.chunk_index = reply["chunk_index"]
-                    t = reply.get("timings", {})
-                    chunk.timings.CopyFrom(
-                        pb.ChunkTimings(
-                            denoise_seconds=t.get("denoise", 0.0),
-                            decode_seconds=t.get("decode", 0.0),
-                            encode_seconds=encode_s,
-                        )
-                    )
+                    chunk.chunk_index = reply.chunk_index
+                    chunk.timings.CopyFrom(codec.timings(reply.timings, encode_s))
         finally:
             metrics.QUEUE_DEPTH.dec()
         s.chunk = chunk.chunk_index + 1
@@ -336,24 +214,6 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 "selection LAST, or use Stream (one message per frame)",
             )
         return chunk
-
-    @staticmethod
-    def _frame_msg(
-        s: SessionEntry, reply: dict, payload: bytes, key: bool, enc: FrameEncoder, action_seq: int
-    ):
-        return pb.Frame(
-            session_id=s.id,
-            chunk_index=reply["chunk_index"],
-            frame_index=reply["chunk_index"] * FRAMES_PER_CHUNK + reply["index_in_chunk"],
-            index_in_chunk=reply["index_in_chunk"],
-            timestamp_ns=time.time_ns(),
-            width=reply["width"],
-            height=reply["height"],
-            encoding=enc.encoding,
-            data=payload,
-            keyframe=key,
-            action_seq=action_seq,
-        )
 
     # --- RPCs ---------------------------------------------------------------------------------------
 
@@ -415,22 +275,19 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 raise RpcError(
                     grpc.StatusCode.FAILED_PRECONDITION, "the session has a stream attached; end it first"
                 )
-            header = {
-                "op": "reset",
-                "session_id": s.id,
-                "prompt": _text(request.prompt, "prompt"),
-                "negative_prompt": _text(request.negative_prompt, "negative_prompt"),
-                "seed": request.seed % 2**63,
-                "width": s.width,
-                "height": s.height,
-                "source": request.WhichOneof("source") or "none",
-            }
-            blobs = []
-            if header["source"] != "none":
+            reset = Reset(
+                s.id,
+                prompt=codec.text(request.prompt, "prompt"),
+                negative_prompt=codec.text(request.negative_prompt, "negative_prompt"),
+                seed=request.seed % 2**63,
+                width=s.width,
+                height=s.height,
+                source=request.WhichOneof("source") or "none",
+            )
+            if reset.source != "none":
                 pixels = await asyncio.to_thread(self._decode_source, request)
-                header["shape"] = list(pixels.shape)
-                blobs.append(pixels.tobytes())
-            chunk = await self._chunk(s, header, blobs, request.frames, "Reset")
+                reset.shape, reset.pixels = pixels.shape, pixels.tobytes()
+            chunk = await self._chunk(s, reset, request.frames, "Reset")
             s.live = True
             return pb.ResetResponse(chunk=chunk)
 
@@ -460,18 +317,14 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 raise RpcError(
                     grpc.StatusCode.FAILED_PRECONDITION, "the session has a stream attached; step it there"
                 )
-            header = {
-                "op": "step",
-                "session_id": s.id,
-                "action": action_to_wire(request.action),
-                "action_seq": request.action_seq,
-            }
+            step = Step(s.id, codec.action(request.action))
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise RpcError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the step started"
                 )
-            return pb.StepResponse(chunk=await self._chunk(s, header, [], request.frames, "Step"))
+            chunk = await self._chunk(s, step, request.frames, "Step", request.action_seq)
+            return pb.StepResponse(chunk=chunk)
 
         return await self._run(context, body())
 
@@ -479,8 +332,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
         async def body():
             s = self._session(request.session_id)
             self._admit()
-            reply, _ = await self.pool.call(s.worker, {"op": "fork", "session_id": s.id})
-            twin = self._add_session(s.worker, s.width, s.height, reply["session_id"])
+            reply = await self.pool.call(s.worker, Fork(s.id))
+            twin = self._add_session(s.worker, s.width, s.height, reply.session_id)
             twin.live, twin.chunk = True, s.chunk
             return pb.ForkResponse(session_id=twin.id)
 
@@ -489,8 +342,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
     async def Snapshot(self, request, context):
         async def body():
             s = self._session(request.session_id)
-            _, data = await self.pool.call(s.worker, {"op": "snapshot", "session_id": s.id})
-            blob = data[0]
+            blob = (await self.pool.call(s.worker, Snapshot(s.id))).data
             response = pb.SnapshotResponse(
                 snapshot_id=self.snapshots.put(blob),
                 size_bytes=len(blob),
@@ -524,10 +376,10 @@ class WorldService(pb_grpc.WorldServiceServicer):
             else:
                 raise invalid("Restore needs a snapshot_id or data")
             worker = self._admit()
-            reply, _ = await self.pool.call(worker, {"op": "restore"}, blob)
-            s = self._add_session(worker, reply["width"], reply["height"], reply["session_id"])
-            s.live, s.chunk = True, reply["chunk_index"]
-            return pb.RestoreResponse(session_id=s.id, chunk_index=reply["chunk_index"])
+            reply: Result = await self.pool.call(worker, Restore(blob))
+            s = self._add_session(worker, reply.width, reply.height, reply.session_id)
+            s.live, s.chunk = True, reply.chunk_index
+            return pb.RestoreResponse(session_id=s.id, chunk_index=reply.chunk_index)
 
         return await self._run(context, body())
 
@@ -541,7 +393,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
 
         return await self._run(context, body())
 
-    async def _close(self, s: SessionEntry) -> None:
+    async def _close(self, s: FrontSession) -> None:
         if s.closed:
             return
         s.closed = True
@@ -549,7 +401,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
         metrics.SESSIONS.set(self._open_count())
         if s.live and not s.lost and s.generation == s.worker.generation:
             try:
-                await self.pool.call(s.worker, {"op": "close", "session_id": s.id})
+                await self.pool.call(s.worker, Close(s.id))
             except WorkerError as exc:
                 log.warning("closing %s on its worker failed: %s", s.id, exc.message)
 
@@ -589,202 +441,30 @@ class WorldService(pb_grpc.WorldServiceServicer):
         except RpcError as exc:
             await self._abort(context, exc.code, exc.message)
             return
-        free_run = start.mode == pb.STREAM_MODE_FREE_RUN
+        stream = StreamSession(
+            s,
+            self.pool,
+            encoder,
+            free_run=start.mode == pb.STREAM_MODE_FREE_RUN,
+            buffer_frames=self.settings.stream_buffer_frames,
+            check_session=lambda: self._session(s.id),
+        )
         s.streaming = True
         metrics.STREAMS.inc()
-        stop = asyncio.Event()  # end now: drain, session gone, or a free-run client half-closed
-        client_done = asyncio.Event()
-        self.stream_stops.add(stop)
-        outbox: collections.deque = collections.deque()
-        wake = asyncio.Event()
-        actions: asyncio.Queue = asyncio.Queue()
-        latest: list[tuple[int, Any] | None] = [None]  # free-run: the newest action wins
-        dropped = [0]
-        applied = [0]
-        limit = self.settings.stream_buffer_frames
-
-        def push(item, droppable: bool) -> None:
-            if droppable:
-                waiting = sum(1 for kind, _ in outbox if kind == "frame")
-                if waiting >= limit:  # drop the oldest waiting frame: latest frame wins
-                    for i, (kind, _) in enumerate(outbox):
-                        if kind == "frame":
-                            del outbox[i]
-                            dropped[0] += 1
-                            metrics.FRAMES_DROPPED.inc()
-                            break
-            outbox.append(item)
-            wake.set()
-
-        def event(kind: int, **fields) -> pb.StreamResponse:
-            return pb.StreamResponse(event=pb.SessionEvent(type=kind, session_id=s.id, **fields))
-
-        def reject(seq: int, message: str) -> None:
-            push(
-                ("event", event(pb.SESSION_EVENT_TYPE_ACTION_REJECTED, action_seq=seq, message=message)),
-                False,
-            )
-
-        async def read_actions() -> None:
-            async for msg in request_iterator:
-                if msg.WhichOneof("kind") != "action":
-                    push(
-                        (
-                            "event",
-                            event(
-                                pb.SESSION_EVENT_TYPE_ACTION_REJECTED,
-                                message="only actions may follow StreamStart",
-                            ),
-                        ),
-                        False,
-                    )
-                    continue
-                try:
-                    wire = action_to_wire(msg.action.action)
-                except RpcError as exc:
-                    push(
-                        (
-                            "event",
-                            event(
-                                pb.SESSION_EVENT_TYPE_ACTION_REJECTED,
-                                action_seq=msg.action.seq,
-                                message=exc.message,
-                            ),
-                        ),
-                        False,
-                    )
-                    continue
-                if free_run:
-                    latest[0] = (msg.action.seq, wire)
-                elif actions.qsize() >= MAX_PENDING_ACTIONS:
-                    reject(msg.action.seq, f"more than {MAX_PENDING_ACTIONS} actions are waiting")
-                else:
-                    actions.put_nowait((msg.action.seq, wire))
-            client_done.set()  # the client half-closed: lockstep finishes its queued actions first
-            if free_run:
-                stop.set()
-            wake.set()
-
-        async def produce() -> None:
-            while not stop.is_set():
-                if free_run:
-                    # The newest action (if any came) applies now; frames keep the last applied seq.
-                    seq, wire = latest[0] or (applied[0], None)
-                    latest[0] = None
-                    applied[0] = seq
-                else:
-                    if actions.empty() and client_done.is_set():
-                        return
-                    getter = asyncio.create_task(actions.get())
-                    waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(client_done.wait())}
-                    done, _ = await asyncio.wait({getter, *waiters}, return_when=asyncio.FIRST_COMPLETED)
-                    for w in waiters:
-                        w.cancel()
-                    if getter not in done:
-                        getter.cancel()
-                        if stop.is_set() or actions.empty():
-                            return
-                        continue
-                    seq, wire = getter.result()
-                try:
-                    self._session(s.id)
-                except RpcError as exc:
-                    push(("event", event(pb.SESSION_EVENT_TYPE_CLOSED, message=exc.message)), False)
-                    stop.set()
-                    return
-                header = {
-                    "op": "step",
-                    "session_id": s.id,
-                    "action": wire,
-                    "action_seq": seq,
-                    "frames": "all",
-                }
-                try:
-                    chunk_index, timings = s.chunk, {}
-                    async for reply, data in self.pool.request(s.worker, header):
-                        if reply["kind"] == "frame":
-                            push(("frame", (reply, data[0], seq)), True)
-                        else:
-                            chunk_index, timings = reply["chunk_index"], reply.get("timings", {})
-                    s.chunk = chunk_index + 1
-                    done_timings = pb.ChunkTimings(
-                        denoise_seconds=timings.get("denoise", 0.0), decode_seconds=timings.get("decode", 0.0)
-                    )
-                    done = event(
-                        pb.SESSION_EVENT_TYPE_CHUNK_DONE,
-                        chunk_index=chunk_index,
-                        action_seq=seq,
-                        timings=done_timings,
-                    )
-                    push(("event", done), False)
-                except WorkerError as exc:
-                    if exc.code == "INVALID_ARGUMENT":
-                        push(
-                            (
-                                "event",
-                                event(
-                                    pb.SESSION_EVENT_TYPE_ACTION_REJECTED, action_seq=seq, message=exc.message
-                                ),
-                            ),
-                            False,
-                        )
-                        continue
-                    if exc.code == "UNAVAILABLE":
-                        s.lost = True
-                    push(("event", event(pb.SESSION_EVENT_TYPE_CLOSED, message=exc.message)), False)
-                    stop.set()
-                    return
-
-        reader = asyncio.create_task(read_actions())
-        producer = asyncio.create_task(produce())
-        encode_s = 0.0  # this chunk's frames, encoded here as they are written
+        self.stream_stops.add(stream.stop)
         try:
-            await context.write(event(pb.SESSION_EVENT_TYPE_STARTED))
-            while True:
-                while outbox:
-                    kind, item = outbox.popleft()
-                    if kind == "event":
-                        if item.event.type == pb.SESSION_EVENT_TYPE_CHUNK_DONE:
-                            item.event.timings.encode_seconds = encode_s
-                            encode_s = 0.0
-                        await context.write(item)
-                        continue
-                    if dropped[0]:
-                        await context.write(
-                            event(pb.SESSION_EVENT_TYPE_FRAMES_DROPPED, dropped_frames=dropped[0])
-                        )
-                        dropped[0] = 0
-                    reply, raw, seq = item
-                    t0 = time.monotonic()
-                    payload, key = await encoder.encode_raw(raw, reply["width"], reply["height"])
-                    encode_s += time.monotonic() - t0
-                    await context.write(
-                        pb.StreamResponse(frame=self._frame_msg(s, reply, payload, key, encoder, seq))
-                    )
-                    metrics.FRAMES_SENT.labels(encoding=encoder.label).inc()
-                if producer.done():
-                    break
-                wake.clear()
-                if not outbox:
-                    waker = asyncio.create_task(wake.wait())
-                    await asyncio.wait({waker, producer}, return_when=asyncio.FIRST_COMPLETED)
-                    waker.cancel()
-            if not producer.cancelled() and producer.exception() is not None:
-                log.error("stream producer failed", exc_info=producer.exception())
-                await self._abort(
-                    context, grpc.StatusCode.INTERNAL, f"internal error: {producer.exception()!r}"
-                )
+            bug = await stream.run(request_iterator, context)
+            if bug is not None:
+                log.error("stream producer failed", exc_info=bug)
+                await self._abort(context, grpc.StatusCode.INTERNAL, f"internal error: {bug!r}")
             if self.draining:
                 await context.write(
-                    event(pb.SESSION_EVENT_TYPE_CLOSED, message="the server is shutting down")
+                    stream.event(pb.SESSION_EVENT_TYPE_CLOSED, message="the server is shutting down")
                 )
         finally:
-            stop.set()
-            reader.cancel()
-            producer.cancel()
             s.streaming = False
             s.last_active = time.monotonic()
-            self.stream_stops.discard(stop)
+            self.stream_stops.discard(stream.stop)
             metrics.STREAMS.dec()
 
     async def drain(self) -> None:

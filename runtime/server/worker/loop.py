@@ -2,13 +2,19 @@
 
 The loop drains every request that has arrived, answers the cheap ones (fork, snapshot, close, ...)
 at once, and runs all pending steps together through `WorldEngine.step_many`, which batches sessions
-whose sizes and settings match. Decoded frames leave as soon as they exist (one ZeroMQ message each),
-so the front can stream them while the chunk is still decoding. The worker never waits on the
-network or on encoding: those happen in the front. Cancel messages are read between denoising
-steps. Protocol: `../protocol/`.
+whose sizes and settings match. Decoded frames leave as soon as they exist (one message each), so
+the front can stream them while the chunk is still decoding. The worker never waits on the network
+or on encoding: those happen in the front. Protocol: `../protocol/messages.py`.
 
-The loop only sees a `Transport`: a worker process uses its ZeroMQ socket (`ZmqTransport`); a Ray
-Serve replica (`replica.py`) runs the same loop in a thread over in-process queues (`QueueTransport`).
+Codec, protocol -> engine calls: `Reset` -> `WorldEngine.reset`, `Step`s -> `step_many`, ...;
+an engine error leaves as `Error` with the status code its class carries (`engine/errors.py`).
+
+Cancelling: every running request has a `CancelToken`, which the engine reads before each forward.
+A transport that receives on its own thread (ZeroMQ's I/O thread, the in-process queue) sets it the
+moment a `Cancel` arrives (`Worker.cancel`); the denoising loop never touches the network.
+
+The loop only sees a `Transport`: a worker process uses ZeroMQ (`ZmqTransport`); a Ray Serve replica
+and the in-process client run the same loop in a thread over a queue (`QueueTransport`).
 """
 
 from __future__ import annotations
@@ -18,78 +24,66 @@ import logging
 import os
 import queue
 import threading
+import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import zmq
 
+from helios_sdk.actions import Control
+
 from ...chunk import LAST_FRAME
-from ...engine.actions import Blend, Prompt, Transition
+from ...engine.cancel import CancelToken
 from ...engine.engine import WorldEngine
-from ...engine.errors import (
-    Cancelled,
-    CapacityExceeded,
-    EngineError,
-    InvalidInput,
-    SessionClosed,
-    SessionNotFound,
+from ...engine.errors import Cancelled, CapacityExceeded, EngineError
+from ..protocol.messages import (
+    Cancel,
+    Close,
+    Error,
+    Fork,
+    Frame,
+    Reply,
+    Request,
+    Reset,
+    Restore,
+    Result,
+    Snapshot,
+    Step,
+    decode,
+    encode,
 )
-from ...engine.snapshot import SnapshotError
-from ..protocol.messages import pack, unpack
 
 log = logging.getLogger("helios.worker")
-
-CODES = {
-    InvalidInput: "INVALID_ARGUMENT",
-    SnapshotError: "INVALID_ARGUMENT",
-    SessionNotFound: "NOT_FOUND",
-    SessionClosed: "FAILED_PRECONDITION",
-    CapacityExceeded: "RESOURCE_EXHAUSTED",
-    Cancelled: "CANCELLED",
-}
+CANCELS_KEPT = 4096  # cancels of requests not seen yet (or already finished) remembered at most
 
 
-def error_code(exc: BaseException) -> str:
-    for cls, code in CODES.items():
-        if isinstance(exc, cls):
-            return code
+def status_code(exc: BaseException) -> str:
+    """The status code name a failed request answers with: an engine error's own; a device out of
+    memory: RESOURCE_EXHAUSTED; anything else is a bug: INTERNAL."""
+    if isinstance(exc, EngineError):
+        return exc.code
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "RESOURCE_EXHAUSTED"
     return "INTERNAL"
-
-
-def to_action(spec: dict[str, Any] | None) -> Any:
-    """The front's msgpack action -> an engine action (validated again by the engine)."""
-    if not spec:
-        return None
-    kind = spec.get("type")
-    if kind == "prompt":
-        return Prompt(spec["text"])
-    if kind == "blend":
-        return Blend(tuple(spec["texts"]), tuple(spec["weights"]))
-    if kind == "transition":
-        return Transition(spec["text"], int(spec["chunks"]))
-    if kind == "control":
-        return spec["control"]
-    raise InvalidInput(f"unknown action type {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Transports: how messages reach the loop and leave it
 # ---------------------------------------------------------------------------------------------------
 
-Message = tuple[dict[str, Any], list[bytes]]  # (header, raw blobs), as in protocol.py
-
 
 class Transport(Protocol):
-    """What the worker loop needs from its link to the front; messages are already unpacked."""
+    """What the worker loop needs from its link to the front.
 
-    def send(self, header: dict[str, Any], blobs: list[bytes]) -> None: ...
+    `on_cancel`, when the transport has it, is set by the worker: the transport calls it with a
+    Cancel's target from whatever thread receives it, as soon as it arrives."""
 
-    def receive(self, timeout_ms: int) -> list[Message]:
-        """Wait up to `timeout_ms` for a message, then return every message waiting (maybe none)."""
+    def send(self, reply: Reply) -> None: ...
+
+    def receive(self, timeout_ms: int) -> list[Request]:
+        """Wait up to `timeout_ms` for a request, then return every request waiting (maybe none)."""
         ...
 
     def closed(self) -> bool:
@@ -97,66 +91,107 @@ class Transport(Protocol):
         ...
 
 
-class ZmqTransport:
-    """A worker process's DEALER socket, connected to the front's ROUTER (msgpack headers)."""
+class QueueTransport:
+    """The loop driven in a thread of the process that owns it (a Ray Serve replica, the in-process
+    client): requests come through a thread-safe queue, replies go to `deliver` (called on the worker
+    thread), and nothing is encoded, so frames stay the bytes the engine made."""
 
-    def __init__(self, socket: zmq.Socket):
-        self.socket = socket
-        self.parent = os.getppid()
+    def __init__(self, deliver: Callable[[Reply], None]):
+        self.deliver = deliver
+        self.incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.stopped = threading.Event()
+        self.on_cancel: Callable[[int], None] | None = None
 
-    def send(self, header: dict[str, Any], blobs: list[bytes]) -> None:
-        self.socket.send_multipart(pack(header, *blobs), copy=False)
+    def put(self, request: Request) -> None:
+        """Hand the loop a request or a cancel (any thread)."""
+        if isinstance(request, Cancel) and self.on_cancel is not None:
+            self.on_cancel(request.target)
+        else:
+            self.incoming.put(request)
 
-    def receive(self, timeout_ms: int) -> list[Message]:
-        if not self.socket.poll(timeout_ms):
+    def close(self) -> None:
+        self.stopped.set()
+
+    def send(self, reply: Reply) -> None:
+        self.deliver(reply)
+
+    def receive(self, timeout_ms: int) -> list[Request]:
+        try:
+            requests = [self.incoming.get(timeout=timeout_ms / 1000)]
+        except queue.Empty:
             return []
-        messages = []
         while True:
             try:
-                messages.append(unpack(self.socket.recv_multipart(flags=zmq.NOBLOCK)))
-            except zmq.Again:
-                return messages
+                requests.append(self.incoming.get_nowait())
+            except queue.Empty:
+                return requests
+
+    def closed(self) -> bool:
+        return self.stopped.is_set()
+
+
+class ZmqTransport(QueueTransport):
+    """A worker process's DEALER socket, connected to the front's ROUTER. An I/O thread owns the
+    socket (ZeroMQ sockets are single-threaded): it decodes requests into the loop's queue, sets
+    cancels at once, and sends the replies the loop hands it over an inproc pipe."""
+
+    def __init__(self, endpoint: str, identity: bytes):
+        super().__init__(self._forward)
+        self.parent = os.getppid()
+        self.context = zmq.Context()
+        pipe = f"inproc://helios-replies-{uuid.uuid4().hex}"
+        self._pipe_in = self.context.socket(zmq.PAIR)  # the I/O thread's end
+        self._pipe_in.bind(pipe)
+        self._pipe_out = self.context.socket(zmq.PAIR)  # the loop's end
+        self._pipe_out.connect(pipe)
+        self._dealer = self.context.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.IDENTITY, identity)
+        self._dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer.connect(endpoint)
+        for s in (self._pipe_in, self._pipe_out):
+            s.setsockopt(zmq.LINGER, 0)
+        self._thread = threading.Thread(target=self._io, name="helios-worker-io", daemon=True)
+        self._thread.start()
+
+    def _forward(self, reply: Reply) -> None:
+        self._pipe_out.send_multipart(encode(reply), copy=False)
+
+    def _io(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._dealer, zmq.POLLIN)
+        poller.register(self._pipe_in, zmq.POLLIN)
+        while not self.stopped.is_set():
+            ready = dict(poller.poll(100))
+            if self._dealer in ready:
+                while True:
+                    try:
+                        parts = self._dealer.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        self.put(decode(parts))  # type: ignore[arg-type]
+                    except ValueError as exc:
+                        log.error("dropped a message from the front: %s", exc)
+            if self._pipe_in in ready:
+                while True:
+                    try:
+                        parts = self._pipe_in.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._dealer.send_multipart(parts, copy=False)
 
     def closed(self) -> bool:
         if os.getppid() != self.parent:  # the front died (we were re-parented): free the device and go
             log.error("the front process is gone; exiting")
             return True
-        return False
-
-
-class QueueTransport:
-    """The loop driven in a thread of the process that owns it (a Ray Serve replica): requests come
-    through a thread-safe queue, replies go to `deliver` (called on the worker thread), and nothing
-    is packed, so frames stay the bytes the engine made."""
-
-    def __init__(self, deliver: Callable[[dict[str, Any], list[bytes]], None]):
-        self.deliver = deliver
-        self.incoming: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.stopped = threading.Event()
-
-    def put(self, header: dict[str, Any], blobs: list[bytes]) -> None:
-        """Hand the loop a request or a cancel (any thread)."""
-        self.incoming.put((header, blobs))
+        return super().closed()
 
     def close(self) -> None:
-        self.stopped.set()
-
-    def send(self, header: dict[str, Any], blobs: list[bytes]) -> None:
-        self.deliver(header, blobs)
-
-    def receive(self, timeout_ms: int) -> list[Message]:
-        try:
-            messages = [self.incoming.get(timeout=timeout_ms / 1000)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                messages.append(self.incoming.get_nowait())
-            except queue.Empty:
-                return messages
-
-    def closed(self) -> bool:
-        return self.stopped.is_set()
+        super().close()
+        self._thread.join(5)
+        for s in (self._dealer, self._pipe_in, self._pipe_out):
+            s.close()
+        self.context.term()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -165,58 +200,71 @@ class QueueTransport:
 
 
 class Worker:
-    def __init__(self, engine: WorldEngine, transport: Transport | zmq.Socket, min_free_bytes: int = 2 << 30):
+    def __init__(self, engine: WorldEngine, transport: Transport, min_free_bytes: int = 2 << 30):
         self.engine = engine
-        # A bare socket is the worker process's DEALER (what `main` passes).
-        self.transport = ZmqTransport(transport) if isinstance(transport, zmq.Socket) else transport
+        self.transport = transport
         self.min_free_bytes = min_free_bytes
-        self.inbox: collections.deque[Message] = collections.deque()
-        self.cancelled: set[int] = set()
+        self.inbox: collections.deque[Request] = collections.deque()
+        # Set from the receiving thread: tokens of running requests, ids cancelled before they ran.
+        self.tokens: dict[int, CancelToken] = {}
+        self.cancelled: collections.OrderedDict[int, None] = collections.OrderedDict()
+        if hasattr(transport, "on_cancel"):
+            transport.on_cancel = self.cancel
 
     # --- messaging ----------------------------------------------------------------------------------
 
-    def send(self, header: dict[str, Any], *blobs: bytes) -> None:
-        self.transport.send(header, list(blobs))
+    def send(self, reply: Reply) -> None:
+        self.transport.send(reply)
+
+    def cancel(self, target: int) -> None:
+        """Stop request `target`: at once when it runs, at its turn when it waits (any thread)."""
+        self.cancelled[target] = None  # first, so a request starting now sees it (`_token`)
+        while len(self.cancelled) > CANCELS_KEPT:
+            self.cancelled.popitem(last=False)
+        token = self.tokens.get(target)
+        if token is not None:
+            token.set()
 
     def _poll(self, timeout_ms: int) -> None:
-        """Move every waiting message into the inbox (cancels are recorded, not queued)."""
-        for header, blobs in self.transport.receive(timeout_ms):
-            if header.get("op") == "cancel":
-                self.cancelled.add(int(header["target"]))
+        """Move every waiting request into the inbox (cancels that come this way are applied)."""
+        for request in self.transport.receive(timeout_ms):
+            if isinstance(request, Cancel):
+                self.cancel(request.target)
             else:
-                self.inbox.append((header, blobs))
+                self.inbox.append(request)
 
-    def _cancel_check(self, ids: list[int]):
-        def check() -> bool:
-            self._poll(0)
-            return any(i in self.cancelled for i in ids)
+    def _token(self, ids: list[int]) -> CancelToken:
+        """One token for requests that run together (the engine stops a batch as a whole)."""
+        token = CancelToken()
+        for rid in ids:
+            self.tokens[rid] = token
+        if any(rid in self.cancelled for rid in ids):  # after registering: no cancel slips between
+            token.set()
+        return token
 
-        return check
+    def _finished(self, rid: int) -> None:
+        self.tokens.pop(rid, None)
+        self.cancelled.pop(rid, None)
 
-    def frame_sender(self, rid: int, chunk_index: int, which: str):
+    def frame_sender(self, rid: int, chunk_index: int, which: str) -> Callable[[int, torch.Tensor], None]:
         def on_frame(index: int, frame: torch.Tensor) -> None:
             if which == "none" or (which == "last" and index != LAST_FRAME):
                 return
             h, w, _ = frame.shape
-            self.send(
-                {
-                    "kind": "frame",
-                    "id": rid,
-                    "chunk_index": chunk_index,
-                    "index_in_chunk": index,
-                    "width": w,
-                    "height": h,
-                },
-                frame.numpy().tobytes(),
-            )
+            self.send(Frame(rid, chunk_index, index, w, h, frame.numpy().tobytes()))
 
         return on_frame
 
+    def reply(self, result: Result) -> None:
+        self._finished(result.id)
+        self.send(result)
+
     def fail(self, rid: int, exc: BaseException) -> None:
-        code = error_code(exc)
+        code = status_code(exc)
         if code == "INTERNAL":
             log.exception("request %s failed", rid)
-        self.send({"kind": "error", "id": rid, "code": code, "message": str(exc)})
+        self._finished(rid)
+        self.send(Error(rid, code, str(exc)))
 
     # --- the loop -----------------------------------------------------------------------------------
 
@@ -227,51 +275,36 @@ class Worker:
             self._poll(100 if not self.inbox else 0)
             steps = []
             while self.inbox:
-                header, blobs = self.inbox.popleft()
-                if header.get("id") in self.cancelled:  # its caller went away while it waited
-                    self.fail(header["id"], Cancelled("the request was cancelled before it started"))
-                elif header["op"] == "step":
-                    steps.append(header)
+                request = self.inbox.popleft()
+                if request.id in self.cancelled:  # its caller went away while it waited
+                    self.fail(request.id, Cancelled("the request was cancelled before it started"))
+                elif isinstance(request, Step):
+                    steps.append(request)
                 else:
-                    self.handle(header, blobs)
+                    self.handle(request)
             if steps:
                 self.run_steps(steps)
-            # Forget cancels of finished requests; keep those of requests still waiting in the inbox
-            # (a cancel can arrive while another batch denoises, before its request's turn).
-            self.cancelled &= {h.get("id") for h, _ in self.inbox}
 
-    def handle(self, h: dict[str, Any], blobs: list[bytes]) -> None:
-        rid = h["id"]
+    def handle(self, request: Request) -> None:
+        rid = request.id
         try:
-            op = h["op"]
-            if op == "reset":
-                self.reset(h, blobs)
-            elif op == "fork":
+            if isinstance(request, Reset):
+                self.reset(request)
+            elif isinstance(request, Fork):
                 self.admit(None)
-                self.send({"kind": "result", "id": rid, "session_id": self.engine.fork(h["session_id"])})
-            elif op == "snapshot":
-                self.send({"kind": "result", "id": rid}, self.engine.snapshot(h["session_id"]))
-            elif op == "restore":
+                self.reply(Result(rid, session_id=self.engine.fork(request.session_id)))
+            elif isinstance(request, Snapshot):
+                self.reply(Result(rid, data=self.engine.snapshot(request.session_id)))
+            elif isinstance(request, Restore):
                 self.admit(None)
-                sid = self.engine.restore(blobs[0])
+                sid = self.engine.restore(request.data)
                 s = self.engine.session(sid)
-                self.send(
-                    {
-                        "kind": "result",
-                        "id": rid,
-                        "session_id": sid,
-                        "chunk_index": s.chunk,
-                        "width": s.width,
-                        "height": s.height,
-                    }
-                )
-            elif op == "close":
-                self.engine.close(h["session_id"])
-                self.send({"kind": "result", "id": rid})
+                self.reply(Result(rid, s.chunk, session_id=sid, width=s.width, height=s.height))
+            elif isinstance(request, Close):
+                self.engine.close(request.session_id)
+                self.reply(Result(rid))
             else:
-                raise InvalidInput(f"unknown worker op {op!r}")
-        except (EngineError, ValueError, torch.cuda.OutOfMemoryError) as exc:
-            self.fail(rid, exc)
+                raise TypeError(f"the worker does not serve {type(request).__name__} requests")
         except Exception as exc:  # never let one request take the worker down
             self.fail(rid, exc)
 
@@ -287,60 +320,57 @@ class Worker:
                 f"{self.min_free_bytes / 2**30:.1f} GiB"
             )
 
-    def reset(self, h: dict[str, Any], blobs: list[bytes]) -> None:
-        self.admit(h["session_id"])
-        pixels = None
-        if h.get("source") in ("image", "video"):
-            pixels = np.frombuffer(blobs[0], dtype=np.uint8).reshape(h["shape"])
-        kwargs = {"image": pixels[0]} if h.get("source") == "image" else {}
-        if h.get("source") == "video":
-            kwargs = {"video": pixels}
-        rid = h["id"]
+    def reset(self, r: Reset) -> None:
+        self.admit(r.session_id)
+        source = {}
+        if r.source in ("image", "video"):
+            pixels = np.frombuffer(r.pixels, dtype=np.uint8).reshape(r.shape)  # (T, H, W, 3)
+            source = {"image": pixels[0]} if r.source == "image" else {"video": pixels}
         result = self.engine.reset(
-            h["prompt"],
-            seed=int(h["seed"]),
-            height=int(h["height"]),
-            width=int(h["width"]),
-            negative_prompt=h.get("negative_prompt") or None,
-            session_id=h["session_id"],
-            on_frame=self.frame_sender(rid, 0, h.get("frames", "all")),
-            cancel=self._cancel_check([rid]),
-            **kwargs,
+            r.prompt,
+            seed=r.seed,
+            height=r.height or None,
+            width=r.width or None,
+            negative_prompt=r.negative_prompt or None,
+            session_id=r.session_id,
+            on_frame=self.frame_sender(r.id, 0, r.frames),
+            cancel=self._token([r.id]),
+            **source,
         )
-        self.send({"kind": "result", "id": rid, "chunk_index": result.chunk_index, "timings": result.timings})
+        self.reply(Result(r.id, result.chunk_index, result.timings))
 
-    def run_steps(self, steps: list[dict[str, Any]]) -> None:
+    def run_steps(self, steps: list[Step]) -> None:
         """Step every pending session; one request per session per call (later ones wait a round)."""
         batch, later, seen = [], [], set()
-        for h in steps:
-            (later if h["session_id"] in seen else batch).append(h)
-            seen.add(h["session_id"])
-        for h in reversed(later):
-            self.inbox.appendleft((h, []))
+        for s in steps:
+            (later if s.session_id in seen else batch).append(s)
+            seen.add(s.session_id)
+        self.inbox.extendleft(reversed(later))
         try:
             self._step_batch(batch)
         except (EngineError, ValueError) as exc:
             if len(batch) == 1 or isinstance(exc, Cancelled):
-                for h in batch:
-                    self.fail(h["id"], exc)
+                for s in batch:
+                    self.fail(s.id, exc)
                 return
-            for h in batch:  # one bad request must not fail the others: run them one by one
+            for s in batch:  # one bad request must not fail the others: run them one by one
                 try:
-                    self._step_batch([h])
+                    self._step_batch([s])
                 except Exception as single:
-                    self.fail(h["id"], single)
+                    self.fail(s.id, single)
         except Exception as exc:
-            for h in batch:
-                self.fail(h["id"], exc)
+            for s in batch:
+                self.fail(s.id, exc)
 
-    def _step_batch(self, batch: list[dict[str, Any]]) -> None:
+    def _step_batch(self, batch: list[Step]) -> None:
         requests, callbacks = [], []
-        for h in batch:
-            requests.append((h["session_id"], to_action(h.get("action"))))
-            chunk = self.engine.session(h["session_id"]).chunk
-            callbacks.append(self.frame_sender(h["id"], chunk, h.get("frames", "all")))
+        for s in batch:
+            action = s.action.to_dict() if isinstance(s.action, Control) else s.action
+            requests.append((s.session_id, action))
+            chunk = self.engine.session(s.session_id).chunk
+            callbacks.append(self.frame_sender(s.id, chunk, s.frames))
         results = self.engine.step_many(
-            requests, on_frame=callbacks, cancel=self._cancel_check([h["id"] for h in batch])
+            requests, on_frame=callbacks, cancel=self._token([s.id for s in batch])
         )
-        for h, r in zip(batch, results, strict=True):
-            self.send({"kind": "result", "id": h["id"], "chunk_index": r.chunk_index, "timings": r.timings})
+        for s, r in zip(batch, results, strict=True):
+            self.reply(Result(s.id, r.chunk_index, r.timings))

@@ -15,12 +15,11 @@ import sys
 import time
 from typing import Any
 
-import zmq
-
 from ...engine.engine import WorldEngine
 from ...engine.world_model import WorldModel
 from ...logs import configure_logging
-from .loop import Worker
+from ..protocol.messages import Ready
+from .loop import Worker, ZmqTransport
 
 log = logging.getLogger("helios.worker")
 
@@ -75,25 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         model = WorldModel.load(args.model, device=devices[0])
         engine = WorldEngine(model, max_sessions=args.max_sessions)
     warm = 0.0 if args.no_warm_up else warm_up(engine)
-    context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.IDENTITY, (args.identity or f"worker-{os.getpid()}").encode())
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(args.endpoint)
+    transport = ZmqTransport(args.endpoint, (args.identity or f"worker-{os.getpid()}").encode())
     info = {
         **describe_model(model, warm),
         "pid": os.getpid(),
         "device": str(model.device) if len(devices) == 1 else ",".join(devices),
         "context_parallel": len(devices),
     }
-    worker = Worker(engine, socket, min_free_bytes=int(args.min_free_gib * 2**30))
-    worker.send({"kind": "ready", "model": info})
+    worker = Worker(engine, transport, min_free_bytes=int(args.min_free_gib * 2**30))
+    worker.send(Ready(info))
     log.info("ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
     try:
         worker.run()
     except KeyboardInterrupt:
         pass
     finally:
+        transport.close()
         if followers:
             engine.shutdown()
             for proc in followers:

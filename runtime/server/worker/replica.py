@@ -12,21 +12,21 @@ engine slot, are in `front/ray_pool.py`.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine.fastpath import FastPathChoice
+from ..protocol.client import WorkerError
+from ..protocol.messages import Error, Reply, Request
 
 log = logging.getLogger("helios.worker")  # what runs in a replica logs as a worker does
 
 RAY_HINT = "the Ray scale-out needs Ray Serve: pip install 'helios-world-sdk[ray]'"
-Message = tuple[dict[str, Any], list[bytes]]
+STALE = "the engine replica was restarted and its sessions were lost"
 
 
 def import_ray() -> tuple[Any, Any]:
@@ -63,13 +63,14 @@ class EngineReplica:
     """One engine worker inside a Ray Serve replica (deployed as `serve.deployment(EngineReplica)`).
 
     The constructor loads the model and warms it up, so Serve reports the replica healthy only when
-    it can take sessions. The engine loop runs in a thread; the replica's event loop only moves
-    messages, so heartbeats and new requests are answered while a chunk is being denoised."""
+    it can take sessions. The engine loop runs in a thread behind an `InProcessClient`; the
+    replica's event loop only moves messages, so heartbeats and new requests are answered while a
+    chunk is being denoised."""
 
     def __init__(self, config: ReplicaConfig):
         from ...engine.engine import WorldEngine
         from ...engine.world_model import WorldModel
-        from .loop import QueueTransport, Worker
+        from .inprocess import InProcessClient
         from .main import describe_model, warm_up
 
         device = "cuda" if config.gpus > 0 else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our GPU
@@ -86,30 +87,9 @@ class EngineReplica:
             "incarnation": self.incarnation,
             "capacity": config.max_sessions,
         }
-        self.ids = itertools.count(1)
-        self.replies: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Message]]] = {}
-        self.transport = QueueTransport(self._deliver)
-        self.worker = Worker(self.engine, self.transport, min_free_bytes=int(config.min_free_gib * 2**30))
-        self.thread = threading.Thread(target=self._loop, name="helios-engine", daemon=True)
-        self.thread.start()
+        self.client = InProcessClient(self.engine, self.static, int(config.min_free_gib * 2**30))
+        self.transport, self.thread = self.client.transport, self.client.thread
         log.info("engine replica ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
-
-    def _loop(self) -> None:
-        try:
-            self.worker.run()
-        except Exception:  # check_health reports the dead loop, and Serve replaces the replica
-            log.exception("the engine loop failed")
-
-    def _deliver(self, header: dict[str, Any], blobs: list[bytes]) -> None:
-        """Worker thread -> the event loop of the call waiting for this request id."""
-        entry = self.replies.get(header.get("id", 0))
-        if entry is None:  # its caller went away
-            return
-        loop, queue = entry
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (header, blobs))
-        except RuntimeError:  # the replica is shutting down
-            pass
 
     def info(self) -> dict[str, Any]:
         """The worker's ready message (model, device, host, pid), with its current load."""
@@ -122,28 +102,20 @@ class EngineReplica:
             yield self.info()
             await asyncio.sleep(period_s)
 
-    async def request(self, header: dict[str, Any], blobs: list[bytes]) -> AsyncIterator[Message]:
-        """One protocol.py request: yields its frame messages, then its result or error. A caller
-        that cancels the call cancels the work (between denoising steps)."""
-        wanted = header.pop("incarnation", None)
-        if wanted is not None and wanted != self.incarnation:
-            message = "the engine replica was restarted and its sessions were lost"
-            yield {"kind": "error", "code": "UNAVAILABLE", "message": message, "stale": True}, []
+    async def request(self, request: Request, incarnation: str | None = None) -> AsyncIterator[Reply]:
+        """One protocol request: yields its frames, then its result or an `Error`. A caller that
+        cancels the call cancels the work (between denoising steps). `incarnation`: the replica the
+        front meant; another one (this slot's replica was replaced) refuses with UNAVAILABLE."""
+        if incarnation is not None and incarnation != self.incarnation:
+            yield Error(request.id, "UNAVAILABLE", STALE)
             return
-        rid = next(self.ids)  # the replica's own ids: a front's ids may repeat after it restarts
-        queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.replies[rid] = (asyncio.get_running_loop(), queue)
-        finished = False
+        front_id = request.id  # the client numbers its own requests; replies carry the front's id
         try:
-            self.transport.put({**header, "id": rid}, blobs)
-            while not finished:
-                reply, data = await queue.get()
-                finished = reply.get("kind") in ("result", "error")
-                yield reply, data
-        finally:
-            self.replies.pop(rid, None)
-            if not finished:
-                self.transport.put({"op": "cancel", "target": rid, "id": 0}, [])
+            async for reply in self.client.request(self.client.workers[0], request):
+                reply.id = front_id
+                yield reply
+        except WorkerError as exc:
+            yield Error(front_id, exc.code, exc.message)
 
     def check_health(self) -> None:
         """Serve's health probe: a replica whose engine loop died is replaced."""
