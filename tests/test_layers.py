@@ -29,6 +29,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
         "chunk": ("helios_runtime.chunk",),
         "logs": ("helios_runtime.logs",),
         "configfile": ("helios_runtime.configfile",),
+        "moves": ("helios_runtime.moves",),
     },
     {
         "model": ("helios_runtime.model",),

@@ -38,6 +38,7 @@ from .actions import (
     ActionAdapter,
     Blend,
     Conditioning,
+    Control,
     Prompt,
     PromptTemplateAdapter,
     Transition,
@@ -88,7 +89,10 @@ class WorldEngine:
         self.device = model.device
         self.max_sessions = max_sessions
         self.prompt_cache = prompt_cache or PromptCache(max_entries=256, max_batch=1)
-        self.action_adapter = action_adapter if action_adapter is not None else PromptTemplateAdapter()
+        # Structured actions: the model's learned action space when it has one, else prompt phrases.
+        if action_adapter is None:
+            action_adapter = model.actions if model.actions is not None else PromptTemplateAdapter()
+        self.action_adapter = action_adapter
         self.sessions: dict[str, Session] = {}
         # Ids of recently closed sessions, so a late request gets "closed" rather than "unknown".
         self._closed: OrderedDict[str, None] = OrderedDict()
@@ -152,7 +156,7 @@ class WorldEngine:
                 raise InvalidInput(
                     "reset takes an action only for a model with a learned action space, as a mapping"
                 )
-            first_ids = self.model.actions.ids(action)
+            first_ids = parse_action(action, self.model.actions, prompt).ids
 
         # Validate and encode everything before any state changes.
         frames_in = _image_tensor(image, height, width, self.device) if image is not None else None
@@ -222,16 +226,14 @@ class WorldEngine:
         if len(set(ids)) != len(ids):
             raise InvalidInput("a session can appear only once in one step_many call")
         sessions = [self._get(sid) for sid in ids]
-        vocab = self.model.actions
-        # A model with learned actions takes structured actions (mappings) as action ids, not as
-        # prompt phrases; anything else (a prompt, a blend, None) moves it with "stay".
-        action_ids = [
-            vocab.ids(a) if vocab is not None and isinstance(a, Mapping) else None for _, a in requests
+        # Each action -> a conditioning change and/or learned action ids (a prompt, a blend or None
+        # moves a model with learned actions with "stay"); all checked before anything changes.
+        applied = [
+            parse_action(a, self.action_adapter, s.scene)
+            for s, (_, a) in zip(sessions, requests, strict=True)
         ]
-        conds = [
-            None if ids is not None else parse_action(a, self.action_adapter, s.scene)
-            for s, (_, a), ids in zip(sessions, requests, action_ids, strict=True)
-        ]
+        conds = [a.conditioning for a in applied]
+        action_ids = [a.ids for a in applied]
         callbacks = list(on_frame) if on_frame is not None else [None] * len(requests)
         new_prompts = [self._apply(s, c) for s, c in zip(sessions, conds, strict=True)]
         results: dict[str, ChunkResult] = {}
@@ -472,7 +474,7 @@ class WorldEngine:
 def _scene_after(scene: str, action: Any, cond: Conditioning | None) -> str:
     """An explicit prompt or transition replaces the scene prompt; blends and structured actions
     (whose prompts are the scene plus motion phrases) keep it."""
-    if isinstance(cond, (Prompt, Transition)) and not isinstance(action, Mapping):
+    if isinstance(cond, (Prompt, Transition)) and not isinstance(action, (Mapping, Control)):
         return cond.text
     return scene
 

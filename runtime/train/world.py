@@ -43,7 +43,7 @@ from ..engine.memory import HISTORY_FRAMES
 from ..model.text_encoder import BuiltinTextEncoder, _zero_past_lengths
 from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
-from ..sim import AGENT_THRESHOLD
+from ..sim import agent_mask
 from .data import sim_episode
 from .stage1 import WINDOW_LATENTS, Sample, Stage1Recipe, stage1_loss
 from .trainer import Trainer
@@ -121,12 +121,6 @@ def render_episodes(
         frames=np.stack([o[2] for o in out]),
         actions=np.stack([o[3] for o in out]),
     )
-
-
-def agent_mask(frames: torch.Tensor) -> torch.Tensor:
-    """`sim.agent_mask` for uint8 tensors on any device: (..., H, W, 3) -> (..., H, W) bool."""
-    f = frames.to(torch.int16)
-    return torch.minimum(f[..., 0], f[..., 2]) - f[..., 1] > AGENT_THRESHOLD
 
 
 def agent_weight(frames: torch.Tensor, weight: float) -> torch.Tensor | None:

@@ -67,17 +67,21 @@ class Step:
 
 
 @dataclass(slots=True)
-class Fork:
-    kind: ClassVar[str] = "fork"
+class _SessionRequest:
+    """A request about one session and nothing else."""
+
     session_id: str
     id: int = 0
 
 
 @dataclass(slots=True)
-class Snapshot:
+class Fork(_SessionRequest):
+    kind: ClassVar[str] = "fork"
+
+
+@dataclass(slots=True)
+class Snapshot(_SessionRequest):
     kind: ClassVar[str] = "snapshot"
-    session_id: str
-    id: int = 0
 
 
 @dataclass(slots=True)
@@ -88,10 +92,8 @@ class Restore:
 
 
 @dataclass(slots=True)
-class Close:
+class Close(_SessionRequest):
     kind: ClassVar[str] = "close"
-    session_id: str
-    id: int = 0
 
 
 @dataclass(slots=True)

@@ -32,8 +32,6 @@ import numpy as np
 import torch
 import zmq
 
-from helios_sdk.actions import Control
-
 from ...chunk import LAST_FRAME
 from ...engine.cancel import CancelToken
 from ...engine.engine import WorldEngine
@@ -365,8 +363,7 @@ class Worker:
     def _step_batch(self, batch: list[Step]) -> None:
         requests, callbacks = [], []
         for s in batch:
-            action = s.action.to_dict() if isinstance(s.action, Control) else s.action
-            requests.append((s.session_id, action))
+            requests.append((s.session_id, s.action))
             chunk = self.engine.session(s.session_id).chunk
             callbacks.append(self.frame_sender(s.id, chunk, s.frames))
         results = self.engine.step_many(
