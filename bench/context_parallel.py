@@ -27,8 +27,12 @@ from transformer_forward import STAGES, chunk
 
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.model.transformer import forward_flops
-from helios_runtime.parallel.launch import free_port, init_worker_group, leave_worker_group
-from helios_runtime.parallel.replicated import LeaderEngine, follow
+from helios_runtime.server.worker.context_parallel.launch import (
+    free_port,
+    init_worker_group,
+    leave_worker_group,
+)
+from helios_runtime.server.worker.context_parallel.replicated import LeaderEngine, follow
 
 PROMPT = "a lighthouse on a cliff above a stormy sea"
 

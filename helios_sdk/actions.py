@@ -9,7 +9,8 @@ the local backend all accept them, plus a prompt `str` and a structured control 
 | `Transition("text", chunks=3)` | interpolate to the new prompt over `chunks` chunks |
 | `Control(keys=("w",), mouse_dx=12)` or `{"keys", "mouse", "camera"}` dict | keyboard / mouse / camera |
 
-`to_proto` builds the helios.v1 `Action`; `to_engine` the value `WorldEngine.step` takes;
+`check` holds the rules every action obeys, applied where an action enters (the server's front, the
+engine); `to_proto` builds the helios.v1 `Action`; `to_engine` the value `WorldEngine.step` takes;
 `to_json` / `from_json` are the recording's form.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 from ._proto.helios.v1 import world_pb2 as pb
 
 KEYS = ("w", "a", "s", "d", "space", "shift")  # the server's default action adapter's keys
+MAX_TRANSITION_CHUNKS = 64
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,52 @@ def normalize(action: Action) -> Prompt | Blend | Transition | Control | None:
         "an action is None, a prompt str, Prompt, Blend, Transition, Control or a structured dict "
         f"(keys, mouse, camera); got {type(action).__name__}"
     )
+
+
+def _check_text(text: Any, what: str) -> None:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a str, got {type(text).__name__}")
+    if "\x00" in text:
+        raise ValueError(f"{what} contains a NUL character")
+
+
+def _check_number(value: Any, what: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+
+
+def check(action: Prompt | Blend | Transition | Control) -> None:
+    """The rules every action obeys, written once; ValueError naming the field and what arrived.
+    Applied where an action enters: the server's front (gRPC) and the engine (in-process callers)."""
+    if isinstance(action, Prompt):
+        _check_text(action.text, "Prompt.text")
+    elif isinstance(action, Transition):
+        _check_text(action.text, "Transition.text")
+        if not isinstance(action.chunks, int) or isinstance(action.chunks, bool):
+            raise ValueError(f"Transition.chunks must be an int, got {type(action.chunks).__name__}")
+        if not 1 <= action.chunks <= MAX_TRANSITION_CHUNKS:
+            raise ValueError(
+                f"Transition.chunks must be in [1, {MAX_TRANSITION_CHUNKS}], got {action.chunks}"
+            )
+    elif isinstance(action, Blend):
+        if not action.prompts:
+            raise ValueError("Blend needs at least one prompt")
+        if len(action.prompts) != len(action.weights):
+            raise ValueError(f"Blend has {len(action.prompts)} prompts but {len(action.weights)} weights")
+        for i, text in enumerate(action.prompts):
+            _check_text(text, f"Blend.prompts[{i}]")
+        for i, w in enumerate(action.weights):
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"Blend.weights[{i}] must be a finite number >= 0, got {w!r}")
+        if sum(action.weights) <= 0:
+            raise ValueError(f"Blend.weights must have a positive sum, got {list(action.weights)}")
+    elif isinstance(action, Control):
+        for i, key in enumerate(action.keys):
+            _check_text(key, f"Control.keys[{i}]")
+        for name in ("mouse_dx", "mouse_dy", "camera_yaw", "camera_pitch", "camera_zoom"):
+            _check_number(getattr(action, name), name)
+    else:
+        raise ValueError(f"unknown action {type(action).__name__}")
 
 
 def to_proto(action: Action) -> pb.Action:

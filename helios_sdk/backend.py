@@ -1,10 +1,10 @@
 """Where the env's worlds run: a helios server (`RemoteBackend`, through HeliosClient) or the engine
-in this process (`LocalBackend`, `helios_runtime`'s WorldEngine, imported lazily), behind one small
-interface so HeliosEnv and HeliosVectorEnv do not care which.
+in this process (`LocalBackend`, through `helios_runtime`'s in-process client, imported lazily),
+behind one small interface so HeliosEnv and HeliosVectorEnv do not care which.
 
-Both step several sessions together: the remote backend sends the N Step calls concurrently (the
-server's worker batches pending steps into one `WorldEngine.step_many` forward), the local one calls
-`step_many` once.
+Both step several sessions together: each sends its N steps at once, and the engine worker (behind
+the server, or in this process) batches the steps waiting together into one `WorldEngine.step_many`
+forward.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from . import actions as _actions
 from .client import HeliosClient
-from .errors import FailedPrecondition, HeliosError, InvalidArgument, NotFound, ResourceExhausted
+from .errors import FailedPrecondition, HeliosError, InvalidArgument, error_class
 from .messages import Chunk
 
 FRAMES_PER_CHUNK = 33
@@ -161,26 +159,27 @@ class RemoteBackend(Backend):
 
 # One engine per (model, device) per process: loading a model is the expensive part, and sessions of
 # several envs share an engine as the server's worker shares one.
-_ENGINES: dict[tuple[str, str | None], Any] = {}
+_CLIENTS: dict[tuple[str, str | None], Any] = {}
 
 
-def shared_engine(model: str = "tiny", device: str | None = None) -> Any:
+def shared_client(model: str = "tiny", device: str | None = None) -> Any:
+    """The in-process engine client (`helios_runtime`'s `LocalClient`) of `model` on `device`."""
     key = (str(model), device)
-    if key not in _ENGINES:
+    if key not in _CLIENTS:
         try:
-            from helios_runtime.engine.engine import WorldEngine
-            from helios_runtime.engine.world_model import WorldModel
+            from helios_runtime.server.worker.inprocess import LocalClient
         except ImportError as exc:
             raise ImportError(
                 "backend='local' runs the engine in this process: pip install 'helios-world-sdk[runtime]'"
             ) from exc
-        _ENGINES[key] = WorldEngine(WorldModel.load(model, device=device))
-    return _ENGINES[key]
+        _CLIENTS[key] = LocalClient.load(model, device)
+    return _CLIENTS[key]
 
 
 class LocalBackend(Backend):
-    """Sessions on a WorldEngine in this process (`model`: a preset such as "tiny" or a Helios
-    pipeline folder; `engine`: bring your own)."""
+    """Sessions on an engine in this process, through the runtime's in-process client: the same
+    protocol, errors and frames as a server's worker, with no socket (`model`: a preset such as
+    "tiny" or a Helios pipeline folder; `engine`: bring your own WorldEngine)."""
 
     def __init__(
         self,
@@ -191,9 +190,14 @@ class LocalBackend(Backend):
         height: int | None = None,
         engine: Any = None,
     ):
-        self.engine = engine if engine is not None else shared_engine(model, device)
-        default_h, default_w = self.engine.model.default_size
-        self.width, self.height = width or default_w, height or default_h
+        if engine is not None:
+            from helios_runtime.server.worker.inprocess import LocalClient
+
+            self.client = LocalClient(engine)
+        else:
+            self.client = shared_client(model, device)
+        info = self.client.info
+        self.width, self.height = width or info["default_width"], height or info["default_height"]
         self._handles: set[str] = set()
         self._live: set[str] = set()
 
@@ -205,27 +209,20 @@ class LocalBackend(Backend):
     def reset(
         self, handle: str, prompt: str, *, image: Any = None, video: Any = None, seed: int = 0
     ) -> Chunk:
-        with _engine_errors():
-            result = self.engine.reset(
-                prompt,
-                image=image,
-                video=video,
-                seed=seed,
-                height=self.height,
-                width=self.width,
-                session_id=handle,
+        with _typed_errors():
+            result = self.client.reset(
+                handle, prompt, image=image, video=video, seed=seed, width=self.width, height=self.height
             )
         self._live.add(handle)
-        return _chunk(result, self.frames_per_chunk)
+        return _chunk(result)
 
     def step_many(self, requests: Sequence[tuple[str, _actions.Action]]) -> list[Chunk]:
         for handle, _ in requests:
             if handle not in self._live:
                 raise FailedPrecondition("step before reset: reset the env (or the sub-env) first")
-        with _engine_errors():
-            engine_requests = [(h, _actions.to_engine(a)) for h, a in requests]
-            results = self.engine.step_many(engine_requests)
-        return [_chunk(r, self.frames_per_chunk) for r in results]
+        with _typed_errors():
+            results = self.client.step_many([(h, _actions.normalize(a)) for h, a in requests])
+        return [_chunk(r) for r in results]
 
     def session_id(self, handle: str) -> str:
         return handle if handle in self._live else ""
@@ -233,27 +230,26 @@ class LocalBackend(Backend):
     def close_session(self, handle: str) -> None:
         if handle in self._live:
             self._live.discard(handle)
-            self.engine.close(handle)
+            with _typed_errors():
+                self.client.close_session(handle)
         self._handles.discard(handle)
 
     def describe(self) -> dict[str, Any]:
-        model = self.engine.model
-        return {"backend": "local", "model": model.name, "device": str(self.engine.device)}
+        info = self.client.info
+        return {"backend": "local", "model": info["name"], "device": info["device"]}
 
     def close(self) -> None:
         for handle in list(self._handles):
             self.close_session(handle)
 
 
-def _chunk(result: Any, frames_per_chunk: int) -> Chunk:
-    frames = result.frames.numpy() if result.frames is not None else np.zeros((0, 0, 0, 3), np.uint8)
-    first = result.chunk_index * frames_per_chunk
-    indices = tuple(range(first, first + frames.shape[0]))
-    return Chunk(result.session_id, result.chunk_index, frames, indices, dict(result.timings))
+def _chunk(result: Any) -> Chunk:
+    return Chunk(result.session_id, result.chunk_index, result.frames, result.indices, dict(result.timings))
 
 
-class _engine_errors:
-    """Engine refusals -> the client's typed errors, so both backends raise the same exceptions."""
+class _typed_errors:
+    """The in-process client's errors (a status code name each, as a server's) -> the client's
+    typed errors, so both backends raise the same exceptions."""
 
     def __enter__(self) -> None:
         return None
@@ -261,19 +257,9 @@ class _engine_errors:
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, HeliosError):
             return False
-        from helios_runtime.engine import errors as engine_errors
-        from helios_runtime.engine.snapshot import SnapshotError
-
-        table = [
-            (engine_errors.InvalidInput, InvalidArgument),
-            (SnapshotError, InvalidArgument),
-            (engine_errors.SessionNotFound, NotFound),
-            (engine_errors.SessionClosed, FailedPrecondition),
-            (engine_errors.CapacityExceeded, ResourceExhausted),
-        ]
-        for engine_cls, sdk_cls in table:
-            if isinstance(exc, engine_cls):
-                raise sdk_cls(str(exc), details=str(exc)) from exc
+        code = getattr(exc, "code", None)
+        if isinstance(code, str):  # helios_runtime's WorkerError
+            raise error_class(code)(str(exc), details=str(exc)) from exc
         if isinstance(exc, ValueError):
             raise InvalidArgument(str(exc), details=str(exc)) from exc
         return False

@@ -228,9 +228,10 @@ def serve(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from .parallel.launch import group_devices
-    from .server.server import configure_logging, run
-    from .server.settings import ServerSettings
+    from .logs import configure_logging
+    from .server.front.server import run
+    from .server.front.settings import ServerSettings
+    from .server.worker.context_parallel.launch import group_devices
 
     if args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
@@ -281,7 +282,7 @@ def _check_ray_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--replica-gpus must be between 0 and 1, got {args.replica_gpus}")
     if args.replica_cpus < 0:
         raise ValueError(f"--replica-cpus must not be negative, got {args.replica_cpus}")
-    from .server.ray_pool import import_ray
+    from .server.worker.replica import import_ray
 
     import_ray()  # ImportError with the install hint
 

@@ -9,10 +9,14 @@ the client, the env and the engine):
   uses 3 chunks: (0, 0.5, 1.0), so the first chunk after the change still shows the old prompt;
 - `None`: keep going with the current conditioning.
 
-Structured actions (keyboard, mouse, camera) are mappings that an `ActionAdapter` turns into one of
-the above. `PromptTemplateAdapter` does it with prompt templates: each pressed key, mouse motion
-and camera move adds a phrase to the session's scene prompt. Learned action embeddings can plug in
-as another adapter later.
+Structured actions (keyboard, mouse, camera: a mapping, or helios_sdk's `Control`) go through the
+engine's `ActionAdapter`, which makes of them conditioning and/or learned action ids (`Applied`):
+- `PromptTemplateAdapter` (models without an action space): each pressed key, mouse motion and
+  camera move adds a phrase to the session's scene prompt;
+- `MovePanActions` (the toy world's learned action space): one of nine moves and one of nine pans
+  (`moves.py`), as ids the transformer embeds.
+The engine uses the model's learned adapter when it has one (`WorldModel.actions`), else the prompt
+template one; `parse_action` is the one entry for every form of action.
 """
 
 from __future__ import annotations
@@ -23,58 +27,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from helios_sdk.actions import Blend, Prompt, Transition
+from helios_sdk.actions import Blend, Control, Prompt, Transition, check
 
+from ..moves import DIRECTIONS, MOVE_NAMES
 from .errors import InvalidInput
-
-MAX_TRANSITION_CHUNKS = 64
-
 
 Conditioning = Prompt | Blend | Transition
 
 
-def _check_text(text: Any, what: str) -> str:
-    if not isinstance(text, str):
-        raise InvalidInput(f"{what} must be a str, got {type(text).__name__}")
-    if "\x00" in text:
-        raise InvalidInput(f"{what} contains a NUL character")
-    return text
-
-
 def validate(cond: Conditioning) -> Conditioning:
-    """Check a conditioning action's fields; raise InvalidInput naming what is wrong."""
-    if isinstance(cond, Prompt):
-        _check_text(cond.text, "Prompt.text")
-    elif isinstance(cond, Transition):
-        _check_text(cond.text, "Transition.text")
-        if not isinstance(cond.chunks, int) or isinstance(cond.chunks, bool):
-            raise InvalidInput(f"Transition.chunks must be an int, got {type(cond.chunks).__name__}")
-        if not 1 <= cond.chunks <= MAX_TRANSITION_CHUNKS:
-            raise InvalidInput(
-                f"Transition.chunks must be in [1, {MAX_TRANSITION_CHUNKS}], got {cond.chunks}"
-            )
-    elif isinstance(cond, Blend):
-        if not cond.prompts:
-            raise InvalidInput("Blend needs at least one prompt")
-        if len(cond.prompts) != len(cond.weights):
-            raise InvalidInput(f"Blend has {len(cond.prompts)} prompts but {len(cond.weights)} weights")
-        for i, text in enumerate(cond.prompts):
-            _check_text(text, f"Blend.prompts[{i}]")
-        for i, w in enumerate(cond.weights):
-            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
-                raise InvalidInput(f"Blend.weights[{i}] must be a finite number >= 0, got {w!r}")
-        if sum(cond.weights) <= 0:
-            raise InvalidInput(f"Blend.weights must have a positive sum, got {list(cond.weights)}")
-    else:
+    """Check a conditioning action's fields (`helios_sdk.actions.check`); InvalidInput naming what
+    is wrong."""
+    if not isinstance(cond, (Prompt, Blend, Transition)):
         raise InvalidInput(f"unknown conditioning action {type(cond).__name__}")
+    try:
+        check(cond)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     return cond
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What one chunk's action does: a conditioning change (None: keep the current one) and the
+    learned action ids (None: the model's "stay", or nothing for a model without actions)."""
+
+    conditioning: Conditioning | None = None
+    ids: tuple[int, ...] | None = None
+
+
 class ActionAdapter(ABC):
-    """Turns a structured action (a mapping) into conditioning, given the session's scene prompt."""
+    """Turns a structured action (a mapping) into conditioning and/or action ids, given the
+    session's scene prompt."""
 
     @abstractmethod
-    def to_conditioning(self, action: Mapping[str, Any], scene: str) -> Conditioning | None: ...
+    def apply(self, action: Mapping[str, Any], scene: str) -> Applied: ...
 
 
 def _number(value: Any, what: str) -> float:
@@ -148,23 +135,32 @@ class PromptTemplateAdapter(ActionAdapter):
         text = self.template.format(scene=scene, motion=", ".join(phrases)) if phrases else scene
         return Transition(text, self.transition_chunks)
 
+    def apply(self, action: Mapping[str, Any], scene: str) -> Applied:
+        cond = self.to_conditioning(action, scene)
+        return Applied(conditioning=None if cond is None else validate(cond))
 
-def parse_action(action: Any, adapter: ActionAdapter | None, scene: str) -> Conditioning | None:
-    """Normalise whatever a caller passed to `step` into conditioning (or None: no change)."""
+
+def parse_action(action: Any, adapter: ActionAdapter | None, scene: str) -> Applied:
+    """Whatever a caller passed to `step` -> what it does (`Applied()`: no change, "stay")."""
     if action is None:
-        return None
+        return Applied()
     if isinstance(action, str):
-        return validate(Prompt(action))
+        return Applied(conditioning=validate(Prompt(action)))
     if isinstance(action, (Prompt, Blend, Transition)):
-        return validate(action)
+        return Applied(conditioning=validate(action))
+    if isinstance(action, Control):
+        try:
+            check(action)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        action = action.to_dict()
     if isinstance(action, Mapping):
         if adapter is None:
             raise InvalidInput("structured actions need an action adapter; this engine has none")
-        cond = adapter.to_conditioning(action, scene)
-        return None if cond is None else validate(cond)
+        return adapter.apply(action, scene)
     raise InvalidInput(
-        "an action is None, a prompt str, Prompt, Blend, Transition or a mapping for the action adapter; "
-        f"got {type(action).__name__}"
+        "an action is None, a prompt str, Prompt, Blend, Transition, Control or a mapping for the action "
+        f"adapter; got {type(action).__name__}"
     )
 
 
@@ -172,7 +168,6 @@ def parse_action(action: Any, adapter: ActionAdapter | None, scene: str) -> Cond
 # Learned actions: discrete ids the transformer embeds (a model built with num_actions > 0)
 # ---------------------------------------------------------------------------------------------------
 
-MOVE_NAMES = ("stay", "n", "ne", "e", "se", "s", "sw", "w", "nw")  # the procedural world's moves
 _KEY_AXES = {  # key -> (dx, dy), y down: "w" / up moves north, i.e. up the screen
     "w": (0, -1),
     "up": (0, -1),
@@ -183,24 +178,13 @@ _KEY_AXES = {  # key -> (dx, dy), y down: "w" / up moves north, i.e. up the scre
     "d": (1, 0),
     "right": (1, 0),
 }
-_DIRECTIONS = {  # (sign dx, sign dy) -> move name
-    (0, 0): "stay",
-    (0, -1): "n",
-    (1, -1): "ne",
-    (1, 0): "e",
-    (1, 1): "se",
-    (0, 1): "s",
-    (-1, 1): "sw",
-    (-1, 0): "w",
-    (-1, -1): "nw",
-}
 
 
 @dataclass(frozen=True)
-class MovePanActions:
+class MovePanActions(ActionAdapter):
     """The action space of a model trained on the procedural world (`helios train`): each chunk
-    the agent makes one of nine moves and the camera one of nine pans. Ids: move i in `MOVE_NAMES`
-    order is i, pan j is 9 + j; the transformer sums the two embeddings (num_actions = 18).
+    the agent makes one of nine moves and the camera one of nine pans (`moves.py`). Ids: move i in
+    `MOVE_NAMES` order is i, pan j is 9 + j; the transformer sums the two embeddings (num_actions = 18).
 
     A step's action (a mapping) is either the world's own form, {"move": "ne", "pan": "stay"}, or
     a game controller's: {"keys": [...], "mouse": {"dx", "dy"}, "camera": {"yaw", "pitch"}} —
@@ -214,6 +198,9 @@ class MovePanActions:
 
     num_ids = 2 * len(MOVE_NAMES)
     STAY = (0, len(MOVE_NAMES))
+
+    def apply(self, action: Mapping[str, Any], scene: str) -> Applied:
+        return Applied(ids=self.ids(action))
 
     def ids(self, action: Mapping[str, Any] | None) -> tuple[int, int]:
         if action is None:
@@ -249,7 +236,7 @@ class MovePanActions:
                 )
             kx, ky = _KEY_AXES[key]
             dx, dy = dx + kx, dy + ky
-        return _DIRECTIONS[(int(math.copysign(1, dx)) if dx else 0, int(math.copysign(1, dy)) if dy else 0)]
+        return DIRECTIONS[(int(math.copysign(1, dx)) if dx else 0, int(math.copysign(1, dy)) if dy else 0)]
 
     def _pan(self, action: Mapping[str, Any]) -> str:
         camera, mouse = action.get("camera", {}), action.get("mouse", {})
@@ -262,4 +249,4 @@ class MovePanActions:
         # pitch up (+) pans north (up the screen); mouse dy grows downwards
         sy = -1 if pitch >= self.camera_threshold or mdy <= -self.mouse_threshold else 0
         sy += 1 if pitch <= -self.camera_threshold or mdy >= self.mouse_threshold else 0
-        return _DIRECTIONS[(sx, sy)]
+        return DIRECTIONS[(sx, sy)]

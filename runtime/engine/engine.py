@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..chunk import FRAMES_PER_CHUNK, LATENT_FRAMES
 from ..model.text_encoder import PromptCache, blend, interpolation_weights
 from ..sampling.denoise import Guidance, SamplerSettings, denoise_chunk
 from ..sampling.pyramid import chunk_noise
@@ -37,13 +38,14 @@ from .actions import (
     ActionAdapter,
     Blend,
     Conditioning,
+    Control,
     Prompt,
     PromptTemplateAdapter,
     Transition,
     parse_action,
 )
 from .errors import Cancelled, CapacityExceeded, InvalidInput, SessionClosed, SessionNotFound
-from .memory import CHUNK_FRAMES, MultiTermMemory, frame_indices
+from .memory import MultiTermMemory, frame_indices
 from .rng import RESET, CounterNoise, StreamNoise
 from .session import PromptState, Session
 from .snapshot import SnapshotError
@@ -54,7 +56,6 @@ FrameCallback = Callable[[int, torch.Tensor], None]  # (frame index in the chunk
 # I2V / V2V: the conditioning latents are noised with σ ~ U[min, max] (spec 5.10 defaults).
 IMAGE_NOISE_SIGMA = (0.111, 0.135)
 VIDEO_NOISE_SIGMA = (0.111, 0.135)
-PIXEL_CHUNK = (CHUNK_FRAMES - 1) * 4 + 1  # 33 video frames per chunk
 CLOSED_IDS_KEPT = 4096
 
 
@@ -88,7 +89,10 @@ class WorldEngine:
         self.device = model.device
         self.max_sessions = max_sessions
         self.prompt_cache = prompt_cache or PromptCache(max_entries=256, max_batch=1)
-        self.action_adapter = action_adapter if action_adapter is not None else PromptTemplateAdapter()
+        # Structured actions: the model's learned action space when it has one, else prompt phrases.
+        if action_adapter is None:
+            action_adapter = model.actions if model.actions is not None else PromptTemplateAdapter()
+        self.action_adapter = action_adapter
         self.sessions: dict[str, Session] = {}
         # Ids of recently closed sessions, so a late request gets "closed" rather than "unknown".
         self._closed: OrderedDict[str, None] = OrderedDict()
@@ -152,7 +156,7 @@ class WorldEngine:
                 raise InvalidInput(
                     "reset takes an action only for a model with a learned action space, as a mapping"
                 )
-            first_ids = self.model.actions.ids(action)
+            first_ids = parse_action(action, self.model.actions, prompt).ids
 
         # Validate and encode everything before any state changes.
         frames_in = _image_tensor(image, height, width, self.device) if image is not None else None
@@ -214,23 +218,22 @@ class WorldEngine:
         """Step several sessions; those with matching shapes and settings share one batched forward.
 
         All actions are validated (and prompts encoded) before any session changes; a bad request
-        anywhere fails the call with nothing changed. `cancel` is polled before every model forward;
-        when it returns True the call raises `Cancelled` and no session advances.
+        anywhere fails the call with nothing changed. `cancel` (a `CancelToken`, or any `() -> bool`) is
+        read before every model forward; once it is set the call raises `Cancelled` and no session
+        advances.
         """
         ids = [sid for sid, _ in requests]
         if len(set(ids)) != len(ids):
             raise InvalidInput("a session can appear only once in one step_many call")
         sessions = [self._get(sid) for sid in ids]
-        vocab = self.model.actions
-        # A model with learned actions takes structured actions (mappings) as action ids, not as
-        # prompt phrases; anything else (a prompt, a blend, None) moves it with "stay".
-        action_ids = [
-            vocab.ids(a) if vocab is not None and isinstance(a, Mapping) else None for _, a in requests
+        # Each action -> a conditioning change and/or learned action ids (a prompt, a blend or None
+        # moves a model with learned actions with "stay"); all checked before anything changes.
+        applied = [
+            parse_action(a, self.action_adapter, s.scene)
+            for s, (_, a) in zip(sessions, requests, strict=True)
         ]
-        conds = [
-            None if ids is not None else parse_action(a, self.action_adapter, s.scene)
-            for s, (_, a), ids in zip(sessions, requests, action_ids, strict=True)
-        ]
+        conds = [a.conditioning for a in applied]
+        action_ids = [a.ids for a in applied]
         callbacks = list(on_frame) if on_frame is not None else [None] * len(requests)
         new_prompts = [self._apply(s, c) for s, c in zip(sessions, conds, strict=True)]
         results: dict[str, ChunkResult] = {}
@@ -344,7 +347,7 @@ class WorldEngine:
         history frame; both are noised. Draws in the reference pipeline's order."""
         still = image.unsqueeze(2)  # (1, 3, 1, H, W)
         anchor = self._encode_pixels(still, gen)
-        fake = self._encode_pixels(still.expand(-1, -1, PIXEL_CHUNK, -1, -1), gen)[:, :, -1:]
+        fake = self._encode_pixels(still.expand(-1, -1, FRAMES_PER_CHUNK, -1, -1), gen)[:, :, -1:]
         anchor = _noised(anchor, IMAGE_NOISE_SIGMA, gen, self.device)
         fake = _noised(fake, VIDEO_NOISE_SIGMA, gen, self.device)
         memory.set_anchor(anchor)
@@ -359,13 +362,15 @@ class WorldEngine:
         """V2V (spec 5.10): the first frame is the anchor; the last ⌊F/33⌋ 33-frame windows, each
         encoded alone, fill the history. Draws in the reference pipeline's order."""
         frames = video.shape[2]
-        windows = frames // PIXEL_CHUNK
+        windows = frames // FRAMES_PER_CHUNK
         if windows == 0:
-            raise InvalidInput(f"a video needs at least {PIXEL_CHUNK} frames, got {frames}")
-        start = frames - windows * PIXEL_CHUNK
+            raise InvalidInput(f"a video needs at least {FRAMES_PER_CHUNK} frames, got {frames}")
+        start = frames - windows * FRAMES_PER_CHUNK
         first = self._encode_pixels(video[:, :, :1], gen)
         latents = [
-            self._encode_pixels(video[:, :, start + i * PIXEL_CHUNK : start + (i + 1) * PIXEL_CHUNK], gen)
+            self._encode_pixels(
+                video[:, :, start + i * FRAMES_PER_CHUNK : start + (i + 1) * FRAMES_PER_CHUNK], gen
+            )
             for i in range(windows)
         ]
         anchor = _noised(first, IMAGE_NOISE_SIGMA, gen, self.device)
@@ -395,7 +400,7 @@ class WorldEngine:
         gens = [s.noise.generator(s.chunk, self.device) for s in sessions]
 
         t0 = time.perf_counter()
-        noise = torch.cat([chunk_noise((1, C, CHUNK_FRAMES, lat_h, lat_w), g, self.device) for g in gens])
+        noise = torch.cat([chunk_noise((1, C, LATENT_FRAMES, lat_h, lat_w), g, self.device) for g in gens])
         text = torch.cat([p.for_next_chunk() for p in states])
         memories = [s.memory.inputs() for s in sessions]
         history = {k: torch.cat([m[k] for m in memories]) for k in memories[0]}
@@ -476,7 +481,7 @@ class WorldEngine:
 def _scene_after(scene: str, action: Any, cond: Conditioning | None) -> str:
     """An explicit prompt or transition replaces the scene prompt; blends and structured actions
     (whose prompts are the scene plus motion phrases) keep it."""
-    if isinstance(cond, (Prompt, Transition)) and not isinstance(action, Mapping):
+    if isinstance(cond, (Prompt, Transition)) and not isinstance(action, (Mapping, Control)):
         return cond.text
     return scene
 

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ..chunk import LATENT_FRAMES
+
 HISTORY_SIZES = (16, 2, 1)  # long, mid, newest; the released pipelines' default
 HISTORY_FRAMES = sum(HISTORY_SIZES)
-CHUNK_FRAMES = 9  # latent frames per chunk (33 pixel frames)
 
 # Frame positions of one chunk (spec 3.5): anchor 0, long 1..16, mid 17..18, newest 19, noisy 20..28.
 # The same for every chunk ("relative" RoPE), so they are constants.
-_POSITIONS = torch.arange(1 + HISTORY_FRAMES + CHUNK_FRAMES)
-_ANCHOR, _LONG, _MID, _NEWEST, _NOISY = _POSITIONS.split([1, *HISTORY_SIZES, CHUNK_FRAMES])
+_POSITIONS = torch.arange(1 + HISTORY_FRAMES + LATENT_FRAMES)
+_ANCHOR, _LONG, _MID, _NEWEST, _NOISY = _POSITIONS.split([1, *HISTORY_SIZES, LATENT_FRAMES])
 
 
 def frame_indices(batch: int, device: torch.device | str) -> dict[str, torch.Tensor]:

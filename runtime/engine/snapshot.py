@@ -24,13 +24,15 @@ from typing import Any
 
 import torch
 
+from .errors import InvalidInput
+
 MAGIC = b"HELIOS-SNAPSHOT\x00"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<16sIQ32s")
 
 
-class SnapshotError(ValueError):
-    """Snapshot bytes that cannot be restored; the message says why."""
+class SnapshotError(InvalidInput):
+    """Snapshot bytes that cannot be restored; the message says why (INVALID_ARGUMENT)."""
 
 
 def encode(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:

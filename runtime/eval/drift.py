@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..chunk import FPS, FRAMES_PER_CHUNK
 from ..sim.grammar import PromptGrammar
-from ..sim.world import CHUNK_FRAMES, DAY_FRAMES, FPS, Action, ProceduralWorld, RandomPolicy, agent_mask
+from ..sim.world import DAY_FRAMES, Action, ProceduralWorld, RandomPolicy, agent_mask
 
 PSNR_CAP = 100.0  # dB, reported for identical frames
 HIST_BINS = 32
@@ -157,7 +158,7 @@ class CopyLastFrame:
         self._frame = first_frame.copy()
 
     def step(self, action: Action) -> np.ndarray:
-        return np.broadcast_to(self._frame, (CHUNK_FRAMES, *self._frame.shape)).copy()
+        return np.broadcast_to(self._frame, (FRAMES_PER_CHUNK, *self._frame.shape)).copy()
 
 
 class VaeRoundTrip:
@@ -355,13 +356,13 @@ def run_drift(
             "height": height,
             "width": width,
             "fps": FPS,
-            "chunk_frames": CHUNK_FRAMES,
+            "chunk_frames": FRAMES_PER_CHUNK,
             "prompts": used_prompts,
             "psnr_cap_db": PSNR_CAP,
             "hist_bins": HIST_BINS,
             "daylight": "frozen" if frozen_daylight else "moving",
         },
-        "chunk_end_s": [(k + 1) * CHUNK_FRAMES / FPS for k in range(chunks)],
+        "chunk_end_s": [(k + 1) * FRAMES_PER_CHUNK / FPS for k in range(chunks)],
         "per_chunk": per_chunk,
         "summary": {n: summarise(per_chunk, n, chunks) for n in names},
         "elapsed_s": time.perf_counter() - start,
@@ -382,7 +383,7 @@ def _finite(v: float) -> float | None:
 def _chunk_at(seconds: float, chunks: int) -> int:
     """The chunk holding the frame at `seconds` (the last chunk if the rollout is shorter)."""
     frame = round(seconds * FPS)
-    return min(max(frame - 1, 0) // CHUNK_FRAMES, chunks - 1)
+    return min(max(frame - 1, 0) // FRAMES_PER_CHUNK, chunks - 1)
 
 
 def summarise(per_chunk: dict[str, dict[str, list]], name: str, chunks: int) -> dict[str, Any]:
@@ -395,7 +396,7 @@ def summarise(per_chunk: dict[str, dict[str, list]], name: str, chunks: int) -> 
     p_mine, p_base = float(np.mean(mine["psnr"][:window])), float(np.mean(base["psnr"][:window]))
 
     def end_s(k: int) -> float:
-        return (k + 1) * CHUNK_FRAMES / FPS
+        return (k + 1) * FRAMES_PER_CHUNK / FPS
 
     return {
         "direction_agreement": {
@@ -411,7 +412,7 @@ def summarise(per_chunk: dict[str, dict[str, list]], name: str, chunks: int) -> 
             "ratio": h_late / h_early if h_early > 0 else (1.0 if h_late == 0 else None),
             "target": f"late <= {TARGET_HIST_RATIO} × early",
             "pass": h_late <= TARGET_HIST_RATIO * h_early,
-            "full_length": end_s(chunks - 1) >= LATE_S - CHUNK_FRAMES / FPS,
+            "full_length": end_s(chunks - 1) >= LATE_S - FRAMES_PER_CHUNK / FPS,
         },
         "psnr_vs_copy_last": {
             "window_end_s": end_s(window - 1),

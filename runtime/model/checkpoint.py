@@ -17,28 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..configfile import CheckpointError, read_json_object
+
 WEIGHTS_STEM = "diffusion_pytorch_model"
-
-
-class CheckpointError(ValueError):
-    """A folder is not a loadable checkpoint of the expected model; the message says why."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------------
-
-
-def read_json_object(path: str | Path) -> dict:
-    """A JSON file that must hold an object (config.json, model_index.json, scheduler_config.json)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def read_config(folder: str | Path, expected_classes: Iterable[str], what: str) -> dict:

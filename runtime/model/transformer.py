@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parallel.context import ContextParallel, ShardedAttention
 from .attention import attention
 from .checkpoint import (
     CheckpointError,
@@ -35,6 +34,7 @@ from .checkpoint import (
     write_config,
 )
 from .config import CLASS_NAME, PRESETS, HeliosConfig, preset
+from .ulysses import ContextParallel, ShardedAttention
 
 # Parameters kept in float32 whatever the compute dtype: any whose dotted name has one of these parts
 # (the reference's `_keep_in_fp32_modules`, matched the same way).
@@ -538,7 +538,7 @@ class HeliosTransformer(nn.Module):
         """Split every later forward's token sequence over `cp`'s ranks (None: back to one device).
 
         Every rank of the group must call forward with the same inputs at the same time; each
-        returns the whole prediction. See `helios_runtime.parallel.context`.
+        returns the whole prediction. See `helios_runtime.model.ulysses`.
         """
         if cp is not None:
             cp.check_heads(self.config.num_attention_heads)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.checkpoint import CheckpointError, read_json_object
+from ..configfile import CheckpointError, read_json_object
 
 UNIPC_CLASS = "HeliosScheduler"
 DMD_CLASS = "HeliosDMDScheduler"

@@ -1,1 +1,2 @@
-"""The gRPC world runtime: a grpc.aio front process and engine worker processes over ZeroMQ."""
+"""The server side of the runtime: the gRPC front (`front/`), the engine workers (`worker/`) and the
+typed protocol between them (`protocol/`). Arrows point front -> protocol <- worker -> engine."""

@@ -4,8 +4,6 @@ from .grammar import PromptGrammar, Scene
 from .world import (
     AGENT_RGB,
     AGENT_THRESHOLD,
-    CHUNK_FRAMES,
-    FPS,
     MOVES,
     Action,
     ProceduralWorld,
@@ -16,8 +14,6 @@ from .world import (
 __all__ = [
     "AGENT_RGB",
     "AGENT_THRESHOLD",
-    "CHUNK_FRAMES",
-    "FPS",
     "MOVES",
     "Action",
     "ProceduralWorld",

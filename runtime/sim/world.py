@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from ..chunk import FRAMES_PER_CHUNK
+from ..moves import MOVES
 from .grammar import MOVING_OBJECTS, PromptGrammar, Scene
 
-CHUNK_FRAMES = 33  # video frames per chunk, as the model generates them
-FPS = 16
 DAY_FRAMES = 9600  # a full day-night cycle: 10 minutes at 16 fps
 AGENT_RGB = (255, 0, 255)
 # No other pixel gets min(R, B) - G above this (`_guard`), so magenta is the agent's alone.
@@ -43,24 +43,13 @@ OTHER_MAGENTA_MAX = 64
 AGENT_THRESHOLD = 96
 
 
-def agent_mask(frames: np.ndarray) -> np.ndarray:
-    """(..., H, W, 3) uint8 -> (..., H, W) bool: the pixels of the agent's colour."""
-    f = frames.astype(np.int16)
-    return np.minimum(f[..., 0], f[..., 2]) - f[..., 1] > AGENT_THRESHOLD
+def agent_mask(frames: Any) -> Any:
+    """(..., H, W, 3) uint8 -> (..., H, W) bool: the pixels of the agent's colour, min(R, B) - G above
+    the threshold. A numpy array or a torch tensor (on any device; training masks its batches)."""
+    f = frames.astype(np.int16) if isinstance(frames, np.ndarray) else frames.short()
+    green = f[..., 1]
+    return (f[..., 0] - green > AGENT_THRESHOLD) & (f[..., 2] - green > AGENT_THRESHOLD)
 
-
-# (dx, dy) of each move, in view pixels per `speed` (y down: "n" is up the screen).
-MOVES: dict[str, tuple[int, int]] = {
-    "stay": (0, 0),
-    "n": (0, -1),
-    "ne": (1, -1),
-    "e": (1, 0),
-    "se": (1, 1),
-    "s": (0, 1),
-    "sw": (-1, 1),
-    "w": (-1, 0),
-    "nw": (-1, -1),
-}
 
 # Ground colours (RGB in [0, 1]): a base and a second colour mixed in by a smooth noise field.
 _BIOME = {
@@ -166,8 +155,8 @@ class ProceduralWorld:
         act = Action.of(action)
         move = np.array(MOVES[act.move], dtype=np.float64) * self.speed
         pan = np.array(MOVES[act.pan], dtype=np.float64) * self.speed
-        frames = np.empty((CHUNK_FRAMES, self.height, self.width, 3), dtype=np.uint8)
-        for i in range(CHUNK_FRAMES):
+        frames = np.empty((FRAMES_PER_CHUNK, self.height, self.width, 3), dtype=np.uint8)
+        for i in range(FRAMES_PER_CHUNK):
             self.t += 1
             self._agent += move
             self._cam += pan
@@ -191,7 +180,7 @@ class ProceduralWorld:
         """The agent's (dx, dy) across the view over one chunk under `action`, before any dead-zone
         scrolling: (move - pan) × speed × 33 pixels."""
         act = Action.of(action)
-        k = self.speed * CHUNK_FRAMES
+        k = self.speed * FRAMES_PER_CHUNK
         (mx, my), (px, py) = MOVES[act.move], MOVES[act.pan]
         return (mx - px) * k, (my - py) * k
 

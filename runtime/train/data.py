@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..sim import CHUNK_FRAMES, ProceduralWorld, PromptGrammar, RandomPolicy
+from ..chunk import FRAMES_PER_CHUNK
+from ..sim import ProceduralWorld, PromptGrammar, RandomPolicy
 
 EVAL_SEEDS_FROM = 100_000  # `helios eval drift`'s first held-out seed
 
@@ -59,5 +60,5 @@ def sim_batch(
     """A batch of one-chunk clips (B, 3, 33, H, W) in [-1, 1] for VAE training."""
     clips = [to_video(sim_clip(i, seed=seed, height=height, width=width)[1][0], device) for i in indices]
     video = torch.cat(clips)
-    assert video.shape[2] == CHUNK_FRAMES, video.shape
+    assert video.shape[2] == FRAMES_PER_CHUNK, video.shape
     return video

@@ -37,12 +37,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..chunk import FRAMES_PER_CHUNK
 from ..engine.actions import MovePanActions
 from ..engine.memory import HISTORY_FRAMES
 from ..model.text_encoder import BuiltinTextEncoder, _zero_past_lengths
 from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
-from ..sim import AGENT_THRESHOLD, CHUNK_FRAMES
+from ..sim import agent_mask
 from .data import sim_episode
 from .stage1 import WINDOW_LATENTS, Sample, Stage1Recipe, stage1_loss
 from .trainer import Trainer
@@ -122,12 +123,6 @@ def render_episodes(
     )
 
 
-def agent_mask(frames: torch.Tensor) -> torch.Tensor:
-    """`sim.agent_mask` for uint8 tensors on any device: (..., H, W, 3) -> (..., H, W) bool."""
-    f = frames.to(torch.int16)
-    return torch.minimum(f[..., 0], f[..., 2]) - f[..., 1] > AGENT_THRESHOLD
-
-
 def agent_weight(frames: torch.Tensor, weight: float) -> torch.Tensor | None:
     """(B, T, H, W, 3) uint8 -> (B, 1, T, H, W) float: `weight` on the agent's pixels, 1 elsewhere;
     None when `weight` is 1."""
@@ -187,8 +182,8 @@ def train_vae(
     deadline = time.monotonic() + 60.0 * minutes
     data = render_episodes(episodes, chunks, seed=seed, workers=workers)
     pool = torch.from_numpy(data.frames.reshape(-1, *data.frames.shape[2:])).to(device)  # (M, 33, H, W, 3)
-    if (clip_frames - 1) % 4 or not 1 <= clip_frames <= CHUNK_FRAMES:
-        raise ValueError(f"clip_frames must be 1 + 4k and at most {CHUNK_FRAMES}, got {clip_frames}")
+    if (clip_frames - 1) % 4 or not 1 <= clip_frames <= FRAMES_PER_CHUNK:
+        raise ValueError(f"clip_frames must be 1 + 4k and at most {FRAMES_PER_CHUNK}, got {clip_frames}")
     if init is not None:
         vae = WanVAE.from_pretrained(init, device=device).requires_grad_(True).train()
     else:
@@ -202,7 +197,9 @@ def train_vae(
 
     def loss_fn(model: WanVAE, step: int, gen: torch.Generator) -> torch.Tensor:
         pick = torch.randint(0, pool.shape[0], (batch,), generator=gen, device=gen.device).to(device)
-        start = torch.randint(0, CHUNK_FRAMES - clip_frames + 1, (batch,), generator=gen, device=gen.device)
+        start = torch.randint(
+            0, FRAMES_PER_CHUNK - clip_frames + 1, (batch,), generator=gen, device=gen.device
+        )
         frames = pool[pick[:, None], start.to(device)[:, None] + offsets]  # (B, clip, H, W, 3)
         with _autocast(device):
             loss, _ = vae_loss(model, _video(frames), gen, pixel_weight=agent_weight(frames, agent))
@@ -305,7 +302,7 @@ def encode_episodes(vae: WanVAE, data: Episodes, text: BuiltinTextEncoder, batch
         chunks.append(z.unflatten(0, (b, K)).permute(0, 2, 1, 3, 4, 5).flatten(2, 3))  # (b, C, 9K, h, w)
         first = _video(torch.from_numpy(data.first[s : s + batch]).to(device)[:, None])  # (b, 3, 1, H, W)
         images.append(enc(first))
-        stills.append(enc(first.expand(-1, -1, CHUNK_FRAMES, -1, -1))[:, :, -1:])
+        stills.append(enc(first.expand(-1, -1, FRAMES_PER_CHUNK, -1, -1))[:, :, -1:])
     ids, lengths, _ = text.tokenize(data.prompts)
     keep = torch.arange(text.max_tokens)[None] < lengths[:, None]
     return LatentSet(

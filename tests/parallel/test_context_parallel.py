@@ -8,8 +8,12 @@ import torch.multiprocessing as mp
 
 from helios_runtime.model.config import preset
 from helios_runtime.model.transformer import HeliosTransformer
-from helios_runtime.parallel.context import ContextParallel, shard_sizes
-from helios_runtime.parallel.launch import free_port, init_worker_group, leave_worker_group
+from helios_runtime.model.ulysses import ContextParallel, shard_sizes
+from helios_runtime.server.worker.context_parallel.launch import (
+    free_port,
+    init_worker_group,
+    leave_worker_group,
+)
 
 # Four heads so that 2 and 4 ranks split them evenly.
 CONFIG = preset("tiny").replace(num_attention_heads=4, attention_head_dim=16)

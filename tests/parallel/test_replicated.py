@@ -9,8 +9,12 @@ import torch.multiprocessing as mp
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.errors import Cancelled, InvalidInput
 from helios_runtime.engine.world_model import WorldModel
-from helios_runtime.parallel.launch import free_port, init_worker_group, leave_worker_group
-from helios_runtime.parallel.replicated import LeaderEngine, follow
+from helios_runtime.server.worker.context_parallel.launch import (
+    free_port,
+    init_worker_group,
+    leave_worker_group,
+)
+from helios_runtime.server.worker.context_parallel.replicated import LeaderEngine, follow
 
 SIZE = dict(height=64, width=64)
 

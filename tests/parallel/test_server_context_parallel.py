@@ -8,8 +8,8 @@ import pytest
 
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.world_model import WorldModel
-from helios_runtime.parallel.launch import group_devices
-from helios_runtime.server.settings import ServerSettings
+from helios_runtime.server.front.settings import ServerSettings
+from helios_runtime.server.worker.context_parallel.launch import group_devices
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from tests.server.conftest import AUTH, TOKEN, start_server
 

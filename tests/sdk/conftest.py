@@ -15,7 +15,7 @@ SIZE = {"width": 64, "height": 64}  # the tiny model's default 192×320 is slow 
 
 @pytest.fixture(scope="package")
 def server() -> Iterator[Handle]:
-    from helios_runtime.server.settings import ServerSettings
+    from helios_runtime.server.front.settings import ServerSettings
 
     yield from start_server(ServerSettings(model="tiny", port=0, token=TOKEN, max_sessions=12, warm_up=False))
 

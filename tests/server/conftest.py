@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from helios_runtime.server.server import RunningServer, serve
-from helios_runtime.server.settings import ServerSettings
+from helios_runtime.server.front.server import RunningServer, serve
+from helios_runtime.server.front.settings import ServerSettings
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 

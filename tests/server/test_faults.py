@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from helios_runtime.server.settings import ServerSettings
+from helios_runtime.server.front.settings import ServerSettings
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
 from .conftest import AUTH, TOKEN, new_world, start_server

@@ -18,8 +18,9 @@ import time
 import grpc
 import pytest
 
-from helios_runtime.server.ray_pool import EngineReplica, ReplicaConfig, import_ray
-from helios_runtime.server.settings import ServerSettings
+from helios_runtime.server.front.settings import ServerSettings
+from helios_runtime.server.protocol.messages import Close, Reset, Step
+from helios_runtime.server.worker.replica import EngineReplica, ReplicaConfig, import_ray
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
 from .conftest import AUTH, TOKEN, new_world, start_server
@@ -174,26 +175,26 @@ def test_a_caller_that_leaves_cancels_the_work(one_thread):
     replica = EngineReplica(ReplicaConfig("tiny", max_sessions=2, warm_up=False))
     try:
 
-        async def run(header: dict) -> list[dict]:
-            return [reply async for reply, _ in replica.request(header, [])]
+        async def run(request, incarnation: str | None = None) -> list:
+            return [reply async for reply in replica.request(request, incarnation)]
 
         async def drive() -> tuple[int, int, str]:
             for sid, side in (("a", 128), ("b", 64)):  # "a" decodes for seconds, "b" is quick
-                reset = {"op": "reset", "session_id": sid, "prompt": "a cliff", "seed": 1, "frames": "none"}
-                assert (await run({**reset, "width": side, "height": side}))[-1]["kind"] == "result"
+                reset = Reset(sid, "a cliff", seed=1, width=side, height=side, frames="none")
+                assert (await run(reset))[-1].kind == "result"
             before = {sid: replica.engine.session(sid).chunk for sid in ("a", "b")}
-            busy = asyncio.create_task(run({"op": "step", "session_id": "a", "frames": "none"}))
+            busy = asyncio.create_task(run(Step("a", frames="none")))
             # While "a" decodes (seconds; its denoising took milliseconds), "b" is asked for and
             # dropped: the loop finds the request and its cancel together, before any forward.
             await asyncio.sleep(0.3)
-            dropped = asyncio.create_task(run({"op": "step", "session_id": "b", "frames": "all"}))
+            dropped = asyncio.create_task(run(Step("b", frames="all")))
             await asyncio.sleep(0.01)
             dropped.cancel()
-            assert (await busy)[-1]["kind"] == "result"
+            assert (await busy)[-1].kind == "result"
             await asyncio.sleep(0.5)
-            stale = await run({"op": "close", "session_id": "b", "incarnation": "another-replica"})
+            stale = await run(Close("b"), incarnation="another-replica")
             a, b = (replica.engine.session(sid).chunk - before[sid] for sid in ("a", "b"))
-            return a, b, stale[0]["code"]
+            return a, b, stale[0].code
 
         a, b, stale = asyncio.run(drive())
         assert (a, b) == (1, 0)  # the dropped step did not advance its world

@@ -132,7 +132,7 @@ def test_serve_on_a_local_ray_cluster_drains_and_leaves_nothing_behind():
 def test_serve_flag_defaults_are_the_server_settings_defaults():
     """`helios serve` (in the light client, which cannot import the runtime) repeats the defaults of
     ServerSettings; they must not drift apart (the message limit once did)."""
-    from helios_runtime.server.settings import ServerSettings
+    from helios_runtime.server.front.settings import ServerSettings
     from helios_sdk.cli import build_parser
 
     args = build_parser().parse_args(["serve"])

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.world_model import WorldModel
-from helios_runtime.server.worker import Worker
+from helios_runtime.server.protocol.messages import Cancel, Step
+from helios_runtime.server.worker.loop import Worker
 
 
 class ScriptedTransport:
     """Hands the loop pre-planned messages, one batch per receive() call, and records what it sends."""
 
-    def __init__(self, script: list[list[tuple[dict, list[bytes]]]], passes: int):
+    def __init__(self, script: list[list], passes: int):
         self.script, self.passes, self.sent = script, passes, []
 
-    def send(self, header, blobs) -> None:
-        self.sent.append(header)
+    def send(self, reply) -> None:
+        self.sent.append(reply)
 
     def receive(self, timeout_ms: int):
         return self.script.pop(0) if self.script else []
@@ -29,15 +30,14 @@ def test_a_cancel_that_arrives_while_another_batch_runs_is_kept(one_thread):
     engine = WorldEngine(WorldModel.load("tiny", device="cpu"))
     for sid in ("a", "y"):
         engine.reset("a quiet harbour", seed=1, height=64, width=64, session_id=sid)
-    step = {"op": "step", "frames": "none"}
     transport = ScriptedTransport(
         [
-            [({**step, "id": 1, "session_id": "a"}, [])],  # the loop's first poll
-            [({**step, "id": 2, "session_id": "y"}, []), ({"op": "cancel", "target": 2, "id": 0}, [])],
+            [Step("a", frames="none", id=1)],  # the loop's first poll
+            [Step("y", frames="none", id=2), Cancel(2)],
         ],
         passes=2,
     )
     Worker(engine, transport).run()
-    outcome = {h["id"]: h.get("code", h["kind"]) for h in transport.sent}
+    outcome = {r.id: getattr(r, "code", r.kind) for r in transport.sent}
     assert outcome == {1: "result", 2: "CANCELLED"}
     assert engine.session("y").chunk == 1, "the cancelled step must not advance its session"

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from helios_runtime.chunk import FRAMES_PER_CHUNK
 from helios_runtime.eval.drift import (
     PSNR_CAP,
     CopyLastFrame,
@@ -20,7 +21,7 @@ from helios_runtime.eval.drift import (
     run_drift,
     ssim,
 )
-from helios_runtime.sim import CHUNK_FRAMES, Action, ProceduralWorld
+from helios_runtime.sim import Action, ProceduralWorld
 from helios_sdk.cli import main
 
 
@@ -92,7 +93,7 @@ def test_run_drift_with_copy_last_and_oracle():
     summary = result["summary"]["oracle"]
     assert summary["direction_agreement"]["pass"] and summary["psnr_vs_copy_last"]["pass"]
     assert not result["summary"]["copy-last"]["psnr_vs_copy_last"]["pass"]
-    assert result["chunk_end_s"] == pytest.approx([k * CHUNK_FRAMES / 16 for k in (1, 2, 3)])
+    assert result["chunk_end_s"] == pytest.approx([k * FRAMES_PER_CHUNK / 16 for k in (1, 2, 3)])
 
 
 def test_engine_predictor_with_the_tiny_model():

@@ -7,8 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from helios_runtime.chunk import FRAMES_PER_CHUNK
 from helios_runtime.eval.drift import agent_position
-from helios_runtime.sim import CHUNK_FRAMES, MOVES, Action, ProceduralWorld, PromptGrammar, RandomPolicy
+from helios_runtime.sim import MOVES, Action, ProceduralWorld, PromptGrammar, RandomPolicy
 from helios_runtime.sim.world import OTHER_MAGENTA_MAX
 
 BUSY = "a forest at dusk in heavy rain with rocks, trees, houses, deer, sheep and birds"
@@ -64,7 +65,7 @@ def rollout(prompt: str, seed: int, actions) -> np.ndarray:
 def test_deterministic_from_prompt_seed_and_actions():
     actions = ["n", Action("e", "s"), {"move": "sw"}, "stay"]
     a = rollout(BUSY, 7, actions)
-    assert a.shape == (1 + 4 * CHUNK_FRAMES, 96, 160, 3) and a.dtype == np.uint8
+    assert a.shape == (1 + 4 * FRAMES_PER_CHUNK, 96, 160, 3) and a.dtype == np.uint8
     assert a.tobytes() == rollout(BUSY, 7, actions).tobytes()
     assert a.tobytes() != rollout(BUSY, 8, actions).tobytes()
     assert a.tobytes() != rollout(BUSY, 7, ["n", "e", "sw", "stay"]).tobytes()
@@ -101,7 +102,7 @@ def test_agent_follows_the_commanded_move(move):
     x1, y1 = world.agent_position()
     dx, dy = MOVES[move]
     assert np.sign(x1 - x0) == dx and np.sign(y1 - y0) == dy
-    assert max(abs(x1 - x0), abs(y1 - y0)) == pytest.approx(world.speed * CHUNK_FRAMES, abs=1)
+    assert max(abs(x1 - x0), abs(y1 - y0)) == pytest.approx(world.speed * FRAMES_PER_CHUNK, abs=1)
     # The drawn agent is where the world says, and found by its colour alone.
     assert agent_position(frames[-1]) == pytest.approx((x1, y1), abs=1e-9)
 
@@ -117,7 +118,7 @@ def test_camera_follows_and_pans():
     world = ProceduralWorld("a meadow at noon with rocks", 0)
     x0, _ = world.agent_position()
     world.step(Action("stay", "e"))  # panning right slides the agent left across the view
-    assert world.agent_position()[0] == pytest.approx(x0 - world.speed * CHUNK_FRAMES, abs=1)
+    assert world.agent_position()[0] == pytest.approx(x0 - world.speed * FRAMES_PER_CHUNK, abs=1)
 
 
 def test_agent_colour_is_unique():

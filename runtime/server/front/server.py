@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,9 +28,10 @@ from grpc_reflection.v1alpha import reflection
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
+from ..protocol.client import EngineClient
 from .service import WorldService
 from .settings import ServerSettings
-from .workers import EnginePool, WorkerPool
+from .zmq_pool import WorkerPool
 
 log = logging.getLogger("helios.front")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name
@@ -66,27 +65,12 @@ def _deny(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(unary)
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (structured logs)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 @dataclass
 class RunningServer:
     port: int
     settings: ServerSettings
     service: WorldService
-    pool: EnginePool
+    pool: EngineClient
     health: health_aio.HealthServicer
     grpc_server: grpc.aio.Server
 
@@ -140,7 +124,7 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         await pool.close()
 
 
-def make_pool(settings: ServerSettings) -> EnginePool:
+def make_pool(settings: ServerSettings) -> EngineClient:
     """Local worker processes, one per device; or Ray Serve replicas when `settings.ray` is set."""
     if settings.ray is None:
         return WorkerPool(
@@ -192,15 +176,3 @@ async def run(settings: ServerSettings) -> None:
         print(f"listening on {settings.host}:{server.port}", flush=True)
         await stop.wait()
         log.info("draining")
-
-
-def configure_logging(json_logs: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonLogFormatter()
-        if json_logs
-        else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)

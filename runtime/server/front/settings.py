@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import __version__
+from ... import __version__
 
 API_VERSION = "1.0"
 SERVER_VERSION = __version__

@@ -2,11 +2,11 @@
 
     helios serve --ray auto --replicas 8        # on a node of a running cluster (`ray start --head`)
 
-`RayWorkerPool` is the front's pool (the same interface as the local `WorkerPool`, so the service,
-its session affinity and its least-loaded placement are unchanged); `EngineReplica` is what runs
-in each replica: a `WorldModel` + `WorldEngine` and the same engine loop as a worker process
-(`worker.Worker`), driven in a background thread over in-process queues instead of ZeroMQ. Replies
-travel back as the Serve call's stream: one message per decoded frame, then the result.
+`RayWorkerPool` is the front's pool, an `EngineClient` like the local `WorkerPool` (the service,
+its session affinity and its least-loaded placement are unchanged); `worker/replica.py`'s
+`EngineReplica` is what runs in each replica: a `WorldModel` + `WorldEngine` and the same engine
+loop as a worker process, behind an in-process client instead of ZeroMQ. A request is one streaming
+Serve call carrying the protocol's objects: one `Frame` per decoded frame, then the `Result`.
 
 Why one Serve deployment per engine slot (`engine-0` ... `engine-{N-1}`, `num_replicas=1` each, in
 one application) rather than one deployment with N replicas: a session's state (its multi-term
@@ -35,184 +35,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import logging
-import os
-import threading
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from ..engine.fastpath import FastPathChoice
-from .workers import EnginePool, WorkerError, WorkerHandle
+from ...engine.fastpath import FastPathChoice
+from ..protocol.client import EngineClient, WorkerError, WorkerHandle
+from ..protocol.messages import Error, Request
+from ..worker.replica import STALE, EngineFleet, EngineReplica, ReplicaConfig, import_ray
 
 log = logging.getLogger("helios.front")
-replica_log = logging.getLogger("helios.worker")  # what runs in the replicas logs as a worker does
 
-RAY_HINT = "the Ray scale-out needs Ray Serve: pip install 'helios-world-sdk[ray]'"
 HEARTBEAT_S = 1.0  # how often a replica reports its load on the watch stream
 STALL_S = 30.0  # no heartbeat for this long: the replica takes no new sessions until it answers
 # Serve's own liveness probe of a replica (default 10 s): a shorter period restarts a dead replica
 # sooner; the probe is a no-op call, cheap next to a chunk.
 HEALTH_CHECK_PERIOD_S = 2.0
-Message = tuple[dict[str, Any], list[bytes]]
-
-
-def import_ray() -> tuple[Any, Any]:
-    """`ray` and `ray.serve`, or an ImportError that says how to install them."""
-    # Ray's C++ core puts a crash handler on SIGTERM in every driver (read when ray is imported);
-    # it turns the front's own SIGTERM drain into an abort (exit 134) that cuts the disconnect short.
-    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-    try:
-        import ray
-        from ray import serve
-    except ImportError as exc:
-        raise ImportError(f"{RAY_HINT} ({exc})") from exc
-    return ray, serve
-
-
-@dataclass(frozen=True)
-class ReplicaConfig:
-    """What every engine replica is built from (pickled to the replica)."""
-
-    model: str
-    max_sessions: int
-    warm_up: bool = True
-    gpus: float = 0.0  # > 0: the replica runs on the GPU Ray gave it, else on the CPU
-    min_free_gib: float = 2.0  # GPU memory a new session needs free (as the worker's --min-free-gib)
-    fast: FastPathChoice = field(default_factory=FastPathChoice)  # the front's HELIOS_EAGER / _COMPILE
-
-
-# ---------------------------------------------------------------------------------------------------
-# In the replica
-# ---------------------------------------------------------------------------------------------------
-
-
-class EngineReplica:
-    """One engine worker inside a Ray Serve replica (deployed as `serve.deployment(EngineReplica)`).
-
-    The constructor loads the model and warms it up, so Serve reports the replica healthy only when
-    it can take sessions. The engine loop runs in a thread; the replica's event loop only moves
-    messages, so heartbeats and new requests are answered while a chunk is being denoised."""
-
-    def __init__(self, config: ReplicaConfig):
-        from ..engine.engine import WorldEngine
-        from ..engine.world_model import WorldModel
-        from .worker import QueueTransport, Worker, describe_model, warm_up
-
-        device = "cuda" if config.gpus > 0 else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our GPU
-        model = WorldModel.load(config.model, device=device, fast=config.fast)
-        self.engine = WorldEngine(model, max_sessions=config.max_sessions)
-        warm = warm_up(self.engine) if config.warm_up else 0.0
-        self.incarnation = uuid.uuid4().hex  # new for every replica Serve starts in this slot
-        self.static = {
-            **describe_model(model, warm),
-            "pid": os.getpid(),
-            "device": str(model.device),
-            "host": _node_address(),
-            "replica": _replica_id(),
-            "incarnation": self.incarnation,
-            "capacity": config.max_sessions,
-        }
-        self.ids = itertools.count(1)
-        self.replies: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Message]]] = {}
-        self.transport = QueueTransport(self._deliver)
-        self.worker = Worker(self.engine, self.transport, min_free_bytes=int(config.min_free_gib * 2**30))
-        self.thread = threading.Thread(target=self._loop, name="helios-engine", daemon=True)
-        self.thread.start()
-        replica_log.info("engine replica ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
-
-    def _loop(self) -> None:
-        try:
-            self.worker.run()
-        except Exception:  # check_health reports the dead loop, and Serve replaces the replica
-            replica_log.exception("the engine loop failed")
-
-    def _deliver(self, header: dict[str, Any], blobs: list[bytes]) -> None:
-        """Worker thread -> the event loop of the call waiting for this request id."""
-        entry = self.replies.get(header.get("id", 0))
-        if entry is None:  # its caller went away
-            return
-        loop, queue = entry
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (header, blobs))
-        except RuntimeError:  # the replica is shutting down
-            pass
-
-    def info(self) -> dict[str, Any]:
-        """The worker's ready message (model, device, host, pid), with its current load."""
-        return {**self.static, "sessions": len(self.engine.sessions)}
-
-    async def watch(self, period_s: float) -> AsyncIterator[dict[str, Any]]:
-        """A heartbeat for the front's watcher: `info()` now and every `period_s` after. The call
-        never ends on its own, so a replica that dies fails it at once."""
-        while True:
-            yield self.info()
-            await asyncio.sleep(period_s)
-
-    async def request(self, header: dict[str, Any], blobs: list[bytes]) -> AsyncIterator[Message]:
-        """One protocol.py request: yields its frame messages, then its result or error. A caller
-        that cancels the call cancels the work (between denoising steps)."""
-        wanted = header.pop("incarnation", None)
-        if wanted is not None and wanted != self.incarnation:
-            message = "the engine replica was restarted and its sessions were lost"
-            yield {"kind": "error", "code": "UNAVAILABLE", "message": message, "stale": True}, []
-            return
-        rid = next(self.ids)  # the replica's own ids: a front's ids may repeat after it restarts
-        queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.replies[rid] = (asyncio.get_running_loop(), queue)
-        finished = False
-        try:
-            self.transport.put({**header, "id": rid}, blobs)
-            while not finished:
-                reply, data = await queue.get()
-                finished = reply.get("kind") in ("result", "error")
-                yield reply, data
-        finally:
-            self.replies.pop(rid, None)
-            if not finished:
-                self.transport.put({"op": "cancel", "target": rid, "id": 0}, [])
-
-    def check_health(self) -> None:
-        """Serve's health probe: a replica whose engine loop died is replaced."""
-        if not self.thread.is_alive():
-            raise RuntimeError("the engine loop has stopped")
-
-    def __del__(self) -> None:
-        transport = getattr(self, "transport", None)
-        if transport is not None:
-            transport.close()
-
-
-class EngineFleet:
-    """The application's ingress. A Serve application needs one, but the gRPC front is the real
-    entry point and calls each engine deployment directly; this one only names them."""
-
-    def __init__(self, names: list[str], *engines: Any):
-        self.names = names
-
-    def engines(self) -> list[str]:
-        return self.names
-
-
-def _node_address() -> str:
-    try:
-        import ray
-
-        return ray.util.get_node_ip_address()
-    except Exception:  # informational only
-        return ""
-
-
-def _replica_id() -> str:
-    """Serve's id of this replica (as in its logs and `serve status`), when it can be had."""
-    try:
-        from ray import serve
-
-        return str(serve.get_replica_context().replica_id.unique_id)
-    except Exception:  # informational only
-        return ""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,7 +58,7 @@ def _replica_id() -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-class RayWorkerPool(EnginePool):
+class RayWorkerPool(EngineClient):
     """Engine workers as Ray Serve replicas: the same interface and errors as `WorkerPool`."""
 
     def __init__(
@@ -245,20 +83,17 @@ class RayWorkerPool(EnginePool):
         self.model = model
         self.max_sessions = max_sessions
         self.warm_up = warm_up
-        self.on_lost = on_lost
         self.json_logs = json_logs
         self.address = address
         self.gpus = gpus
         self.cpus = cpus
         self.app = app
         self.names = [f"engine-{i}" for i in range(replicas)]
-        self.workers = [
-            WorkerHandle(i, None, name.encode(), capacity=max_sessions) for i, name in enumerate(self.names)
-        ]
+        slots = [WorkerHandle(i, None, n.encode(), capacity=max_sessions) for i, n in enumerate(self.names)]
+        super().__init__(slots, on_lost)
         self.handles: list[Any] = []  # one Serve handle per slot, streaming (every call here streams)
         self.incarnations: list[str | None] = [None] * replicas
-        self.pending: dict[int, tuple[WorkerHandle, asyncio.Queue[Message]]] = {}
-        self.ids = itertools.count(1)
+        self.calls: dict[int, tuple[Any, asyncio.Task]] = {}  # request id -> its Serve stream, its pump
         self.tasks: list[asyncio.Task] = []
         self.deployed: asyncio.Future[None] | None = None
         self.owns_ray = False  # we called ray.init: disconnect (and stop a local cluster) on close
@@ -460,75 +295,54 @@ class RayWorkerPool(EnginePool):
         if w.generation != generation or self.closing:
             return
         log.error("engine replica %s was lost: %s; Serve starts a new one", self.names[w.index], why)
-        w.generation += 1
-        w.load = 0
         w.ready.clear()
         self.incarnations[w.index] = None
-        lost = ({"kind": "error", "code": "UNAVAILABLE", "message": _lost_message(self.names[w.index])}, [])
-        for key, (owner, queue) in list(self.pending.items()):
-            if owner is w:
-                queue.put_nowait(lost)
-                self.pending.pop(key, None)
-        if self.on_lost is not None:
-            self.on_lost(w)
+        self._lose(w, _lost_message(self.names[w.index]))
 
     # --- requests -----------------------------------------------------------------------------------
 
-    async def request(
-        self, worker: WorkerHandle, header: dict[str, Any], *blobs: bytes
-    ) -> AsyncIterator[tuple[dict[str, Any], list[bytes]]]:
-        """Send a request to the worker's replica; yield its frame messages, then its result."""
-        incarnation = self.incarnations[worker.index]
-        if incarnation is None:  # not started yet, or lost and not replaced yet
+    def _check_available(self, worker: WorkerHandle) -> None:
+        if self.incarnations[worker.index] is None:  # not started yet, or lost and not replaced yet
             raise WorkerError("UNAVAILABLE", "the engine replica is starting; retry shortly")
-        generation = worker.generation
-        key = next(self.ids)
-        queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.pending[key] = (worker, queue)
-        stream = self.handles[worker.index].request.remote(
-            {**header, "incarnation": incarnation}, list(blobs)
-        )
-        pump = asyncio.create_task(self._pump(stream, worker, generation, queue))
-        finished = False
-        try:
-            while True:
-                reply, data = await queue.get()
-                kind = reply.get("kind")
-                if kind == "error":
-                    finished = True
-                    if reply.get("stale"):
-                        self._lost(worker, generation, "it was replaced")
-                        raise WorkerError("UNAVAILABLE", _lost_message(self.names[worker.index]))
-                    raise WorkerError(reply["code"], reply["message"])
-                if kind == "result":
-                    finished = True
-                    yield reply, data
-                    return
-                yield reply, data
-        finally:
-            self.pending.pop(key, None)
-            if not finished:  # the caller went away mid-chunk: cancel the call, and so the work
-                stream.cancel()
-            pump.cancel()
 
-    async def _pump(self, stream: Any, worker: WorkerHandle, generation: int, queue: asyncio.Queue) -> None:
-        """Move the Serve stream's messages into the request's queue; turn Ray errors into ours."""
+    async def _send(self, worker: WorkerHandle, request: Request) -> None:
+        """One streaming Serve call per request, named for the replica incarnation it is meant for."""
+        incarnation = self.incarnations[worker.index]
+        stream = self.handles[worker.index].request.remote(request, incarnation)
+        pump = asyncio.create_task(self._pump(stream, worker, worker.generation, request.id))
+        self.calls[request.id] = (stream, pump)
+
+    async def _cancel(self, worker: WorkerHandle, rid: int) -> None:
+        call = self.calls.get(rid)
+        if call is not None:  # cancelling the call cancels the work in the replica
+            call[0].cancel()
+
+    def _done(self, worker: WorkerHandle, rid: int) -> None:
+        call = self.calls.pop(rid, None)
+        if call is not None:
+            call[1].cancel()
+
+    async def _pump(self, stream: Any, worker: WorkerHandle, generation: int, rid: int) -> None:
+        """Move the Serve stream's replies to the request; turn Ray's errors into protocol errors."""
         ray, serve = import_ray()
+        lost = _lost_message(self.names[worker.index])
         try:
-            async for message in stream:
-                queue.put_nowait(message)
+            async for reply in stream:
+                if isinstance(reply, Error) and reply.message == STALE:  # reached a replacement
+                    self._lost(worker, generation, "it was replaced")
+                    reply = Error(rid, "UNAVAILABLE", lost)
+                self._deliver(reply)
         except asyncio.CancelledError:
             raise
         except ray.exceptions.RayActorError as exc:
             self._lost(worker, generation, f"its process died ({type(exc).__name__})")
-            message = _lost_message(self.names[worker.index])
-            queue.put_nowait(({"kind": "error", "code": "UNAVAILABLE", "message": message}, []))
+            self._deliver(Error(rid, "UNAVAILABLE", lost))  # when another call noticed first
         except serve.exceptions.BackPressureError as exc:
-            queue.put_nowait(({"kind": "error", "code": "RESOURCE_EXHAUSTED", "message": str(exc)}, []))
+            self._deliver(Error(rid, "RESOURCE_EXHAUSTED", str(exc)))
         except Exception as exc:  # a bug in the replica (RayTaskError) or in Serve: this call fails
             log.error("engine replica %s call failed: %r", self.names[worker.index], exc)
             message = f"the engine replica call failed: {type(exc).__name__}: {exc}"
-            queue.put_nowait(({"kind": "error", "code": "INTERNAL", "message": message}, []))
+            self._deliver(Error(rid, "INTERNAL", message))
 
 
 def _quiet(future: asyncio.Future) -> None:

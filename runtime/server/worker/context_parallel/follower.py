@@ -1,7 +1,7 @@
 """A follower rank of a context-parallel engine worker (started by the worker itself, never by hand).
 
-    python -m helios_runtime.parallel.follower --address 127.0.0.1:29500 --rank 1 --world 2 \\
-        --device cuda:1 --model tiny
+    python -m helios_runtime.server.worker.context_parallel.follower --address 127.0.0.1:29500 \\
+        --rank 1 --world 2 --device cuda:1 --model tiny
 
 It joins the worker's process group, loads the same model on its device, and mirrors every engine
 call of the leader (`replicated.follow`) until the leader says stop or is gone.
@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-logs", action="store_true")
     args = parser.parse_args(argv)
 
-    from ..engine.engine import WorldEngine
-    from ..engine.world_model import WorldModel
-    from ..server.server import configure_logging
+    from ....engine.engine import WorldEngine
+    from ....engine.world_model import WorldModel
+    from ....logs import configure_logging
     from .launch import init_worker_group, leave_worker_group
     from .replicated import follow
 

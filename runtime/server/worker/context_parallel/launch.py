@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .context import ContextParallel
+from ....model.ulysses import ContextParallel
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,7 +79,7 @@ def spawn_followers(
         cmd = [
             sys.executable,
             "-m",
-            "helios_runtime.parallel.follower",
+            "helios_runtime.server.worker.context_parallel.follower",
             "--address",
             address,
             "--rank",

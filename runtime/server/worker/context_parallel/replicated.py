@@ -24,7 +24,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..engine.engine import WorldEngine
+from ....engine.engine import WorldEngine
 from .launch import WorkerGroup
 
 log = logging.getLogger("helios.parallel")

@@ -1,0 +1,153 @@
+"""The one client of the engine protocol: the request/reply loop, cancellation and worker loss.
+
+`EngineClient` is what the front's service uses, whatever carries the messages:
+
+- `front/zmq_pool.WorkerPool`: worker processes behind a ZeroMQ ROUTER socket;
+- `front/ray_pool.RayWorkerPool`: Ray Serve replicas on a cluster;
+- `worker/inprocess.InProcessClient`: the worker loop in a thread of this process (what a Ray replica
+  runs, and what the SDK's local backend wraps).
+
+A subclass says only how a request leaves (`_send`), how a cancel leaves (`_cancel`) and, when it
+matters, what to release after a request (`_done`); it hands each reply to `_deliver` and reports a
+worker that died with `_lose`. Everything else — request ids, routing replies back to the caller,
+turning an `Error` into `WorkerError`, cancelling the work of a caller that went away, failing the
+requests of a lost worker with UNAVAILABLE — is written here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .messages import Error, Frame, Reply, Request, Result
+
+log = logging.getLogger("helios.front")
+
+
+class WorkerError(Exception):
+    """A worker answered with an error or was lost (UNAVAILABLE); `code` is a grpc.StatusCode name."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    device: str | None
+    identity: bytes  # the worker's name: its ZeroMQ identity, its Serve deployment, ...
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    info: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0  # bumped at every restart: sessions remember the generation they live in
+    load: int = 0  # sessions placed on it
+    capacity: int = 0  # sessions its engine can hold
+
+
+class EngineClient:
+    """Requests to a set of engine workers; see the module docstring for the subclass contract.
+
+    `request` yields a request's `Frame`s, then its `Result`, and raises `WorkerError`; leaving it
+    early cancels the work. `on_lost(worker)` runs when a worker dies, after its `generation` was
+    bumped and its pending requests failed with UNAVAILABLE."""
+
+    workers: list[WorkerHandle]
+    on_lost: Callable[[WorkerHandle], None] | None = None
+
+    def __init__(self, workers: list[WorkerHandle], on_lost: Callable[[WorkerHandle], None] | None = None):
+        self.workers = workers
+        self.on_lost = on_lost
+        self.pending: dict[int, tuple[WorkerHandle, asyncio.Queue[Reply]]] = {}
+        self.ids = itertools.count(1)
+
+    # --- what a transport provides ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def wait_ready(self, timeout: float) -> None:
+        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in self.workers)), timeout)
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def _check_available(self, worker: WorkerHandle) -> None:
+        """Raise WorkerError(UNAVAILABLE) when `worker` cannot take a request now."""
+        if not worker.ready.is_set():
+            raise WorkerError("UNAVAILABLE", "the engine worker is starting; retry shortly")
+
+    async def _send(self, worker: WorkerHandle, request: Request) -> None:
+        """Send `request` (its `id` is set) to `worker`; its replies come back through `_deliver`."""
+        raise NotImplementedError
+
+    async def _cancel(self, worker: WorkerHandle, rid: int) -> None:
+        """Tell `worker` to stop request `rid`, whose caller went away."""
+        raise NotImplementedError
+
+    def _done(self, worker: WorkerHandle, rid: int) -> None:
+        """Release what `_send` holds for request `rid` (it ended either way)."""
+
+    # --- the request/reply loop ---------------------------------------------------------------------
+
+    async def request(self, worker: WorkerHandle, request: Request) -> AsyncIterator[Frame | Result]:
+        """Send a request; yield its frames, then its result. Raises WorkerError."""
+        self._check_available(worker)
+        request.id = rid = next(self.ids)
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self.pending[rid] = (worker, queue)
+        finished = False
+        try:
+            await self._send(worker, request)
+            while True:
+                reply = await queue.get()
+                if isinstance(reply, Error):
+                    finished = True
+                    raise WorkerError(reply.code, reply.message)
+                if isinstance(reply, Result):
+                    finished = True
+                    yield reply
+                    return
+                yield reply  # type: ignore[misc]
+        finally:
+            self.pending.pop(rid, None)
+            try:
+                if not finished:  # the caller went away mid-chunk: stop the work nobody waits for
+                    await self._cancel(worker, rid)
+            finally:
+                self._done(worker, rid)
+
+    async def call(self, worker: WorkerHandle, request: Request) -> Result:
+        """A request whose only reply is its result."""
+        async for reply in self.request(worker, request):
+            if isinstance(reply, Result):
+                return reply
+        raise WorkerError("INTERNAL", "the worker sent no result")
+
+    def _deliver(self, reply: Reply) -> None:
+        """A reply from a worker -> the caller waiting for its request (none: it went away)."""
+        entry = self.pending.get(reply.id)
+        if entry is not None:
+            entry[1].put_nowait(reply)
+
+    def _lose(self, worker: WorkerHandle, message: str) -> None:
+        """`worker` died: bump its generation, fail its pending requests (UNAVAILABLE), tell `on_lost`."""
+        worker.generation += 1
+        worker.load = 0
+        for rid, (owner, queue) in list(self.pending.items()):
+            if owner is worker:
+                queue.put_nowait(Error(rid, "UNAVAILABLE", message))
+                self.pending.pop(rid, None)
+        if self.on_lost is not None:
+            self.on_lost(worker)
+
+    # --- placement ----------------------------------------------------------------------------------
+
+    def least_loaded(self) -> WorkerHandle:
+        ready = [w for w in self.workers if w.ready.is_set()] or self.workers
+        return min(ready, key=lambda w: w.load)

@@ -1,0 +1,129 @@
+"""The engine worker process: load the model, warm up, connect to the front, run the loop.
+
+    python -m helios_runtime.server.worker.main --endpoint tcp://127.0.0.1:5555 --model tiny --device cpu
+
+Started by the front's `WorkerPool` (`front/zmq_pool.py`), one process per device; with a comma list
+of devices this process is rank 0 of a context-parallel group (`context_parallel/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from ...engine.engine import WorldEngine
+from ...engine.world_model import WorldModel
+from ...logs import configure_logging
+from ..protocol.messages import Ready
+from .loop import Worker, ZmqTransport
+
+log = logging.getLogger("helios.worker")
+
+
+def warm_up(engine: WorldEngine) -> float:
+    """Run the whole chunk path (reset, step, decode) once before reporting ready, so the first
+    client pays no one-time cost (allocator growth, kernel selection, graph compilation).
+    On a GPU (the fast path) it warms up at the model's default frame size, whose compiled graphs
+    and kernels it builds here (other sizes build on first use); on the CPU at the smallest allowed
+    size to keep start-up short."""
+    start = time.perf_counter()
+    if engine.model.device.type == "cuda":
+        height, width = engine.model.default_size
+    else:
+        height = width = engine.model.pyramid_multiple()
+    first = engine.reset("warm-up", seed=0, height=height, width=width)
+    engine.step(first.session_id)
+    engine.close(first.session_id)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="helios engine worker (started by `helios serve`)")
+    parser.add_argument("--endpoint", required=True, help="the front's ZeroMQ ROUTER endpoint")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device; a comma list (cuda:0,cuda:1) runs one session context-parallel over them",
+    )
+    parser.add_argument("--max-sessions", type=int, default=64)
+    parser.add_argument("--identity", default=None)
+    parser.add_argument("--no-warm-up", action="store_true")
+    parser.add_argument("--json-logs", action="store_true")
+    parser.add_argument("--min-free-gib", type=float, default=2.0, help="GPU memory a new session needs free")
+    args = parser.parse_args(argv)
+    configure_logging(args.json_logs)
+
+    devices = args.device.split(",") if args.device else [None]
+    followers: list = []
+    if len(devices) > 1:
+        # Context parallel: this process is rank 0 of a group over the listed devices.
+        from .context_parallel.launch import init_worker_group, spawn_followers
+        from .context_parallel.replicated import LeaderEngine
+
+        address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs)
+        group = init_worker_group(0, len(devices), address, devices[0])
+        model = WorldModel.load(args.model, device=group.device)
+        model.transformer.enable_context_parallel(group.cp)
+        engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions), group)
+    else:
+        model = WorldModel.load(args.model, device=devices[0])
+        engine = WorldEngine(model, max_sessions=args.max_sessions)
+    warm = 0.0 if args.no_warm_up else warm_up(engine)
+    transport = ZmqTransport(args.endpoint, (args.identity or f"worker-{os.getpid()}").encode())
+    info = {
+        **describe_model(model, warm),
+        "pid": os.getpid(),
+        "device": str(model.device) if len(devices) == 1 else ",".join(devices),
+        "context_parallel": len(devices),
+    }
+    worker = Worker(engine, transport, min_free_bytes=int(args.min_free_gib * 2**30))
+    worker.send(Ready(info))
+    log.info("ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        transport.close()
+        if followers:
+            engine.shutdown()
+            for proc in followers:
+                proc.wait(timeout=30)
+    return 0
+
+
+def describe_model(model: WorldModel, warm_up_seconds: float) -> dict[str, Any]:
+    """The model part of a worker's ready message, which GetServerInfo reports."""
+    return {
+        "name": model.name,
+        "parameters": model.transformer.num_parameters(),
+        "sampler": _sampler_name(model),
+        "steps": list(model.sampler.steps),
+        "default_height": model.default_size[0],
+        "default_width": model.default_size[1],
+        "size_multiple": model.pyramid_multiple(),
+        "warm_up_seconds": warm_up_seconds,
+        "transformer_path": (
+            "kernels"
+            if model.transformer.blocks[0].kernels is not None
+            else "compiled"
+            if model.transformer.compiled
+            else "eager"
+        ),
+    }
+
+
+def _sampler_name(model: WorldModel) -> str:
+    sched = model.sampler.scheduler
+    if sched.scheduler_type == "dmd":
+        return "distilled"
+    return "base" if sched.stages == 1 else "mid"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
