@@ -8,6 +8,7 @@ into a fresh virtual environment and loads a saved tiny checkpoint through it.
 from __future__ import annotations
 
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -69,8 +70,19 @@ def test_every_package_folder_is_shipped(wheel):
 
 def test_non_editable_install_loads_a_checkpoint(wheel, tmp_path):
     env = tmp_path / "venv"
-    venv.create(env, system_site_packages=True, with_pip=True)
+    # The new venv sees the packages of the environment running the tests (torch, numpy, ...): in a
+    # user's virtual environment those are not the base interpreter's, which is all that
+    # system_site_packages would show. Their folders go on its path through a .pth file, which adds
+    # them after its own site-packages and runs no .pth inside them (so no editable install of this
+    # project from outside leaks in).
+    outer = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if Path(p).is_dir()]
+    venv.create(env, system_site_packages=False, with_pip=True)
     python = env / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    (Path(purelib) / "outer_environment.pth").write_text("\n".join(outer) + "\n")
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,

@@ -94,6 +94,9 @@ def _summarise(names: Iterable[str], limit: int = 8) -> str:
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+_ALIGN = 64  # bytes: the alignment of torch's CPU allocations
+
+
 def load_weights(
     module: nn.Module,
     folder: str | Path,
@@ -156,6 +159,10 @@ def load_weights(
                 tensor = f.get_tensor(stored)
                 if tensor.is_floating_point():
                     tensor = tensor.to(torch.float32 if keep_fp32(name) else dtype)
+                if tensor.device.type == "cpu" and tensor.data_ptr() % _ALIGN:
+                    # Read at the file's offsets: the CPU math libraries may take another (equally
+                    # right, not bit-identical) path on unaligned memory; torch's allocator aligns.
+                    tensor = tensor.clone()
                 state[name] = tensor
     module.load_state_dict(state, strict=True, assign=True)
 

@@ -181,8 +181,11 @@ def test_save_pretrained_round_trips_into_diffusers(tmp_path, shard_bytes):
     got, expected = run_both(ref, ours, inputs)
     assert rel_err(got, expected) < 1e-5
     again = HeliosTransformer.from_pretrained(folder, device="cpu")
+    # Loaded tensors sit in aligned memory like the in-memory model's, so our two forwards run the
+    # same CPU kernels: the round trip is exact whatever the safetensors file's offsets.
+    assert all(t.data_ptr() % 64 == 0 for t in again.state_dict().values())
     with torch.no_grad():
-        assert torch.equal(again(**inputs), got)
+        assert torch.equal(again(**inputs), ours(**inputs))
 
 
 def test_bfloat16_matches_reference_precision_rules(tmp_path):
