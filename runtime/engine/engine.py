@@ -6,8 +6,8 @@ lives in its `Session` (fixed-size multi-term memory, conditioning, noise source
 - `reset(prompt | image | video, seed)` makes or re-makes a session and returns its first chunk;
 - `step(session, action)` returns the next chunk (9 latent frames, 33 video frames); frames are
   handed to `on_frame` one by one as the VAE decodes them;
-- `step_many([(session, action), ...])` steps several sessions in one batched forward per group of
-  sessions whose shapes and settings match;
+- `step_many([(session, action), ...])` steps several sessions (one at a time, so that a session's
+  frames never depend on the others; `batch=True` for one forward per group of matching sessions);
 - `fork`, `snapshot` / `restore` copy a world exactly (bit-identical continuations); `close` ends it.
 
 A chunk's noise comes from its session's noise source (by default seeded from (seed, chunk index),
@@ -211,11 +211,17 @@ class WorldEngine:
         requests: Sequence[tuple[str, Any]],
         *,
         on_frame: Sequence[FrameCallback | None] | None = None,
-        batch: bool = True,
+        batch: bool = False,
         decode: bool = True,
         cancel: Callable[[], bool] | None = None,
     ) -> list[ChunkResult]:
-        """Step several sessions; those with matching shapes and settings share one batched forward.
+        """Step several sessions, one after another by default: a session's frames then depend only
+        on its own seed and actions, whoever else is on the engine (a replayed episode gives the same
+        frames alone or beside others, on any CPU). With `batch=True` sessions of matching shapes and
+        settings share one batched forward: more throughput for small models on a CPU, none for the
+        14B model on a GPU (compute-bound: 15.8 / 15.9 / 15.7 aggregate FPS for 1 / 2 / 4 sessions on
+        an H200), and not bit-identical to stepping alone wherever the matrix kernels depend on the
+        batch size (MKL on AMD EPYC does; docs/engine.md).
 
         All actions are validated (and prompts encoded) before any session changes; a bad request
         anywhere fails the call with nothing changed. `cancel` (a `CancelToken`, or any `() -> bool`) is
