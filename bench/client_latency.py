@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _common import run_header
 
-from helios_sdk.record import local_server
+from helios_sdk.record_command import local_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "integrations" / "unreal" / "harness" / "build.py"

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from helios_sdk.client import HeliosClient
-from helios_sdk.record import local_server
+from helios_sdk.record_command import local_server
 
 token = "example-" + os.urandom(4).hex()
 with local_server("tiny", token) as address, HeliosClient(address, token) as client:

@@ -6,7 +6,7 @@ import tempfile
 
 from helios_sdk.client import HeliosClient
 from helios_sdk.messages import StreamFrame
-from helios_sdk.record import local_server
+from helios_sdk.record_command import local_server
 from helios_sdk.video import Mp4Writer
 
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.mkdtemp(), "stream.mp4")

@@ -162,28 +162,31 @@ class RemoteBackend(Backend):
 _CLIENTS: dict[tuple[str, str | None], Any] = {}
 
 
-def shared_client(model: str = "tiny", device: str | None = None) -> Any:
-    """The in-process engine client (`helios_runtime`'s `LocalClient`) of `model` on `device`."""
-    key = (str(model), device)
+def shared_client(model: str | None = None, device: str | None = None) -> Any:
+    """The in-process engine client (`helios_runtime`'s `LocalClient`) of `model` (None: the
+    runtime's default, `toy`) on `device`."""
+    try:
+        from helios_runtime import DEFAULT_MODEL
+        from helios_runtime.server.worker.inprocess import LocalClient
+    except ImportError as exc:
+        raise ImportError(
+            "backend='local' runs the engine in this process: pip install 'helios-world-sdk[runtime]'"
+        ) from exc
+    key = (str(model or DEFAULT_MODEL), device)
     if key not in _CLIENTS:
-        try:
-            from helios_runtime.server.worker.inprocess import LocalClient
-        except ImportError as exc:
-            raise ImportError(
-                "backend='local' runs the engine in this process: pip install 'helios-world-sdk[runtime]'"
-            ) from exc
-        _CLIENTS[key] = LocalClient.load(model, device)
+        _CLIENTS[key] = LocalClient.load(key[0], device)
     return _CLIENTS[key]
 
 
 class LocalBackend(Backend):
     """Sessions on an engine in this process, through the runtime's in-process client: the same
     protocol, errors and frames as a server's worker, with no socket (`model`: a preset such as
-    "tiny" or a Helios pipeline folder; `engine`: bring your own WorldEngine)."""
+    "tiny", None for the runtime's default "toy", or a Helios pipeline folder; `engine`: bring your
+    own WorldEngine)."""
 
     def __init__(
         self,
-        model: str = "tiny",
+        model: str | None = None,
         *,
         device: str | None = None,
         width: int | None = None,

@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from helios_runtime import DEFAULT_MODEL
+from helios_runtime.chunk import FPS
+from helios_runtime.server.front.settings import FLAGS, RAY_FLAGS, add_flags
 
 RUNTIME_HINT = (
     "this command needs the runtime: pip install 'helios-world-sdk[runtime]' "
@@ -19,11 +24,7 @@ MODEL_HELP = (
     "a transformer preset (tiny, toy, 1.3b, 14b; random weights) or a diffusers-format Helios "
     "transformer folder (e.g. Helios-Distilled/transformer). Default: tiny"
 )
-WORLD_MODEL_HELP = (
-    "toy (the default: the trained toy world shipped with the package, CPU real time), tiny (random "
-    "weights), random-1.3b / random-14b (real architectures, random weights), or a pipeline folder "
-    "(a downloaded Helios-Distilled / -Mid / -Base, or `helios train export` output)"
-)
+WORLD_MODEL_HELP = FLAGS["model"][1]
 DEFAULT_PROMPT = "a meadow at noon with trees and sheep"
 
 
@@ -47,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"helios-world-sdk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_forward, _add_rollout, _add_serve, _add_record, _add_eval, _add_train, _add_info):
+        add(sub)
+    return parser
 
+
+def _add_forward(sub: Any) -> None:
+    """`helios forward`: one transformer forward on a chunk with its full memory."""
     fwd = sub.add_parser(
         "forward",
         help="denoise one chunk with its full multi-term memory (one transformer forward) and report it",
@@ -89,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--save", default=None, metavar="FOLDER", help="also write the model as a diffusers-format folder"
     )
 
+
+def _add_rollout(sub: Any) -> None:
+    """`helios rollout`: a world generated chunk by chunk into an mp4."""
     roll = sub.add_parser(
         "rollout",
         help="generate a world chunk by chunk with the stepwise engine and write it to an mp4",
@@ -98,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
             "blend in over 3 chunks, as in Helios' interactive mode."
         ),
     )
-    roll.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
+    roll.add_argument("--model", default=DEFAULT_MODEL, help=WORLD_MODEL_HELP)
     roll.add_argument("--prompt", default=DEFAULT_PROMPT, help="the scene prompt")
     roll.add_argument(
         "--switch",
@@ -115,11 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--seed", type=int, default=0, help="world seed (same seed and actions, same video)")
     roll.add_argument("--height", type=int, default=None, help="pixels (default: the model's; toy 96)")
     roll.add_argument("--width", type=int, default=None, help="pixels (default: the model's; toy 160)")
-    roll.add_argument("--fps", type=int, default=16, help="frame rate of the mp4 (default 16, Wan's)")
+    roll.add_argument(
+        "--fps", type=int, default=FPS, help="frame rate of the mp4 (default %(default)s, Wan's)"
+    )
     roll.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
     roll.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     add_precision(roll)
 
+
+def _add_serve(sub: Any) -> None:
+    """`helios serve`: the gRPC server; its flags come from `ServerSettings` (settings.py `FLAGS`)."""
     srv = sub.add_parser(
         "serve",
         help="run the gRPC world server (helios.v1.WorldService) with engine worker processes",
@@ -129,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
             "every worker has warmed up and health reports SERVING. SIGTERM drains and exits."
         ),
     )
-    srv.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
+    add_flags(srv, ["model"])
     srv.add_argument(
         "--device",
         action="append",
@@ -146,33 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
             "worker takes N consecutive --device entries (default: all visible GPUs in groups of N)"
         ),
     )
-    srv.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"
-    )
-    srv.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
-    srv.add_argument(
-        "--token",
-        default=None,
-        help="require 'authorization: Bearer TOKEN' (default: $HELIOS_TOKEN; no auth when neither is set)",
-    )
-    srv.add_argument("--max-sessions", type=int, default=16, help="open sessions at most (default 16)")
-    srv.add_argument(
-        "--idle-timeout", type=float, default=300.0, help="close sessions idle this many seconds (300)"
-    )
-    srv.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    srv.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=64 * 1024 * 1024,
-        help="largest gRPC message (default 64 MiB: a unary chunk of raw 384×640 frames is 24 MB)",
-    )
-    add_precision(srv)
-    srv.add_argument(
-        "--no-warm-up", action="store_true", help="report SERVING without running a warm-up chunk"
-    )
-    srv.add_argument(
-        "--json-logs", action="store_true", help="structured logs: one JSON object per line on stderr"
-    )
+    add_flags(srv, [name for name in FLAGS if name != "model" and name not in RAY_FLAGS])
     fleet = srv.add_argument_group(
         "scale-out on a Ray cluster (needs: pip install 'helios-world-sdk[ray]')",
         "Engine workers become Ray Serve replicas spread over the cluster's GPUs; this process stays "
@@ -181,39 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Example: ray start --head (and ray start --address HEAD:6379 on each GPU node), then "
         "helios serve --ray auto --replicas 8 --host 0.0.0.0",
     )
-    fleet.add_argument(
-        "--ray",
-        default=None,
-        metavar="ADDRESS",
-        help=(
-            "run the engine workers on Ray: 'auto' (the cluster this node belongs to), 'local' (start a "
-            "one-node cluster here), or the head's HOST:6379. Replaces --device"
-        ),
-    )
-    fleet.add_argument(
-        "--replicas", type=int, default=1, metavar="N", help="engine replicas, one per GPU (default 1)"
-    )
-    fleet.add_argument(
-        "--replica-gpus",
-        type=float,
-        default=None,
-        metavar="G",
-        help="GPUs per replica, at most 1 (0.5: two share one); default 1 if the cluster has GPUs, else 0",
-    )
-    fleet.add_argument(
-        "--replica-cpus",
-        type=float,
-        default=1.0,
-        metavar="C",
-        help="CPUs Ray reserves per replica (default 1)",
-    )
-    fleet.add_argument(
-        "--ray-app",
-        default="helios",
-        metavar="NAME",
-        help="Serve application name (default helios); fronts sharing one cluster need different names",
-    )
+    add_flags(fleet, RAY_FLAGS)
 
+
+def _add_record(sub: Any) -> None:
+    """`helios record`: a server's world streamed into an mp4."""
     rec = sub.add_parser(
         "record",
         help="stream a world from a helios server (gRPC) into an mp4; --serve starts a local server",
@@ -228,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--serve", action="store_true", help="start a local `helios serve` on a free port for this run"
     )
-    rec.add_argument("--model", default="toy", help="model for --serve: " + WORLD_MODEL_HELP)
+    rec.add_argument("--model", default=DEFAULT_MODEL, help="model for --serve: " + WORLD_MODEL_HELP)
     rec.add_argument("--token", default=None, help="bearer token (default: $HELIOS_TOKEN)")
     rec.add_argument("--prompt", default=DEFAULT_PROMPT, help="the scene prompt")
     rec.add_argument(
@@ -257,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--height", type=int, default=None, help="pixels (default: the server's)")
     rec.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
 
+
+def _add_eval(sub: Any) -> None:
+    """`helios eval drift`: a predictor rolled beside the procedural simulator."""
     ev = sub.add_parser(
         "eval", help="benchmarks of a world model against a procedural simulator with known ground truth"
     )
@@ -284,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the baseline; vae-roundtrip: the simulator's own chunks through the model's VAE, the ceiling "
         "a perfect transformer would reach (default engine)",
     )
-    drift.add_argument("--model", default="toy", help=WORLD_MODEL_HELP)
+    drift.add_argument("--model", default=DEFAULT_MODEL, help=WORLD_MODEL_HELP)
     drift.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     add_precision(drift)
     drift.add_argument("--seeds", type=int, default=20, help="held-out worlds (default 20)")
@@ -316,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drift.set_defaults(handler="eval_drift")
 
+
+def _add_train(sub: Any) -> None:
+    """`helios train vae | latents | world | export`: the toy world's training steps."""
     tr = sub.add_parser(
         "train",
         help="train the toy world (VAE, transformer + text encoder) on the procedural simulator",
@@ -329,7 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     tr_sub = tr.add_subparsers(dest="train_command", metavar="STEP", required=True)
-    t_vae = tr_sub.add_parser("vae", help="train (or resume) the toy VAE, then measure its latent statistics")
+    for add in (_add_train_vae, _add_train_latents, _add_train_world, _add_train_export):
+        add(tr_sub).set_defaults(handler="train")
+
+
+def _device_and_seed(step: argparse.ArgumentParser) -> None:
+    step.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    step.add_argument("--seed", type=int, default=0, help="training set and initialisation seed (default 0)")
+
+
+def _add_train_vae(sub: Any) -> argparse.ArgumentParser:
+    t_vae = sub.add_parser("vae", help="train (or resume) the toy VAE, then measure its latent statistics")
     t_vae.add_argument("--out", required=True, help="checkpoint folder (resumed when it has a state)")
     t_vae.add_argument("--episodes", type=int, default=600, help="simulated episodes (default 600)")
     t_vae.add_argument("--chunks", type=int, default=4, help="chunks per episode (default 4)")
@@ -351,12 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--minutes", type=float, default=10.0, help="wall-clock limit of this run (default 10)"
     )
     t_vae.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default 5e-4)")
-    t_lat = tr_sub.add_parser("latents", help="render episodes and encode them with a trained VAE")
+    _device_and_seed(t_vae)
+    return t_vae
+
+
+def _add_train_latents(sub: Any) -> argparse.ArgumentParser:
+    t_lat = sub.add_parser("latents", help="render episodes and encode them with a trained VAE")
     t_lat.add_argument("--vae", required=True, help="the trained VAE folder (helios train vae --out)")
     t_lat.add_argument("--out", required=True, help="the latent dataset file (.pt)")
     t_lat.add_argument("--episodes", type=int, default=3000, help="simulated episodes (default 3000)")
     t_lat.add_argument("--chunks", type=int, default=6, help="chunks per episode (default 6)")
-    t_world = tr_sub.add_parser("world", help="train (or resume) the transformer and text encoder")
+    _device_and_seed(t_lat)
+    return t_lat
+
+
+def _add_train_world(sub: Any) -> argparse.ArgumentParser:
+    t_world = sub.add_parser("world", help="train (or resume) the transformer and text encoder")
     t_world.add_argument("--latents", required=True, help="the latent dataset (helios train latents --out)")
     t_world.add_argument("--out", required=True, help="checkpoint folder (resumed when it has a state)")
     t_world.add_argument("--batch", type=int, default=32, help="samples per step (default 32)")
@@ -392,7 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of rows trained without an action, for action guidance at export (default 0)",
     )
-    t_exp = tr_sub.add_parser("export", help="write the float16 pipeline folder the runtime loads")
+    _device_and_seed(t_world)
+    return t_world
+
+
+def _add_train_export(sub: Any) -> argparse.ArgumentParser:
+    t_exp = sub.add_parser("export", help="write the float16 pipeline folder the runtime loads")
     t_exp.add_argument("--world", required=True, help="helios train world --out")
     t_exp.add_argument("--vae", required=True, help="helios train vae --out")
     t_exp.add_argument("--out", required=True, help="the pipeline folder to write")
@@ -404,17 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="guide the sampler on the action with this scale (> 1, for a world trained with "
         "--action-dropout; default 1: no guidance)",
     )
-    for p in (t_vae, t_lat, t_world):
-        p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-        p.add_argument("--seed", type=int, default=0, help="training set and initialisation seed (default 0)")
-    for p in (t_vae, t_lat, t_world, t_exp):
-        p.set_defaults(handler="train")
+    return t_exp
 
+
+def _add_info(sub: Any) -> None:
+    """`helios info`: a model's config and parameter count."""
     info = sub.add_parser(
         "info", help="print a model's config and parameter count (built on the meta device)"
     )
     info.add_argument("--model", default="tiny", help=MODEL_HELP)
-    return parser
 
 
 def grpc_error() -> type[Exception]:
@@ -430,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command == "record":
-        from .record import record
+        from .record_command import record
 
         try:
             return record(args)

@@ -58,7 +58,7 @@ def make_backend(
             address, token, width=width, height=height, encoding=encoding, selection=selection
         )
     if backend == "local":
-        return LocalBackend(model or "tiny", device=device, width=width, height=height)
+        return LocalBackend(model, device=device, width=width, height=height)
     raise ValueError(f"backend must be 'remote', 'local' or a Backend, got {backend!r}")
 
 

@@ -4,3 +4,6 @@ Imported as `helios_runtime` (the folder is `runtime/`; PyPI already has a `runt
 """
 
 __version__ = "0.1.0"
+# The model a world runs when none is named: the trained toy world shipped in the package. One name
+# for `helios serve` (ServerSettings), the CLI, the SDK's local env and `WorldModel.load`.
+DEFAULT_MODEL = "toy"

@@ -159,7 +159,7 @@ class Progress:
 
 
 def rollout(args: argparse.Namespace) -> int:
-    from helios_sdk.record import parse_switches
+    from helios_sdk.record_command import parse_switches
     from helios_sdk.video import Mp4Writer, read_frames
 
     from .engine.actions import Transition
@@ -230,7 +230,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from .logs import configure_logging
     from .server.front.server import run
-    from .server.front.settings import ServerSettings
+    from .server.front.settings import from_flags
     from .server.worker.context_parallel.launch import group_devices
 
     if args.max_sessions < 1:
@@ -238,27 +238,14 @@ def serve(args: argparse.Namespace) -> int:
     if args.idle_timeout <= 0:
         raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     _check_ray_flags(args)
-    if args.precision:
-        # Workers (and, for Ray replicas, the front's FastPathChoice) read it from the environment.
-        os.environ["HELIOS_PRECISION"] = args.precision
-    settings = ServerSettings(
-        model=args.model,
+    settings = from_flags(
+        args,
         devices=group_devices(args.device, args.context_parallel),
-        host=args.host,
-        port=args.port,
         token=args.token or os.environ.get("HELIOS_TOKEN") or None,
-        max_sessions=args.max_sessions,
-        idle_timeout_s=args.idle_timeout,
-        metrics_port=args.metrics_port,
-        max_message_bytes=args.max_message_bytes,
-        warm_up=not args.no_warm_up,
-        json_logs=args.json_logs,
-        ray=args.ray,
-        replicas=args.replicas,
-        replica_gpus=args.replica_gpus,
-        replica_cpus=args.replica_cpus,
-        ray_app=args.ray_app,
     )
+    if settings.precision:
+        # Workers (and, for Ray replicas, the front's FastPathChoice) read it from the environment.
+        os.environ["HELIOS_PRECISION"] = settings.precision
     configure_logging(args.json_logs)
     asyncio.run(run(settings))
     return 0
@@ -399,7 +386,7 @@ def train(args: argparse.Namespace) -> int:
     import logging
 
     from .model.checkpoint import resolve_device
-    from .train import world
+    from .train import toy_world as world
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     step = args.train_command

@@ -1,7 +1,7 @@
 """The move/pan vocabulary of the procedural world, defined once: nine moves, each a unit step.
 
-The simulator moves its agent and pans its camera by these (`sim/world.py`), training turns the
-simulator's actions into the ids a model learns (`train/world.py`), and the engine's learned action
+The simulator moves its agent and pans its camera by these (`sim/procedural.py`), training turns the
+simulator's actions into the ids a model learns (`train/toy_world.py`), and the engine's learned action
 adapter turns a game controller's input back into them (`engine/actions.py`, `MovePanActions`).
 Torch- and numpy-free.
 """

@@ -45,7 +45,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     },
     {"front": ("helios_runtime.server.front", "=helios_runtime.server")},
     {"sdk": ("helios_sdk",)},  # the client: HeliosClient, env, backends, recordings
-    {"apps": ("helios_runtime.commands", "helios_sdk.cli", "helios_sdk.record")},  # `helios` commands
+    {"apps": ("helios_runtime.commands", "helios_sdk.cli", "helios_sdk.record_command")},  # `helios` commands
 ]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .. import DEFAULT_MODEL
 from ..model.checkpoint import CheckpointError, read_json_object, resolve_device
 from ..model.text_encoder import BuiltinTextEncoder, TextEncoder
 from ..model.transformer import HeliosTransformer
@@ -36,7 +37,6 @@ FP8_KEEP_BF16_BLOCKS = 1
 # tests. "random-14b" / "random-1.3b": the real architectures with random weights (bf16 on a GPU),
 # for load and speed tests of the whole stack (server included) without downloading a checkpoint.
 PRESETS = ("toy", "tiny", "random-1.3b", "random-14b")
-DEFAULT_MODEL = "toy"
 TOY_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "toy"
 
 
@@ -77,7 +77,7 @@ class WorldModel:
     @classmethod
     def load(
         cls,
-        spec: str | Path = "tiny",
+        spec: str | Path = DEFAULT_MODEL,
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,

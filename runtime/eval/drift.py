@@ -28,7 +28,7 @@ import numpy as np
 
 from ..chunk import FPS, FRAMES_PER_CHUNK
 from ..sim.grammar import PromptGrammar
-from ..sim.world import DAY_FRAMES, Action, ProceduralWorld, RandomPolicy, agent_mask
+from ..sim.procedural import DAY_FRAMES, Action, ProceduralWorld, RandomPolicy, agent_mask
 
 PSNR_CAP = 100.0  # dB, reported for identical frames
 HIST_BINS = 32

@@ -1,7 +1,7 @@
 """A procedural world simulator with known ground truth, for measuring a world model's drift."""
 
 from .grammar import PromptGrammar, Scene
-from .world import (
+from .procedural import (
     AGENT_RGB,
     AGENT_THRESHOLD,
     MOVES,

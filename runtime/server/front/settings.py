@@ -1,10 +1,14 @@
-"""The server's settings: one frozen dataclass, filled from `helios serve` flags."""
+"""The server's settings: one frozen dataclass, and the `helios serve` flags derived from it."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ... import __version__
+from ... import DEFAULT_MODEL, __version__
+from ...engine.fastpath import PRECISIONS
 
 API_VERSION = "1.0"
 SERVER_VERSION = __version__
@@ -12,7 +16,7 @@ SERVER_VERSION = __version__
 
 @dataclass(frozen=True)
 class ServerSettings:
-    model: str = "toy"  # a preset (toy: the shipped toy world) or a Helios pipeline folder
+    model: str = DEFAULT_MODEL  # a preset (toy: the shipped toy world) or a Helios pipeline folder
     devices: tuple[str | None, ...] = (None,)  # one engine worker per entry; None = cuda if present
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
@@ -30,6 +34,8 @@ class ServerSettings:
     metrics_port: int | None = None  # Prometheus /metrics on this port when set
     warm_up: bool = True  # run the exact chunk path once before reporting SERVING
     json_logs: bool = False  # front and workers log one JSON object per line
+    # The transformer's GEMMs on a GPU: None = $HELIOS_PRECISION or bf16; "fp8" = float8 linears.
+    precision: str | None = None
     drain_seconds: float = 10.0
     worker_start_timeout_s: float = 600.0
     # Scale-out on a Ray cluster (ray_pool.py): engine workers are Ray Serve replicas instead of
@@ -40,3 +46,90 @@ class ServerSettings:
     replica_cpus: float = 1.0  # CPUs Ray reserves per replica
     ray_app: str = "helios"  # the Serve application's name: one per front sharing a cluster
     extra: dict = field(default_factory=dict, compare=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# `helios serve` flags
+# ---------------------------------------------------------------------------------------------------
+
+# The settings that are flags: each one's flag and help; its type and default are the field's own,
+# so a new setting becomes a flag by one line here. A bool that defaults to True is a "--no-" flag.
+# (Not flags: `devices`, built from --device and --context-parallel, and the limits below `max_*`.)
+FLAGS: dict[str, tuple[str, str]] = {
+    "model": (
+        "--model",
+        "toy (the default: the trained toy world shipped with the package, CPU real time), tiny (random "
+        "weights), random-1.3b / random-14b (real architectures, random weights), or a pipeline folder "
+        "(a downloaded Helios-Distilled / -Mid / -Base, or `helios train export` output)",
+    ),
+    "host": ("--host", "address to listen on (default %(default)s; 0.0.0.0 for all)"),
+    "port": ("--port", "port (default %(default)s; 0 picks a free one)"),
+    "token": (
+        "--token",
+        "require 'authorization: Bearer TOKEN' (default: $HELIOS_TOKEN; no auth when neither is set)",
+    ),
+    "max_sessions": ("--max-sessions", "open sessions at most (default %(default)s)"),
+    "idle_timeout_s": ("--idle-timeout", "close sessions idle this many seconds (%(default)s)"),
+    "metrics_port": ("--metrics-port", "serve Prometheus /metrics on this port"),
+    "max_message_bytes": (
+        "--max-message-bytes",
+        "largest gRPC message (default 64 MiB: a unary chunk of raw 384×640 frames is 24 MB)",
+    ),
+    "warm_up": ("--no-warm-up", "report SERVING without running a warm-up chunk"),
+    "json_logs": ("--json-logs", "structured logs: one JSON object per line on stderr"),
+    "precision": (
+        "--precision",
+        "GPU only: bf16 (default) or fp8, float8 GEMMs in the transformer blocks, ~1.3x faster at a "
+        "small accuracy cost (docs/performance.md); default $HELIOS_PRECISION or bf16",
+    ),
+    "ray": (
+        "--ray",
+        "run the engine workers on Ray: 'auto' (the cluster this node belongs to), 'local' (start a "
+        "one-node cluster here), or the head's HOST:6379. Replaces --device",
+    ),
+    "replicas": ("--replicas", "engine replicas, one per GPU (default %(default)s)"),
+    "replica_gpus": (
+        "--replica-gpus",
+        "GPUs per replica, at most 1 (0.5: two share one); default 1 if the cluster has GPUs, else 0",
+    ),
+    "replica_cpus": ("--replica-cpus", "CPUs Ray reserves per replica (default %(default)g)"),
+    "ray_app": (
+        "--ray-app",
+        "Serve application name (default %(default)s); fronts sharing one cluster need different names",
+    ),
+}
+RAY_FLAGS = ("ray", "replicas", "replica_gpus", "replica_cpus", "ray_app")
+CHOICES = {"precision": PRECISIONS}  # settings whose flag takes one of a few values
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def _dest(flag: str) -> str:
+    """argparse's own name for a flag's value: --idle-timeout -> idle_timeout."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def add_flags(parser: Any, names: Iterable[str]) -> None:
+    """Add the flags of the settings `names` to an argparse parser (or argument group)."""
+    fields = {f.name: f for f in dataclasses.fields(ServerSettings)}
+    for name in names:
+        flag, help_text = FLAGS[name]
+        f = fields[name]
+        if f.type == "bool":  # a switch: --json-logs sets a False default, --no-warm-up clears a True one
+            parser.add_argument(flag, action="store_true", help=help_text)
+            continue
+        kind = _TYPES[str(f.type).split(" | ")[0]]
+        metavar = "ADDRESS" if name == "ray" else _dest(flag).upper()
+        if name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[name], default=f.default, help=help_text)
+            continue
+        parser.add_argument(flag, type=kind, default=f.default, metavar=metavar, help=help_text)
+
+
+def from_flags(args: Any, **given: Any) -> ServerSettings:
+    """The settings from parsed flags (`add_flags`), plus those `given` (e.g. `devices`)."""
+    values = {}
+    for name, (flag, _) in FLAGS.items():
+        if hasattr(args, _dest(flag)):
+            value = getattr(args, _dest(flag))
+            values[name] = not value if flag.startswith("--no-") else value
+    return ServerSettings(**{**values, **given})

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from ... import DEFAULT_MODEL
 from ...engine.engine import WorldEngine
 from ...engine.world_model import WorldModel
 from ...logs import configure_logging
@@ -44,7 +45,7 @@ def warm_up(engine: WorldEngine) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="helios engine worker (started by `helios serve`)")
     parser.add_argument("--endpoint", required=True, help="the front's ZeroMQ ROUTER endpoint")
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument(
         "--device",
         default=None,

@@ -13,6 +13,8 @@ import argparse
 import logging
 import sys
 
+from .... import DEFAULT_MODEL
+
 log = logging.getLogger("helios.parallel")
 
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, required=True)
     parser.add_argument("--device", required=True)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--json-logs", action="store_true")
     args = parser.parse_args(argv)

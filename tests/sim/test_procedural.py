@@ -10,7 +10,7 @@ import pytest
 from helios_runtime.chunk import FRAMES_PER_CHUNK
 from helios_runtime.eval.drift import agent_position
 from helios_runtime.sim import MOVES, Action, ProceduralWorld, PromptGrammar, RandomPolicy
-from helios_runtime.sim.world import OTHER_MAGENTA_MAX
+from helios_runtime.sim.procedural import OTHER_MAGENTA_MAX
 
 BUSY = "a forest at dusk in heavy rain with rocks, trees, houses, deer, sheep and birds"
 

@@ -70,7 +70,7 @@ def test_the_start_image(tmp_path):
     import pytest
 
     from helios_runtime.sim import ProceduralWorld
-    from helios_sdk.record import start_image
+    from helios_sdk.record_command import start_image
 
     def args(**kw):
         base = {"image": None, "start": "auto", "prompt": "a desert at dusk with rocks", "seed": 4}

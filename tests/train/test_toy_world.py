@@ -16,7 +16,7 @@ from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.errors import InvalidInput
 from helios_runtime.engine.world_model import DEFAULT_MODEL, TOY_FOLDER, WorldModel
 from helios_runtime.model.checkpoint import CheckpointError
-from helios_runtime.train import world
+from helios_runtime.train import toy_world as world
 from helios_runtime.train.stage1 import WINDOW_LATENTS
 
 
