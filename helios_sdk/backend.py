@@ -3,8 +3,9 @@ in this process (`LocalBackend`, through `helios_runtime`'s in-process client, i
 behind one small interface so HeliosEnv and HeliosVectorEnv do not care which.
 
 Both step several sessions together: each sends its N steps at once, and the engine worker (behind
-the server, or in this process) batches the steps waiting together into one `WorldEngine.step_many`
-forward.
+the server, or in this process) takes the steps waiting together in one `WorldEngine.step_many`
+call, which steps them one after another so that each world's frames depend only on its own seed
+and actions (docs/engine.md, "Batching and replay").
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Backend(ABC):
 
     @abstractmethod
     def step_many(self, requests: Sequence[tuple[str, _actions.Action]]) -> list[Chunk]:
-        """Step the sessions together (one batched forward where the engine can)."""
+        """Step the sessions together (one `step_many` call on the worker)."""
 
     def step(self, handle: str, action: _actions.Action) -> Chunk:
         return self.step_many([(handle, action)])[0]

@@ -5,10 +5,11 @@
     obs, rewards, terminated, truncated, infos = envs.step(("rain", "snow", "fog", "dusk"))
 
 One session per sub-env. Each `step` runs every sub-env's chunk at once: the remote backend sends
-the N Step calls concurrently and the server's worker batches them into one `WorldEngine.step_many`
-forward; the local backend calls `step_many` once. Sub-env i with `reset(seed=s)` gets world seed
-s + i, so sub-envs differ but a seeded reset is reproducible. Autoreset mode: NEXT_STEP (the step
-after a sub-env's episode ends resets it: its obs is the reset's, reward 0, not done).
+the N Step calls concurrently and the server's worker takes them in one `WorldEngine.step_many`
+call; the local backend calls `step_many` once. Each sub-env's frames are those it would get alone.
+Sub-env i with `reset(seed=s)` gets world seed s + i, so sub-envs differ but a seeded reset is
+reproducible. Autoreset mode: NEXT_STEP (the step after a sub-env's episode ends resets it: its obs
+is the reset's, reward 0, not done).
 """
 
 from __future__ import annotations

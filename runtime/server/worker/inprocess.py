@@ -164,7 +164,8 @@ class LocalClient:
         return self._run(self._chunk(request))
 
     def step_many(self, requests: Sequence[tuple[str, Any]]) -> list[ChunkFrames]:
-        """Step the sessions together: the worker batches steps that wait at the same time."""
+        """Step the sessions together: the worker takes steps that wait at the same time in one
+        `step_many` call (stepped one after another: docs/engine.md, "Batching and replay")."""
 
         async def steps() -> list[ChunkFrames]:
             return list(await asyncio.gather(*(self._chunk(Step(sid, action)) for sid, action in requests)))
