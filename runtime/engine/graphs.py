@@ -39,8 +39,8 @@ class GraphedForward:
 
     def _eligible(self, inputs: dict[str, torch.Tensor | None]) -> bool:
         x = inputs["hidden_states"]
-        _, _, pt, ph, pw = (None, None, *self.transformer.config.patch_size)
-        noisy = x.shape[2] // pt * (x.shape[3] // ph) * (x.shape[4] // pw)
+        pt, ph, pw = self.transformer.config.patch_size
+        noisy = x.shape[2] // pt * (x.shape[3] // ph) * (x.shape[4] // pw)  # x (B, C, T, H, W)
         if noisy > self.max_noisy_tokens or getattr(self.transformer, "context_parallel", None) is not None:
             return False
         return all(v.is_cuda for v in inputs.values() if isinstance(v, torch.Tensor))
