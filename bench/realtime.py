@@ -193,12 +193,15 @@ def serve_start_seconds(preset: str, timeout: float = 240.0) -> dict:
     once the worker has warmed up and health reports SERVING); then stop it."""
     import subprocess
     import sys
+    import threading
 
     gc.collect()
     torch.cuda.empty_cache()
     cmd = [sys.executable, "-m", "helios_sdk.cli", "serve", "--model", f"random-{preset}", "--port", "0"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(timeout, proc.terminate)  # a silent server ends the read below
+    watchdog.start()
     lines, seconds = [], None
     try:
         for line in proc.stdout:
@@ -206,9 +209,8 @@ def serve_start_seconds(preset: str, timeout: float = 240.0) -> dict:
             if "listening on" in line:
                 seconds = time.perf_counter() - start
                 break
-            if time.perf_counter() - start > timeout:
-                break
     finally:
+        watchdog.cancel()
         proc.terminate()
         try:
             proc.wait(timeout=30)

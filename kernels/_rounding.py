@@ -41,9 +41,8 @@ def cast_to(x, dtype: tl.constexpr):
         return x.to(dtype)
 
 
-# float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; largest finite 448, no infinity.
-E4M3_MAX = 448.0
-_E4M3_MIN_NORMAL = 0.015625  # 2^-6; below it the values step by 2^-9 (subnormals)
+# float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; largest finite 448 (reference.E4M3_MAX),
+# no infinity; below 2^-6 the values step by 2^-9 (subnormals).
 
 
 @triton.jit

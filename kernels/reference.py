@@ -149,8 +149,8 @@ def rms_norm_rope(
 # float8 e4m3fn activations (fp8.py): per-token scales, for the FP8 linears of the fast path
 # ---------------------------------------------------------------------------------------------------
 
-E4M3_MAX = 448.0
-AMAX_FLOOR = 1e-12
+E4M3_MAX = 448.0  # the largest finite float8 e4m3fn value (the kernels' literal 448.0)
+AMAX_FLOOR = 1e-12  # an all-zero row gets this abs-max: its scale stays finite and its bytes zero
 
 
 def quantize_rows(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

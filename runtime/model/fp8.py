@@ -18,14 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-E4M3_MAX = 448.0
-_AMAX_FLOOR = 1e-12
+from helios_kernels.reference import AMAX_FLOOR, E4M3_MAX
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """W (N, K) -> (q (N, K) float8_e4m3fn, scale (N,) float32): one scale per output channel."""
     w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp_min(_AMAX_FLOOR) / E4M3_MAX
+    scale = w.abs().amax(dim=1).clamp_min(AMAX_FLOOR) / E4M3_MAX
     q = (w / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return q, scale
 
