@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from ..sampling.denoise import SamplerSettings, sampler_preset
 from ..sampling.schedule import SchedulerConfig
 from .actions import MovePanActions
 from .fastpath import PRECISIONS, FastPathChoice, use_compile_cache
+
+log = logging.getLogger("helios.engine")
 
 # Blocks at each end that FP8 keeps in bf16 (fast_path(precision="fp8")): chosen on bench/fp8.py's
 # per-block sensitivity (docs/performance.md).
@@ -100,9 +103,12 @@ class WorldModel:
         choice = fast if fast is not None else FastPathChoice.from_env()
         if choice.fast if choice.fast is not None else model.device.type == "cuda":
             model.fast_path(compile_vae=choice.compile_vae, precision=choice.precision)
-        elif choice.precision == "fp8":
-            # Off the fast path (the CPU): FP8's numerics emulated, for accuracy studies; slower.
+        elif choice.precision == "fp8" and fast is not None:
+            # Asked for by the caller off the fast path (the CPU): FP8's numerics emulated, for
+            # accuracy studies (helios rollout / eval drift --precision fp8); slower, not faster.
             model.quantize_fp8()
+        elif choice.precision == "fp8":
+            log.warning("HELIOS_PRECISION=fp8 ignored: FP8 runs on the GPU fast path (here %s)", model.device)
         return model
 
     def quantize_fp8(self, keep_bf16_blocks: int | None = None) -> WorldModel:

@@ -110,7 +110,11 @@ def test_fp8_choice_reads_the_environment_and_refuses_unknown_precisions():
         WorldModel.load("tiny", device="cpu").fast_path(precision="int8")
 
 
-def test_fp8_on_the_cpu_is_an_emulation_the_engine_runs():
+def test_fp8_on_the_cpu_is_an_emulation_the_engine_runs(monkeypatch):
+    # From the environment (a server's worker) FP8 on the CPU is ignored: it would only be slower.
+    monkeypatch.setenv("HELIOS_PRECISION", "fp8")
+    assert WorldModel.load("tiny", device="cpu").transformer.precision == "float32"
+    # Asked for explicitly (rollout / eval drift --precision fp8): emulated.
     model = WorldModel.load("tiny", device="cpu", fast=FastPathChoice(precision="fp8"))
     blocks = model.transformer.blocks
     keep = min(FP8_KEEP_BF16_BLOCKS, len(blocks) // 2)
@@ -135,8 +139,9 @@ def test_cuda_graphs_fall_back_to_the_module_off_the_gpu():
 def test_compile_cache_folder(tmp_path, monkeypatch):
     assert compile_cache_dir({"HELIOS_CACHE_DIR": str(tmp_path / "c")}) == tmp_path / "c"
     assert compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "helios" / "compile"
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(name, "")  # recorded first, so what use_compile_cache sets is undone after
+        monkeypatch.delenv(name)
     folder = use_compile_cache({"HELIOS_CACHE_DIR": str(tmp_path / "c")})
     assert folder.is_dir()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder / "inductor")
