@@ -53,10 +53,15 @@ def use_compile_cache(environ: Mapping[str, str] = os.environ) -> Path:
     Must run before the first torch.compile of the process; returns the folder."""
     import torch._functorch.config
     import torch._inductor.config
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     folder = compile_cache_dir(environ)
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+    # Importing torch._dynamo already sets TORCHINDUCTOR_CACHE_DIR to Inductor's default (a /tmp
+    # folder), so a value equal to that default is Inductor's own, not the user's: replace it.
+    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not inductor or inductor == default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor")
     os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
     torch._inductor.config.fx_graph_cache = True
     torch._inductor.config.autotune_local_cache = True

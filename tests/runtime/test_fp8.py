@@ -149,7 +149,17 @@ def test_compile_cache_folder(tmp_path, monkeypatch):
     import torch._inductor.config
 
     assert torch._inductor.config.fx_graph_cache is True
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    assert cache_dir() == str(folder / "inductor")  # where Inductor really writes
+    # Importing torch._dynamo sets the variable to Inductor's default: that is replaced too.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    use_compile_cache({"HELIOS_CACHE_DIR": str(tmp_path / "c")})
+    assert cache_dir() == str(folder / "inductor")
     # A user's own cache folders win.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine-inductor"))
+    use_compile_cache({"HELIOS_CACHE_DIR": str(tmp_path / "c")})
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine-inductor")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
     use_compile_cache({"HELIOS_CACHE_DIR": str(tmp_path / "c")})
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")

@@ -57,12 +57,14 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
     closed = [m.event for m in events if m.event.type == pb.SESSION_EVENT_TYPE_CLOSED]
     assert closed and "lost" in closed[-1].message
 
-    # The front kept serving; the lost sessions say UNAVAILABLE; a new world works once it is back.
+    # The front kept serving; the lost sessions say ABORTED (not retryable: UNAVAILABLE would make
+    # clients retry what cannot succeed); a new world works once the worker is back.
     assert stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=AUTH).api_version == "1.0"
     for sid in (victim, other):
         with pytest.raises(grpc.RpcError) as info:
             stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.code() == grpc.StatusCode.ABORTED, info.value.details()
+        assert "lost with its engine worker" in info.value.details()
     deadline = time.monotonic() + 180
 
     def retry(call):

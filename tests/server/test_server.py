@@ -17,7 +17,8 @@ from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
 from .conftest import AUTH, new_world
 
-RGB = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
+ALL = pb.FRAME_SELECTION_ALL
+RGB = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24, selection=ALL)
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -99,7 +100,8 @@ def test_reset_step_and_frame_encodings(running):
 
     jpeg = stub.Step(
         pb.StepRequest(
-            session_id=sid, frames=pb.FrameOptions(encoding=pb.FRAME_ENCODING_JPEG, jpeg_quality=80)
+            session_id=sid,
+            frames=pb.FrameOptions(encoding=pb.FRAME_ENCODING_JPEG, jpeg_quality=80, selection=ALL),
         ),
         metadata=AUTH,
     ).chunk
@@ -108,7 +110,11 @@ def test_reset_step_and_frame_encodings(running):
     import av
 
     h264 = stub.Step(
-        pb.StepRequest(session_id=sid, frames=pb.FrameOptions(encoding=pb.FRAME_ENCODING_H264)), metadata=AUTH
+        pb.StepRequest(
+            session_id=sid,
+            frames=pb.FrameOptions(encoding=pb.FRAME_ENCODING_H264, selection=pb.FRAME_SELECTION_ALL),
+        ),
+        metadata=AUTH,
     ).chunk
     assert h264.frames[0].keyframe
     decoded = list(av.open(io.BytesIO(b"".join(f.data for f in h264.frames)), format="h264").decode(video=0))
@@ -276,7 +282,7 @@ def test_bad_requests_get_their_status_codes(running):
 def test_frames_too_large_for_one_message(running):
     stub = running.stub()
     sid = stub.CreateSession(pb.CreateSessionRequest(width=256, height=256), metadata=AUTH).session_id
-    # 33 raw 256×256 frames = 6.5 MB > 4 MiB: refused with advice, the session still advanced.
+    # 33 raw 256×256 frames = 6.5 MB > 4 MiB: refused with advice before the world moves.
     call = lambda: stub.Reset(pb.ResetRequest(session_id=sid, prompt="x", frames=RGB), metadata=AUTH)  # noqa: E731
     with pytest.raises(grpc.RpcError) as info:
         call()

@@ -8,8 +8,11 @@ sizes by the server's own limits. Everything past this point is a typed protocol
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk.actions import Action, Blend, Control, Prompt, Transition, check
@@ -18,6 +21,7 @@ from ...chunk import FRAMES_PER_CHUNK
 from ..protocol.messages import Frame
 
 MAX_PROMPT_CHARS = 4000
+MAX_BLEND_PROMPTS = 16
 DEFAULT_TRANSITION_CHUNKS = 3
 SELECTIONS = {
     pb.FRAME_SELECTION_UNSPECIFIED: "all",
@@ -33,6 +37,26 @@ class RpcError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class BadRequest:
+    """What a request's bytes became when they did not parse (`parser`)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def parser(message_type: type) -> Callable[[bytes], Any]:
+    """A request deserialiser that never raises: bytes that are not a `message_type` (or carry
+    invalid UTF-8 in a string field) become a BadRequest the service answers INVALID_ARGUMENT."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return BadRequest(f"the request is not a valid {message_type.DESCRIPTOR.full_name}: {exc}")
+
+    return parse
 
 
 def invalid(message: str) -> RpcError:
@@ -68,6 +92,8 @@ def action(proto: pb.Action) -> Action:
     if kind == "prompt":
         out: Prompt | Blend | Transition | Control = Prompt(text(proto.prompt.text, "prompt.text"))
     elif kind == "blend":
+        if len(proto.blend.prompts) > MAX_BLEND_PROMPTS:
+            raise invalid(f"a blend has at most {MAX_BLEND_PROMPTS} prompts, got {len(proto.blend.prompts)}")
         texts = tuple(text(p.text, "blend.prompts.text") for p in proto.blend.prompts)
         out = Blend(texts, tuple(p.weight for p in proto.blend.prompts))
     elif kind == "transition":

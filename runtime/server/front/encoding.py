@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import struct
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -70,38 +72,152 @@ class H264Encoder:
         return b"".join(bytes(p) for p in packets), any(p.is_keyframe for p in packets)
 
 
-def decode_image(data: bytes, width: int = 0, height: int = 0) -> np.ndarray:
-    """A PNG / JPEG file's bytes, or raw RGB24 (width and height given) -> (H, W, 3) uint8.
+@dataclass(frozen=True)
+class InputLimits:
+    """What a Reset's image or video may cost, checked before (and while) decoding.
 
-    Raises ValueError for data that is neither.
+    A few kilobytes of PNG can declare 8000×8000 pixels and a small mp4 hundreds of frames, so the
+    byte size alone bounds nothing: the dimensions are read from the file's header and refused
+    before any pixel is decoded, and a video stops decoding at its frame limit."""
+
+    max_side: int = 4096  # pixels, width or height of one input frame
+    max_frames: int = 4 * FRAMES_PER_CHUNK  # the engine uses the last 3 windows of 33 (19 latents)
+    max_pixel_bytes: int = 256 << 20  # T·H·W·3 of the decoded input
+
+    def check_frame(self, width: int, height: int, what: str = "image") -> None:
+        if not (0 < width <= self.max_side and 0 < height <= self.max_side):
+            raise ValueError(
+                f"the {what} is {width}×{height} pixels; the limit is {self.max_side} on each side"
+            )
+
+    def check_total(self, frames: int, width: int, height: int) -> None:
+        if frames > self.max_frames:
+            raise ValueError(
+                f"the video has more than {self.max_frames} frames; send at most the last "
+                f"{self.max_frames} (the engine's memory holds no more)"
+            )
+        if frames * width * height * 3 > self.max_pixel_bytes:
+            raise ValueError(
+                f"the video decodes to {frames}×{width}×{height}×3 bytes, over the "
+                f"{self.max_pixel_bytes >> 20} MiB input limit"
+            )
+
+
+DEFAULT_LIMITS = InputLimits()
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, GIF, BMP or WebP header, without decoding; None when the
+    data is none of these (a video container, or not an image at all)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", data[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+        if kind == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if kind == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+        return None
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): the frame's size is there.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise ValueError("malformed JPEG: expected a marker")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF and i + 9 <= len(data):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        i += 2 + length
+    raise ValueError("malformed JPEG: no frame header")
+
+
+def decode_image(
+    data: bytes, width: int = 0, height: int = 0, limits: InputLimits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """A PNG / JPEG (GIF, BMP, WebP) file's bytes, or raw RGB24 (width and height given) -> (H, W, 3)
+    uint8. The size is checked against `limits` from the header, before decoding.
+
+    Raises ValueError for data that is neither, or too large.
     """
-    if width and height:
+    if width or height:
+        if not (width and height):
+            raise ValueError(f"raw RGB24 needs both width and height, got {width}×{height}")
+        limits.check_frame(width, height)
         if len(data) != width * height * 3:
             raise ValueError(
                 f"raw RGB24 image of {width}×{height} needs {width * height * 3} bytes, got {len(data)}"
             )
         return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy()
-    frames = decode_video(data, max_frames=1)
-    return frames[0]
+    size = image_size(data)
+    if size is None:
+        raise ValueError(
+            f"the image data ({len(data)} bytes) is not a PNG, JPEG, GIF, BMP or WebP file "
+            "(or raw RGB24 with width and height)"
+        )
+    limits.check_frame(*size)
+    return decode_video(data, max_frames=1, limits=limits)[0]
 
 
-def decode_video(data: bytes, max_frames: int | None = None) -> np.ndarray:
-    """An image or video file's bytes -> (T, H, W, 3) uint8; ValueError when FFmpeg cannot read it."""
+def decode_video(
+    data: bytes, max_frames: int | None = None, limits: InputLimits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """An image or video file's bytes -> (T, H, W, 3) uint8; ValueError when FFmpeg cannot read it
+    or it is over `limits` (the frame size from the header, the frame count while decoding)."""
     import io
 
     if not data:
         raise ValueError("the image / video data is empty")
-    frames = []
+    size = image_size(data)
+    if size is not None:  # an image file read as a one-frame video: its header says its size
+        limits.check_frame(*size)
+    frames: list[np.ndarray] = []
     try:
-        with av.open(io.BytesIO(data)) as container:
-            for frame in container.decode(video=0):
+        # A small probe: FFmpeg decodes frames while probing when a header lacks parameters.
+        with av.open(io.BytesIO(data), options={"probesize": "65536", "analyzeduration": "0"}) as container:
+            if not container.streams.video:
+                raise ValueError(f"the data ({len(data)} bytes) holds no video stream")
+            stream = container.streams.video[0]
+            if stream.codec_context.width and stream.codec_context.height:  # 0: not in the header
+                limits.check_frame(stream.codec_context.width, stream.codec_context.height, "video")
+            for frame in container.decode(stream):
+                limits.check_frame(frame.width, frame.height, "video")
+                limits.check_total(len(frames) + 1, frame.width, frame.height)
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
-    except (av.error.FFmpegError, IndexError, ValueError) as exc:
+    except (av.error.FFmpegError, IndexError) as exc:
         raise ValueError(f"undecodable image or video data ({len(data)} bytes): {exc}") from exc
     if not frames:
         raise ValueError(f"the data ({len(data)} bytes) holds no video frames")
+    if len({f.shape for f in frames}) != 1:
+        raise ValueError("the video's frames differ in size")
     return np.stack(frames)
 
 

@@ -26,10 +26,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
-from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
 from ..protocol.client import EngineClient
-from .service import WorldService
+from .service import WorldService, add_to_server
 from .settings import ServerSettings
 from .zmq_pool import WorkerPool
 
@@ -88,7 +87,7 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
     ]
     interceptors = [TokenAuth(settings.token)] if settings.token else []
     server = grpc.aio.server(interceptors=interceptors, options=limits)
-    pb_grpc.add_WorldServiceServicer_to_server(service, server)
+    add_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -10,11 +10,13 @@ threads, never in the worker). No exception escapes as UNKNOWN: every failure be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -28,11 +30,28 @@ from ..protocol.client import EngineClient, WorkerError, WorkerHandle
 from ..protocol.messages import Close, Fork, Frame, Reset, Restore, Result, Snapshot, Step
 from . import codec, metrics
 from .codec import RpcError, invalid
-from .encoding import FrameEncoder, decode_image, decode_video
+from .encoding import FrameEncoder, InputLimits, decode_image, decode_video
 from .settings import API_VERSION, SERVER_VERSION, ServerSettings
 from .stream import StreamSession
 
 log = logging.getLogger("helios.front")
+
+
+MAX_SESSION_ID_CHARS = 128  # longer ids are never ours: NOT_FOUND, and only a prefix is echoed
+ENDED_KEPT = 10_000  # ids of closed / lost sessions remembered for a precise error, at most
+# A stock gRPC client (grpcurl, a default Unity / Unreal channel) refuses replies over 4 MiB: unary
+# replies with default options stay under it (the chunk's last frame, JPEG when raw would not fit).
+STOCK_CLIENT_BYTES = 4 * 1024 * 1024
+REPLY_OVERHEAD_BYTES = 4096
+
+
+@dataclass
+class StepRecord:
+    """A session's latest Step with a non-zero action_seq: a retry of the same seq gets this reply
+    (or waits for it) instead of advancing the world again."""
+
+    seq: int
+    task: asyncio.Task  # -> pb.Chunk
 
 
 @dataclass
@@ -48,6 +67,23 @@ class FrontSession:
     chunk: int = 0  # chunks generated since the last reset (the next chunk's index)
     last_active: float = 0.0
     streaming: bool = False
+    busy: int = 0  # requests running on it now: a busy session is never idle-expired
+    last_step: StepRecord | None = None
+
+
+def lost(session_id: str) -> RpcError:
+    """A session lost with its engine worker: ABORTED, which no client retries (the request cannot
+    succeed again; the caller starts a new session or restores a snapshot)."""
+    return RpcError(
+        grpc.StatusCode.ABORTED,
+        f"session {shown(session_id)} was lost with its engine worker; create a new one "
+        "(or Restore a snapshot)",
+    )
+
+
+def shown(session_id: str) -> str:
+    """A session id as error messages echo it: never more than 64 characters of a client's input."""
+    return repr(session_id if len(session_id) <= 64 else session_id[:64] + "...")
 
 
 class SnapshotStore:
@@ -80,19 +116,34 @@ class WorldService(pb_grpc.WorldServiceServicer):
     def __init__(self, settings: ServerSettings, pool: EngineClient):
         self.settings = settings
         self.pool = pool
-        self.sessions: dict[str, FrontSession] = {}
+        self.sessions: dict[str, FrontSession] = {}  # open ones only
+        self.ended: OrderedDict[str, str] = OrderedDict()  # closed / lost id -> why, bounded
+        self.admitting = 0  # sessions admitted whose worker call has not answered yet
+        self.limits = InputLimits()
+        self.background: set[asyncio.Future] = set()  # clean-ups nobody awaits
         self.snapshots = SnapshotStore(settings.snapshot_store_bytes)
         self.draining = False
         self.stream_stops: set[asyncio.Event] = set()
+        self.streams: set[StreamSession] = set()  # attached now (metrics, tests)
         pool.on_lost = self._worker_lost
 
     # --- plumbing -----------------------------------------------------------------------------------
 
     def _worker_lost(self, worker: WorkerHandle) -> None:
         metrics.WORKER_RESTARTS.inc()
-        for s in self.sessions.values():
+        for s in list(self.sessions.values()):
             if s.worker is worker and not s.closed:
                 s.lost = True
+                if not s.busy and not s.streaming:  # busy ones end when their request does
+                    self._forget(s, "lost")
+        metrics.SESSIONS.set(self._open_count())
+
+    def _forget(self, s: FrontSession, why: str) -> None:
+        """Drop a closed or lost session's record; remember its id (bounded) for a precise error."""
+        self.sessions.pop(s.id, None)
+        self.ended[s.id] = why
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
 
     async def _run(self, context: grpc.aio.ServicerContext, coro):
         """Run an RPC body; map every failure to its status code (never UNKNOWN)."""
@@ -121,17 +172,19 @@ class WorldService(pb_grpc.WorldServiceServicer):
     def _session(self, session_id: str, need_live: bool = True) -> FrontSession:
         if not session_id:
             raise invalid("session_id is required")
-        s = self.sessions.get(session_id)
+        s = self.sessions.get(session_id) if len(session_id) <= MAX_SESSION_ID_CHARS else None
         if s is None:
-            raise RpcError(grpc.StatusCode.NOT_FOUND, f"no session {session_id!r}")
+            why = self.ended.get(session_id)
+            if why == "lost":
+                raise lost(session_id)
+            if why is not None:
+                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"session {shown(session_id)} is closed")
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"no session {shown(session_id)}")
         if s.closed:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"session {session_id!r} is closed")
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"session {shown(session_id)} is closed")
         if s.lost or s.generation != s.worker.generation:
             s.lost = True
-            raise RpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"session {session_id!r} was lost with its engine worker; create a new one",
-            )
+            raise lost(session_id)
         if need_live and not s.live:
             raise RpcError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"session {session_id!r} has not been Reset yet"
@@ -142,15 +195,24 @@ class WorldService(pb_grpc.WorldServiceServicer):
     def _open_count(self) -> int:
         return sum(1 for s in self.sessions.values() if not s.closed and not s.lost)
 
-    def _admit(self) -> WorkerHandle:
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[WorkerHandle]:
+        """A slot for one new session, held from the check until the session is added (or the
+        attempt failed): concurrent Fork / Restore / CreateSession never exceed max_sessions.
+        The check and the reservation run with no await between them, so they are atomic on the
+        event loop."""
         if not any(w.ready.is_set() for w in self.pool.workers):
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "the engine workers are starting; retry shortly")
-        if self._open_count() >= self.settings.max_sessions:
+        if self._open_count() + self.admitting >= self.settings.max_sessions:
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server holds its maximum of {self.settings.max_sessions} sessions",
             )
-        return self.pool.least_loaded()
+        self.admitting += 1
+        try:
+            yield self.pool.least_loaded()
+        finally:
+            self.admitting -= 1
 
     def _add_session(
         self, worker: WorkerHandle, width: int, height: int, sid: str | None = None
@@ -177,19 +239,74 @@ class WorldService(pb_grpc.WorldServiceServicer):
 
     # --- generation ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def _unary_options(s: FrontSession, options: pb.FrameOptions) -> pb.FrameOptions:
+        """Unary defaults that fit a stock client's 4 MiB: an unspecified selection is the chunk's
+        last frame; an unspecified encoding is RGB24 when that frame fits, else JPEG."""
+        out = pb.FrameOptions()
+        out.CopyFrom(options)
+        if out.selection == pb.FRAME_SELECTION_UNSPECIFIED:
+            out.selection = pb.FRAME_SELECTION_LAST
+        if out.encoding == pb.FRAME_ENCODING_UNSPECIFIED:
+            frames = FRAMES_PER_CHUNK if out.selection == pb.FRAME_SELECTION_ALL else 1
+            raw = frames * s.width * s.height * 3 + REPLY_OVERHEAD_BYTES
+            out.encoding = pb.FRAME_ENCODING_RGB24 if raw <= STOCK_CLIENT_BYTES else pb.FRAME_ENCODING_JPEG
+        return out
+
     async def _chunk(
         self, s: FrontSession, request: Reset | Step, options: pb.FrameOptions, rpc: str, action_seq: int = 0
     ) -> pb.Chunk:
-        """Run one reset/step on the worker and build the Chunk reply (frames per the selection)."""
+        """Run one reset/step on the worker and build the Chunk reply (frames per the selection).
+
+        It runs to its end even when the RPC is cancelled (a client cancel, a deadline): the
+        worker is told to stop, and the step either stops before it commits (the session is
+        unchanged) or has committed, in which case the reply is built anyway, so a retry of the
+        same action_seq can have it (`Step`)."""
+        options = self._unary_options(s, options)
         request.frames = codec.selection(options)
         encoder = FrameEncoder(options)
+        if encoder.encoding == pb.FRAME_ENCODING_RGB24 and request.frames != "none":
+            frames = FRAMES_PER_CHUNK if request.frames == "all" else 1
+            size = frames * s.width * s.height * 3 + REPLY_OVERHEAD_BYTES
+            if size > self.settings.max_message_bytes:  # refused before the world moves
+                raise RpcError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{frames} raw frame(s) of {s.width}×{s.height} take {size} bytes, over the "
+                    f"{self.settings.max_message_bytes}-byte message limit: ask for JPEG or H.264, "
+                    "selection LAST, or use Stream (one message per frame)",
+                )
+        work = asyncio.ensure_future(self._run_chunk(s, request, encoder, rpc, action_seq))
+        s.busy += 1
+        work.add_done_callback(lambda _: self._idle(s, work))
+        if isinstance(request, Step) and action_seq:
+            s.last_step = StepRecord(action_seq, work)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if request.id:  # running on the worker: ask it to stop (it may have committed already)
+                await self.pool.cancel(s.worker, request.id)
+            else:  # not sent yet: it never runs
+                work.cancel()
+            raise
+
+    def _idle(self, s: FrontSession, work: asyncio.Future | None = None) -> None:
+        if work is not None and not work.cancelled():
+            work.exception()  # retrieved here: a step nobody waits for any more may fail quietly
+        s.busy -= 1
+        s.last_active = time.monotonic()
+        if s.lost and not s.busy and not s.streaming:
+            self._forget(s, "lost")
+
+    async def _run_chunk(
+        self, s: FrontSession, request: Reset | Step, encoder: FrameEncoder, rpc: str, action_seq: int
+    ) -> pb.Chunk:
         start = time.monotonic()
         chunk = pb.Chunk(session_id=s.id)
         encode_s = 0.0
         first = True
         metrics.QUEUE_DEPTH.inc()
         try:
-            async for reply in self.pool.request(s.worker, request):
+            async for reply in self.pool.request(s.worker, request):  # sets request.id
                 if isinstance(reply, Frame):
                     if first:
                         metrics.FIRST_FRAME_SECONDS.observe(time.monotonic() - start)
@@ -202,6 +319,11 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 else:
                     chunk.chunk_index = reply.chunk_index
                     chunk.timings.CopyFrom(codec.timings(reply.timings, encode_s))
+        except WorkerError as exc:
+            if exc.code == "UNAVAILABLE":  # the worker died under this request: its sessions with it
+                s.lost = True
+                raise lost(s.id) from None
+            raise
         finally:
             metrics.QUEUE_DEPTH.dec()
         s.chunk = chunk.chunk_index + 1
@@ -263,7 +385,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
     async def CreateSession(self, request, context):
         async def body():
             width, height = self._check_size(request.width, request.height)
-            s = self._add_session(self._admit(), width, height)
+            with self._admit() as worker:
+                s = self._add_session(worker, width, height)
             return pb.CreateSessionResponse(session_id=s.id, width=width, height=height)
 
         return await self._run(context, body())
@@ -284,29 +407,39 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 height=s.height,
                 source=request.WhichOneof("source") or "none",
             )
-            if reset.source != "none":
-                pixels = await asyncio.to_thread(self._decode_source, request)
-                reset.shape, reset.pixels = pixels.shape, pixels.tobytes()
-            chunk = await self._chunk(s, reset, request.frames, "Reset")
+            s.busy += 1  # decoding the source may take a while: not idle meanwhile
+            try:  # (a worker lost meanwhile is noticed by the next call on the session)
+                if reset.source != "none":
+                    pixels = await asyncio.to_thread(self._decode_source, request, self.limits)
+                    reset.shape, reset.pixels = pixels.shape, pixels.tobytes()
+                s.last_step = None
+                chunk = await self._chunk(s, reset, request.frames, "Reset")
+            finally:
+                s.busy -= 1
             s.live = True
             return pb.ResetResponse(chunk=chunk)
 
         return await self._run(context, body())
 
     @staticmethod
-    def _decode_source(request: pb.ResetRequest) -> np.ndarray:
-        """Image / Video -> (T, H, W, 3) uint8; INVALID_ARGUMENT when undecodable."""
+    def _decode_source(request: pb.ResetRequest, limits: InputLimits) -> np.ndarray:
+        """Image / Video -> (T, H, W, 3) uint8; INVALID_ARGUMENT when undecodable or over `limits`
+        (sizes read from the headers before decoding, frames counted before each is decoded)."""
         try:
             if request.WhichOneof("source") == "image":
                 img = request.image
-                return decode_image(img.data, img.width, img.height)[None]
+                return decode_image(img.data, img.width, img.height, limits)[None]
             video = request.video
             if video.frames:
-                frames = [decode_image(f.data, f.width, f.height) for f in video.frames]
-                if len({f.shape for f in frames}) != 1:
-                    raise ValueError("video frames differ in size")
+                frames: list[np.ndarray] = []
+                for f in video.frames:
+                    limits.check_total(len(frames) + 1, 1, 1)
+                    frames.append(decode_image(f.data, f.width, f.height, limits))
+                    if frames[-1].shape != frames[0].shape:
+                        raise ValueError("video frames differ in size")
+                    limits.check_total(len(frames), frames[0].shape[1], frames[0].shape[0])
                 return np.stack(frames)
-            return decode_video(video.data)
+            return decode_video(video.data, limits=limits)
         except ValueError as exc:
             raise invalid(str(exc)) from exc
 
@@ -317,27 +450,77 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 raise RpcError(
                     grpc.StatusCode.FAILED_PRECONDITION, "the session has a stream attached; step it there"
                 )
+            seq = request.action_seq
+            last = s.last_step
+            if seq and last is not None and seq == last.seq:
+                retried = await self._retried(last)
+                if retried is not None:
+                    return pb.StepResponse(chunk=retried)
+            elif seq and last is not None and seq < last.seq:
+                raise RpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"action_seq {seq} is older than this session's last step ({last.seq}); "
+                    "sequence numbers must grow",
+                )
             step = Step(s.id, codec.action(request.action))
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise RpcError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the step started"
                 )
-            chunk = await self._chunk(s, step, request.frames, "Step", request.action_seq)
+            chunk = await self._chunk(s, step, request.frames, "Step", seq)
             return pb.StepResponse(chunk=chunk)
 
         return await self._run(context, body())
 
+    async def _retried(self, last: StepRecord) -> pb.Chunk | None:
+        """The reply of a retried Step (same action_seq): its chunk when the first attempt
+        committed (waiting for it if it still runs), None when it did not (it may run again), or
+        the first attempt's own error."""
+        try:
+            return await asyncio.shield(last.task)
+        except asyncio.CancelledError:
+            if last.task.cancelled():
+                return None  # the first attempt was cancelled before it committed
+            raise
+        except WorkerError as exc:
+            if exc.code in ("CANCELLED", "DEADLINE_EXCEEDED"):
+                return None
+            raise
+
     async def Fork(self, request, context):
         async def body():
             s = self._session(request.session_id)
-            self._admit()
-            reply = await self.pool.call(s.worker, Fork(s.id))
-            twin = self._add_session(s.worker, s.width, s.height, reply.session_id)
+            with self._admit():
+                reply = await self._make_on_worker(s.worker, Fork(s.id))
+                twin = self._add_session(s.worker, s.width, s.height, reply.session_id)
             twin.live, twin.chunk = True, s.chunk
             return pb.ForkResponse(session_id=twin.id)
 
         return await self._run(context, body())
+
+    async def _make_on_worker(self, worker: WorkerHandle, request: Fork | Restore) -> Result:
+        """A call that makes a session on the worker, finished even if the RPC is cancelled: a
+        session made for a caller that went away is closed again, so it never holds a slot unseen."""
+        work = asyncio.ensure_future(self.pool.call(worker, request))
+
+        def cleanup(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is None:
+                task = asyncio.ensure_future(self._close_orphan(worker, done.result().session_id))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
+
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(cleanup)
+            raise
+
+    async def _close_orphan(self, worker: WorkerHandle, session_id: str) -> None:
+        try:
+            await self.pool.call(worker, Close(session_id))
+        except WorkerError as exc:
+            log.warning("closing orphaned session %s failed: %s", session_id, exc.message)
 
     async def Snapshot(self, request, context):
         async def body():
@@ -369,15 +552,15 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 if blob is None:
                     raise RpcError(
                         grpc.StatusCode.NOT_FOUND,
-                        f"no snapshot {request.snapshot_id!r} (it may have expired)",
+                        f"no snapshot {shown(request.snapshot_id)} (it may have expired)",
                     )
             elif source == "data":
                 blob = request.data
             else:
                 raise invalid("Restore needs a snapshot_id or data")
-            worker = self._admit()
-            reply: Result = await self.pool.call(worker, Restore(blob))
-            s = self._add_session(worker, reply.width, reply.height, reply.session_id)
+            with self._admit() as worker:
+                reply = await self._make_on_worker(worker, Restore(blob))
+                s = self._add_session(worker, reply.width, reply.height, reply.session_id)
             s.live, s.chunk = True, reply.chunk_index
             return pb.RestoreResponse(session_id=s.id, chunk_index=reply.chunk_index)
 
@@ -387,7 +570,9 @@ class WorldService(pb_grpc.WorldServiceServicer):
         async def body():
             s = self.sessions.get(request.session_id)
             if s is None:
-                raise RpcError(grpc.StatusCode.NOT_FOUND, f"no session {request.session_id!r}")
+                if request.session_id in self.ended:  # closing twice is allowed
+                    return pb.CloseSessionResponse()
+                raise RpcError(grpc.StatusCode.NOT_FOUND, f"no session {shown(request.session_id)}")
             await self._close(s)
             return pb.CloseSessionResponse()
 
@@ -397,7 +582,9 @@ class WorldService(pb_grpc.WorldServiceServicer):
         if s.closed:
             return
         s.closed = True
+        s.last_step = None
         s.worker.load = max(0, s.worker.load - 1)
+        self._forget(s, "closed")
         metrics.SESSIONS.set(self._open_count())
         if s.live and not s.lost and s.generation == s.worker.generation:
             try:
@@ -406,10 +593,12 @@ class WorldService(pb_grpc.WorldServiceServicer):
                 log.warning("closing %s on its worker failed: %s", s.id, exc.message)
 
     async def expire_idle(self) -> None:
-        """Close sessions idle for longer than the timeout (never one with a stream attached)."""
+        """Close sessions idle for longer than the timeout (never one with a request running or a
+        stream attached: a long Reset or a slow worker is not idleness)."""
         now = time.monotonic()
         for s in list(self.sessions.values()):
-            if not s.closed and not s.streaming and now - s.last_active > self.settings.idle_timeout_s:
+            idle = not s.closed and not s.streaming and not s.busy
+            if idle and now - s.last_active > self.settings.idle_timeout_s:
                 log.info("session %s expired after %.0f s idle", s.id, now - s.last_active)
                 await self._close(s)
 
@@ -423,6 +612,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
         except StopAsyncIteration:
             return
         try:
+            if isinstance(first, codec.BadRequest):
+                raise invalid(first.message)
             if first.WhichOneof("kind") != "start":
                 raise invalid("the first message of a stream must be a StreamStart")
             start = first.start
@@ -452,6 +643,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
         s.streaming = True
         metrics.STREAMS.inc()
         self.stream_stops.add(stream.stop)
+        self.streams.add(stream)
         try:
             bug = await stream.run(request_iterator, context)
             if bug is not None:
@@ -464,7 +656,10 @@ class WorldService(pb_grpc.WorldServiceServicer):
         finally:
             s.streaming = False
             s.last_active = time.monotonic()
+            if s.lost and not s.busy:
+                self._forget(s, "lost")
             self.stream_stops.discard(stream.stop)
+            self.streams.discard(stream)
             metrics.STREAMS.dec()
 
     async def drain(self) -> None:
@@ -472,3 +667,41 @@ class WorldService(pb_grpc.WorldServiceServicer):
         self.draining = True
         for stop in list(self.stream_stops):
             stop.set()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registration: request bytes that do not parse are INVALID_ARGUMENT, not UNKNOWN
+# ---------------------------------------------------------------------------------------------------
+
+
+def add_to_server(service: WorldService, server: grpc.aio.Server) -> None:
+    """Register `service` like the generated `add_WorldServiceServicer_to_server`, except that a
+    request that does not parse (not protobuf, invalid UTF-8 in a string field) reaches the
+    method as a `codec.BadRequest` and is answered INVALID_ARGUMENT (a stream's later messages:
+    an ACTION_REJECTED event), where gRPC's own deserialisation failure would answer UNKNOWN."""
+    descriptor = pb.DESCRIPTOR.services_by_name["WorldService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        impl = getattr(service, method.name)
+        kwargs = {
+            "request_deserializer": codec.parser(request_type),
+            "response_serializer": response_type.SerializeToString,
+        }
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(impl, **kwargs)
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_checked(service, impl), **kwargs)
+        else:  # the API has no such methods; refuse to register one silently wrong
+            raise TypeError(f"{method.name}: half-streaming methods are not handled")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+
+
+def _checked(service: WorldService, impl):
+    async def unary(request, context):
+        if isinstance(request, codec.BadRequest):
+            await service._abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await impl(request, context)
+
+    return unary

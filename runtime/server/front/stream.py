@@ -8,6 +8,9 @@ a CHUNK_DONE event, and `run` (the RPC's own task) encodes and writes what the o
 - free-run: the world keeps generating; the newest action applies at the next chunk boundary.
 Outgoing frames wait in a bounded buffer (`stream_buffer_frames`); when the consumer falls behind,
 the oldest waiting frames are dropped (latest frame wins) and a FRAMES_DROPPED event says how many.
+Events are not dropped: when `MAX_PENDING_EVENTS` wait (a client flooding bad actions), the reader
+stops reading until the writer catches up, so HTTP/2 flow control pushes back on the client and the
+outbox stays bounded either way.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .encoding import FrameEncoder
 
 log = logging.getLogger("helios.front")
 MAX_PENDING_ACTIONS = 16
+MAX_PENDING_EVENTS = 64  # events (rejections, ...) waiting to be written; the reader waits beyond
 
 
 class StreamSession:
@@ -59,6 +63,8 @@ class StreamSession:
         self.actions: asyncio.Queue[tuple[int, Action]] = asyncio.Queue()
         self.latest: tuple[int, Action] | None = None  # free-run: the newest action wins
         self.dropped = 0
+        self.events_waiting = 0
+        self.room = asyncio.Event()  # set by the writer whenever it takes an event
         self.applied = 0  # free-run: the seq of the action applied last
 
     # --- the outbox ---------------------------------------------------------------------------------
@@ -73,6 +79,8 @@ class StreamSession:
                         self.dropped += 1
                         metrics.FRAMES_DROPPED.inc()
                         break
+        elif kind == "event":
+            self.events_waiting += 1
         self.outbox.append((kind, item))
         self.wake.set()
 
@@ -86,6 +94,12 @@ class StreamSession:
 
     async def read_actions(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
         async for msg in requests:
+            while self.events_waiting >= MAX_PENDING_EVENTS:  # back-pressure: stop reading
+                self.room.clear()
+                await self.room.wait()
+            if isinstance(msg, codec.BadRequest):
+                self.reject(msg.message)
+                continue
             if msg.WhichOneof("kind") != "action":
                 self.reject("only actions may follow StreamStart")
                 continue
@@ -168,6 +182,13 @@ class StreamSession:
 
     # --- the writer ---------------------------------------------------------------------------------
 
+    async def _report_dropped(self, context: grpc.aio.ServicerContext) -> None:
+        """Say how many frames were dropped since the last report (taken before the write awaits,
+        so drops during it are counted in the next report, never lost)."""
+        if self.dropped:
+            count, self.dropped = self.dropped, 0
+            await context.write(self.event(pb.SESSION_EVENT_TYPE_FRAMES_DROPPED, dropped_frames=count))
+
     async def run(
         self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> BaseException | None:
@@ -182,17 +203,15 @@ class StreamSession:
                 while self.outbox:
                     kind, item = self.outbox.popleft()
                     if kind == "event":
+                        self.events_waiting -= 1
+                        self.room.set()
+                        await self._report_dropped(context)
                         if item.event.type == pb.SESSION_EVENT_TYPE_CHUNK_DONE:
                             item.event.timings.encode_seconds = encode_s
                             encode_s = 0.0
                         await context.write(item)
                         continue
-                    if self.dropped:
-                        dropped = self.event(
-                            pb.SESSION_EVENT_TYPE_FRAMES_DROPPED, dropped_frames=self.dropped
-                        )
-                        await context.write(dropped)
-                        self.dropped = 0
+                    await self._report_dropped(context)
                     f, seq = item
                     t0 = time.monotonic()
                     payload, key = await self.encoder.encode_raw(f.data, f.width, f.height)
@@ -201,6 +220,7 @@ class StreamSession:
                     await context.write(pb.StreamResponse(frame=msg))
                     metrics.FRAMES_SENT.labels(encoding=self.encoder.label).inc()
                 if producer.done():
+                    await self._report_dropped(context)
                     break
                 self.wake.clear()
                 if not self.outbox:

@@ -129,6 +129,12 @@ class EngineClient:
                 return reply
         raise WorkerError("INTERNAL", "the worker sent no result")
 
+    async def cancel(self, worker: WorkerHandle, rid: int) -> None:
+        """Ask `worker` to stop request `rid` while its caller keeps waiting for the outcome: the
+        request ends with a CANCELLED error, or with its result when it had finished already."""
+        if rid in self.pending:
+            await self._cancel(worker, rid)
+
     def _deliver(self, reply: Reply) -> None:
         """A reply from a worker -> the caller waiting for its request (none: it went away)."""
         entry = self.pending.get(reply.id)

@@ -179,7 +179,7 @@ namespace Helios.V1 {
   #region Enums
   public enum FrameEncoding {
     /// <summary>
-    /// the server default: RGB24
+    /// the server default: RGB24 (a unary reply: JPEG when RGB24 would pass 4 MiB)
     /// </summary>
     [pbr::OriginalName("FRAME_ENCODING_UNSPECIFIED")] Unspecified = 0,
     /// <summary>
@@ -201,7 +201,7 @@ namespace Helios.V1 {
   /// </summary>
   public enum FrameSelection {
     /// <summary>
-    /// the server default: ALL
+    /// the server default: LAST (fits a stock client's 4 MiB)
     /// </summary>
     [pbr::OriginalName("FRAME_SELECTION_UNSPECIFIED")] Unspecified = 0,
     /// <summary>
