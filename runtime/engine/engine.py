@@ -85,8 +85,8 @@ class WorldEngine:
         action_adapter: ActionAdapter | None = None,
         decodes: bool = True,
         snapshot_key: bytes | None = None,
-        max_height: int = MAX_SIZE,
-        max_width: int = MAX_SIZE,
+        max_height: int | None = None,
+        max_width: int | None = None,
     ):
         self.model = model
         # False on the follower ranks of a context-parallel worker: they share the denoising but
@@ -97,8 +97,9 @@ class WorldEngine:
         # Snapshots are signed with this key and restore only under it (snapshot_key.py); by default
         # a random key of this engine. A server gives all its workers one key.
         self._snapshot_key = check_key(snapshot_key) if snapshot_key is not None else new_key()
-        # Frame-size limits (pixels) for reset and restore; a server sets its own (--max-width ...).
-        self.max_height, self.max_width = max_height, max_width
+        # Frame-size limits (pixels) for reset and restore (None: MAX_SIZE); a server sets its own.
+        self.max_height = MAX_SIZE if max_height is None else max_height
+        self.max_width = MAX_SIZE if max_width is None else max_width
         self.prompt_cache = prompt_cache or PromptCache(max_entries=256, max_batch=1)
         # Structured actions: the model's learned action space when it has one, else prompt phrases.
         if action_adapter is None:

@@ -139,7 +139,9 @@ class Session:
             try:
                 gen.set_state(tensors["rng_state"])
             except RuntimeError as exc:  # torch checks the state's size
-                raise snapshot.SnapshotError(f"snapshot tensor 'rng_state' is not a generator state: {exc}") from exc
+                raise snapshot.SnapshotError(
+                    f"snapshot tensor 'rng_state' is not a generator state: {exc}"
+                ) from exc
             noise = StreamNoise(gen)
         on = {k: v.to(rules.device) for k, v in tensors.items() if k != "rng_state"}
         return cls(
@@ -150,7 +152,9 @@ class Session:
             seed=meta["seed"],
             noise=noise,
             memory=MultiTermMemory(on["history"], on["anchor"], True),
-            prompt=PromptState(on["prompt_current"], on.get("prompt_source"), tuple(map(float, meta["prompt_weights"]))),
+            prompt=PromptState(
+                on["prompt_current"], on.get("prompt_source"), tuple(map(float, meta["prompt_weights"]))
+            ),
             negative=on.get("negative"),
             scene=meta["scene"],
             chunk=meta["chunk"],
@@ -231,7 +235,9 @@ def check_restorable(tensors: dict[str, torch.Tensor], meta: dict[str, Any], rul
     given = meta["settings"]
     if not isinstance(given, dict) or _canonical(given) != _canonical(ours):
         differ = (
-            sorted(k for k in ours.keys() | given.keys() if _canonical(given.get(k)) != _canonical(ours.get(k)))
+            sorted(
+                k for k in ours.keys() | given.keys() if _canonical(given.get(k)) != _canonical(ours.get(k))
+            )
             if isinstance(given, dict)
             else "all of them"
         )
@@ -265,7 +271,9 @@ def check_restorable(tensors: dict[str, torch.Tensor], meta: dict[str, Any], rul
     ):
         raise _refuse("prompt_weights", f"at most {MAX_TRANSITION_CHUNKS} numbers in [0, 1]", weights)
     if meta["has_anchor"] is not True:
-        raise _refuse("has_anchor", "true (a session past its first chunk has its anchor)", meta["has_anchor"])
+        raise _refuse(
+            "has_anchor", "true (a session past its first chunk has its anchor)", meta["has_anchor"]
+        )
 
     C, (K, E) = rules.channels, rules.text_shape
     h, w = meta["height"] // 8, meta["width"] // 8
@@ -320,7 +328,9 @@ def _check_scene(scene: Any, max_chars: int) -> None:
     try:
         scene.encode("utf-8")
     except UnicodeEncodeError:
-        raise snapshot.SnapshotError("snapshot field 'scene' is not valid Unicode (a lone surrogate)") from None
+        raise snapshot.SnapshotError(
+            "snapshot field 'scene' is not valid Unicode (a lone surrogate)"
+        ) from None
 
 
 def _clone_noise(noise: CounterNoise | StreamNoise) -> CounterNoise | StreamNoise:

@@ -14,12 +14,14 @@ it to its worker processes in their environment (`$HELIOS_SNAPSHOT_KEY`), never 
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+log = logging.getLogger("helios.snapshot")
 KEY_ENV = "HELIOS_SNAPSHOT_KEY"
 MIN_KEY_BYTES = 32  # HMAC-SHA256's block of strength; shorter keys are refused
 
@@ -67,17 +69,17 @@ def key_from_env(environ: Mapping[str, str] = os.environ) -> bytes | None:
     return parse_key(text, f"${KEY_ENV}") if text.strip() else None
 
 
-def load_key(path: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ) -> tuple[bytes, str]:
+def load_key(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ
+) -> tuple[bytes, str]:
     """A server's key and where it came from (for the log): the file, else the environment, else a
     new random key."""
     if path is not None:
-        return read_key_file(path), f"from {path}"
+        key = read_key_file(path)
+        if os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            log.warning("snapshot key file %s is readable by other users (chmod 600 it)", path)
+        return key, f"from {path}"
     key = key_from_env(environ)
     if key is not None:
         return key, f"from ${KEY_ENV}"
     return new_key(), "random for this server start (its snapshots restore only here)"
-
-
-def loosely_readable(path: str | os.PathLike[str]) -> bool:
-    """Whether users other than the owner may read the key file (worth a warning)."""
-    return bool(os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH))

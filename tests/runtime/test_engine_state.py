@@ -174,5 +174,5 @@ def test_where_a_server_gets_its_snapshot_key(tmp_path):
     with pytest.raises(ValueError, match=r"\$HELIOS_SNAPSHOT_KEY: a snapshot key is written as hex"):
         snapshot_key.key_from_env({snapshot_key.KEY_ENV: "not hex at all"})
     path.write_text("zz" * 32)
-    with pytest.raises(ValueError, match="snapshot.key: a snapshot key is written as hex"):
+    with pytest.raises(ValueError, match=r"snapshot\.key: a snapshot key is written as hex"):
         snapshot_key.load_key(path, {})
