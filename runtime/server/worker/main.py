@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.json_logs)
     # The front's snapshot key comes in the environment; alone, a worker makes its own.
-    limits = dict(
+    options = dict(
         snapshot_key=key_from_env() or new_key(), max_height=args.max_height, max_width=args.max_width
     )
 
@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         from .context_parallel.launch import init_worker_group, spawn_followers
         from .context_parallel.replicated import LeaderEngine
 
-        address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs, limits)
+        address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs, options)
         group = init_worker_group(0, len(devices), address, devices[0])
         model = WorldModel.load(args.model, device=group.device)
         model.transformer.enable_context_parallel(group.cp)
-        engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions, **limits), group)
+        engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions, **options), group)
     else:
         model = WorldModel.load(args.model, device=devices[0])
-        engine = WorldEngine(model, max_sessions=args.max_sessions, **limits)
+        engine = WorldEngine(model, max_sessions=args.max_sessions, **options)
     warm = 0.0 if args.no_warm_up else warm_up(engine)
     transport = ZmqTransport(args.endpoint, (args.identity or f"worker-{os.getpid()}").encode())
     info = {

@@ -75,13 +75,13 @@ def spawn_followers(
     model: str,
     max_sessions: int,
     json_logs: bool = False,
-    limits: dict[str, Any] | None = None,
+    engine_options: dict[str, Any] | None = None,
 ) -> tuple[str, list]:
     """Start ranks 1..P-1 of a worker whose rank 0 is this process; returns the group address (for
-    this process's `init_worker_group(0, ...)`) and the follower processes. `limits`: the leader's
-    engine's `snapshot_key`, `max_height`, `max_width`, which every rank needs alike (a restore
-    refused on one rank must be refused on all)."""
-    limits = limits or {}
+    this process's `init_worker_group(0, ...)`) and the follower processes. `engine_options`: the
+    leader's engine's `snapshot_key`, `max_height`, `max_width`, which every rank needs alike (a
+    restore refused on one rank must be refused on all)."""
+    options = engine_options or {}
     address = f"127.0.0.1:{free_port()}"
     procs = []
     for rank, device in enumerate(devices[1:], start=1):
@@ -105,11 +105,11 @@ def spawn_followers(
         if json_logs:
             cmd.append("--json-logs")
         for name in ("max_height", "max_width"):
-            if name in limits:
-                cmd += [f"--{name.replace('_', '-')}", str(limits[name])]
+            if options.get(name) is not None:
+                cmd += [f"--{name.replace('_', '-')}", str(options[name])]
         env = dict(os.environ)
-        if "snapshot_key" in limits:  # a secret: in the environment, never on the command line
-            env[KEY_ENV] = limits["snapshot_key"].hex()
+        if options.get("snapshot_key") is not None:  # a secret: in the environment, never on the command line
+            env[KEY_ENV] = options["snapshot_key"].hex()
         procs.append(subprocess.Popen(cmd, env=env))
     return address, procs
 
