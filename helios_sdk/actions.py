@@ -27,6 +27,7 @@ from ._proto.helios.v1 import world_pb2 as pb
 
 KEYS = ("w", "a", "s", "d", "space", "shift")  # the server's default action adapter's keys
 MAX_TRANSITION_CHUNKS = 64
+MAX_PROMPT_CHARS = 4000  # a prompt's characters at most on a server (its front, and restored snapshots)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helios_sdk.actions import MAX_PROMPT_CHARS
+
 from ..chunk import FRAMES_PER_CHUNK, LATENT_FRAMES
 from ..model.text_encoder import PromptCache, blend, interpolation_weights
 from ..sampling.denoise import Guidance, SamplerSettings, denoise_chunk
@@ -47,8 +49,8 @@ from .actions import (
 from .errors import Cancelled, CapacityExceeded, InvalidInput, SessionClosed, SessionNotFound
 from .memory import MultiTermMemory, frame_indices
 from .rng import RESET, CounterNoise, StreamNoise
-from .session import PromptState, Session
-from .snapshot import SnapshotError
+from .session import PromptState, RestoreRules, Session
+from .snapshot_key import check_key, new_key
 from .world_model import WorldModel
 
 FrameCallback = Callable[[int, torch.Tensor], None]  # (frame index in the chunk, frame (H, W, 3) uint8)
@@ -57,6 +59,7 @@ FrameCallback = Callable[[int, torch.Tensor], None]  # (frame index in the chunk
 IMAGE_NOISE_SIGMA = (0.111, 0.135)
 VIDEO_NOISE_SIGMA = (0.111, 0.135)
 CLOSED_IDS_KEPT = 4096
+MAX_SIZE = 4096  # pixels per side, unless the engine's owner sets a smaller limit
 
 
 @dataclass
@@ -81,6 +84,9 @@ class WorldEngine:
         prompt_cache: PromptCache | None = None,
         action_adapter: ActionAdapter | None = None,
         decodes: bool = True,
+        snapshot_key: bytes | None = None,
+        max_height: int | None = None,
+        max_width: int | None = None,
     ):
         self.model = model
         # False on the follower ranks of a context-parallel worker: they share the denoising but
@@ -88,6 +94,12 @@ class WorldEngine:
         self.decodes = decodes
         self.device = model.device
         self.max_sessions = max_sessions
+        # Snapshots are signed with this key and restore only under it (snapshot_key.py); by default
+        # a random key of this engine. A server gives all its workers one key.
+        self._snapshot_key = check_key(snapshot_key) if snapshot_key is not None else new_key()
+        # Frame-size limits (pixels) for reset and restore (None: MAX_SIZE); a server sets its own.
+        self.max_height = MAX_SIZE if max_height is None else max_height
+        self.max_width = MAX_SIZE if max_width is None else max_width
         self.prompt_cache = prompt_cache or PromptCache(max_entries=256, max_batch=1)
         # Structured actions: the model's learned action space when it has one, else prompt phrases.
         if action_adapter is None:
@@ -274,19 +286,20 @@ class WorldEngine:
         return twin.id
 
     def snapshot(self, session_id: str) -> bytes:
-        return self._get(session_id).to_bytes(self.fingerprint())
+        """The session as bytes, signed with this engine's snapshot key."""
+        return self._get(session_id).to_bytes(self.fingerprint(), self._snapshot_key)
 
     def restore(self, data: bytes, session_id: str | None = None) -> str:
-        """A new session from snapshot bytes (SnapshotError for corrupt, truncated or foreign data)."""
+        """A new session from snapshot bytes. SnapshotError (nothing changes) for bytes not signed
+        with this engine's key (another server's, edited, corrupt, truncated) and for any field this
+        engine would not accept from a reset: another model or sampler, a frame size off the
+        multiple or over the limits, a scene over the prompt limit, a chunk counter, seed or noise
+        source out of range, a tensor of the wrong dtype or shape or with NaN / inf."""
         if len(self._open_sessions()) >= self.max_sessions:
             raise CapacityExceeded(f"the engine holds its maximum of {self.max_sessions} sessions")
-        session = Session.from_bytes(data, session_id or uuid.uuid4().hex, self.fingerprint(), self.device)
-        C = self.model.transformer.config.in_channels
-        if session.memory.shape != (C, session.height // 8, session.width // 8):
-            raise SnapshotError(
-                f"snapshot memory {session.memory.shape} does not match its frame size "
-                f"{session.height}×{session.width}"
-            )
+        if session_id is not None and (not isinstance(session_id, str) or session_id in self.sessions):
+            raise InvalidInput(f"the restored session's id must be a new str, got {session_id!r}")
+        session = Session.from_bytes(data, self._snapshot_key, session_id or uuid.uuid4().hex, self._rules())
         self.sessions[session.id] = session
         return session.id
 
@@ -321,16 +334,36 @@ class WorldEngine:
             raise SessionClosed(f"session {session_id!r} is closed")
         return session
 
+    def _size_multiple(self, settings: SamplerSettings) -> int:
+        return 8 * self.model.transformer.config.patch_size[1] * 2 ** (settings.scheduler.stages - 1)
+
     def _check_size(self, height: Any, width: Any, settings: SamplerSettings) -> None:
-        multiple = 8 * self.model.transformer.config.patch_size[1] * 2 ** (settings.scheduler.stages - 1)
-        for name, value in (("height", height), ("width", width)):
+        multiple = self._size_multiple(settings)
+        for name, value, limit in (("height", height, self.max_height), ("width", width, self.max_width)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
                 raise InvalidInput(
                     f"{name} must be a positive multiple of {multiple} pixels for this sampler "
                     f"(VAE ×8, patch ×2, {settings.scheduler.stages} pyramid stage(s)), got {value!r}"
                 )
-            if value > 4096:
-                raise InvalidInput(f"{name} must be at most 4096 pixels, got {value}")
+            if value > limit:
+                raise InvalidInput(f"{name} must be at most {limit} pixels, got {value}")
+
+    def _rules(self) -> RestoreRules:
+        """What a restored session must be on this engine (its model, sampler and limits)."""
+        settings, encoder = self.model.sampler, self.model.text_encoder
+        return RestoreRules(
+            fingerprint=self.fingerprint(),
+            settings=settings,
+            size_multiple=self._size_multiple(settings),
+            max_height=self.max_height,
+            max_width=self.max_width,
+            max_scene_chars=MAX_PROMPT_CHARS,
+            channels=self.model.transformer.config.in_channels,
+            text_shape=(encoder.max_tokens, encoder.dim),
+            text_dtype=encoder.dtype,
+            negative=settings.guided and not self.model.guide_action,  # as reset encodes one
+            device=self.device,
+        )
 
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         emb = self.prompt_cache.get(self.model.text_encoder, prompts)  # (B, K, E)

@@ -9,17 +9,19 @@ the remaining weights), the negative-prompt embedding when the sampler guides, t
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from helios_sdk.actions import MAX_TRANSITION_CHUNKS
+
 from ..model.text_encoder import interpolate
 from ..sampling.denoise import SamplerSettings
 from ..sampling.schedule import SchedulerConfig
 from . import snapshot
-from .errors import InvalidInput
-from .memory import MultiTermMemory
+from .memory import HISTORY_FRAMES, MultiTermMemory
 from .rng import CounterNoise, StreamNoise
 
 
@@ -94,7 +96,8 @@ class Session:
 
     # --- snapshot -----------------------------------------------------------------------------------
 
-    def to_bytes(self, model_fingerprint: dict[str, Any]) -> bytes:
+    def to_bytes(self, model_fingerprint: dict[str, Any], key: bytes) -> bytes:
+        """The session as snapshot bytes, signed with `key` (`snapshot.py`)."""
         tensors = {
             "history": self.memory.history,
             "anchor": self.memory.anchor,
@@ -121,46 +124,213 @@ class Session:
             "prompt_weights": list(self.prompt.weights),
             "settings": settings_to_dict(self.settings),
         }
-        return snapshot.encode(tensors, meta)
+        return snapshot.encode(tensors, meta, key)
 
     @classmethod
-    def from_bytes(
-        cls, data: bytes, new_id: str, model_fingerprint: dict[str, Any], device: torch.device
-    ) -> Session:
-        tensors, meta = snapshot.decode(data, device)
-        if meta.get("model") != model_fingerprint:
+    def from_bytes(cls, data: bytes, key: bytes, new_id: str, rules: RestoreRules) -> Session:
+        """A session from snapshot bytes signed with `key`, every field checked against `rules` as
+        Reset checks its input (signed bytes are checked too: keys get shared). SnapshotError names
+        the first field that is wrong; nothing is built until all are right."""
+        tensors, meta = snapshot.decode(data, key)
+        check_restorable(tensors, meta, rules)
+        noise: CounterNoise | StreamNoise = CounterNoise(meta["seed"])
+        if meta["noise"] == "stream":
+            gen = torch.Generator(device=meta["rng_device"])
+            try:
+                gen.set_state(tensors["rng_state"])
+            except RuntimeError as exc:  # torch checks the state's size
+                raise snapshot.SnapshotError(
+                    f"snapshot tensor 'rng_state' is not a generator state: {exc}"
+                ) from exc
+            noise = StreamNoise(gen)
+        on = {k: v.to(rules.device) for k, v in tensors.items() if k != "rng_state"}
+        return cls(
+            id=new_id,
+            height=meta["height"],
+            width=meta["width"],
+            settings=rules.settings,
+            seed=meta["seed"],
+            noise=noise,
+            memory=MultiTermMemory(on["history"], on["anchor"], True),
+            prompt=PromptState(
+                on["prompt_current"], on.get("prompt_source"), tuple(map(float, meta["prompt_weights"]))
+            ),
+            negative=on.get("negative"),
+            scene=meta["scene"],
+            chunk=meta["chunk"],
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a restored session must be
+# ---------------------------------------------------------------------------------------------------
+
+META_FIELDS = frozenset(
+    {
+        "model",
+        "height",
+        "width",
+        "seed",
+        "noise",
+        "rng_device",
+        "chunk",
+        "scene",
+        "has_anchor",
+        "prompt_weights",
+        "settings",
+    }
+)
+# A restored session has made at least its first chunk (Reset makes it). The bound keeps frame
+# indices and timestamps (chunk · 33 frames at 16 fps, in ns) well inside int64: 2 s chunks for 136 years.
+MAX_CHUNK = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RestoreRules:
+    """What a session restored on an engine must be: the engine's model (fingerprint), sampler and
+    frame-size limits, the model's tensor shapes. Shapes: C latent channels, K text tokens, E text
+    width."""
+
+    fingerprint: dict[str, Any]
+    settings: SamplerSettings  # the only sampler settings a restored session may use: the engine's
+    size_multiple: int  # pixels: VAE ×8 · patch ×2 · 2 per extra pyramid stage
+    max_height: int
+    max_width: int
+    max_scene_chars: int
+    channels: int  # C
+    text_shape: tuple[int, int]  # (K, E) of one prompt embedding
+    text_dtype: torch.dtype
+    negative: bool  # sessions carry a negative-prompt embedding (the sampler guides with a prompt)
+    device: torch.device
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short: crafted fields may be huge."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse(field_name: str, expected: str, value: Any) -> snapshot.SnapshotError:
+    return snapshot.SnapshotError(f"snapshot field {field_name!r} must be {expected}, got {_show(value)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_restorable(tensors: dict[str, torch.Tensor], meta: dict[str, Any], rules: RestoreRules) -> None:
+    """SnapshotError naming the first field of a decoded snapshot that this engine would not accept
+    from Reset, or that does not fit its model: metadata first, then every tensor's name, dtype,
+    shape and values."""
+    missing, unknown = META_FIELDS - meta.keys(), meta.keys() - META_FIELDS
+    if missing or unknown:
+        raise snapshot.SnapshotError(
+            f"snapshot metadata fields are wrong: missing {sorted(missing)}, unknown {_show(sorted(unknown))}"
+        )
+    if meta["model"] != rules.fingerprint:
+        raise snapshot.SnapshotError(
+            f"snapshot was taken with model {_show(meta['model'])}, this engine runs {rules.fingerprint}"
+        )
+    ours = settings_to_dict(rules.settings)
+    given = meta["settings"]
+    if not isinstance(given, dict) or _canonical(given) != _canonical(ours):
+        differ = (
+            sorted(
+                k for k in ours.keys() | given.keys() if _canonical(given.get(k)) != _canonical(ours.get(k))
+            )
+            if isinstance(given, dict)
+            else "all of them"
+        )
+        raise snapshot.SnapshotError(
+            f"snapshot field 'settings' differs from this engine's sampler settings ({_show(differ)}); "
+            f"a session restores only with the sampler it was made with"
+        )
+    for name, limit in (("height", rules.max_height), ("width", rules.max_width)):
+        value = meta[name]
+        if not _is_int(value) or value <= 0 or value % rules.size_multiple or value > limit:
+            raise _refuse(name, f"a positive multiple of {rules.size_multiple} pixels up to {limit}", value)
+    if not _is_int(meta["seed"]) or not 0 <= meta["seed"] < 2**63:
+        raise _refuse("seed", "an int in [0, 2**63)", meta["seed"])
+    if meta["noise"] == "counter":
+        if meta["rng_device"] != "":
+            raise _refuse("rng_device", "empty for counter noise", meta["rng_device"])
+    elif meta["noise"] == "stream":
+        devices = ("cpu", str(rules.device))
+        if meta["rng_device"] not in devices:
+            raise _refuse("rng_device", f"one of {devices}", meta["rng_device"])
+    else:
+        raise _refuse("noise", "'counter' or 'stream'", meta["noise"])
+    if not _is_int(meta["chunk"]) or not 1 <= meta["chunk"] <= MAX_CHUNK:
+        raise _refuse("chunk", f"an int in [1, {MAX_CHUNK}] (chunks made so far)", meta["chunk"])
+    _check_scene(meta["scene"], rules.max_scene_chars)
+    weights = meta["prompt_weights"]
+    if (
+        not isinstance(weights, list)
+        or len(weights) > MAX_TRANSITION_CHUNKS
+        or not all(_is_weight(w) for w in weights)
+    ):
+        raise _refuse("prompt_weights", f"at most {MAX_TRANSITION_CHUNKS} numbers in [0, 1]", weights)
+    if meta["has_anchor"] is not True:
+        raise _refuse(
+            "has_anchor", "true (a session past its first chunk has its anchor)", meta["has_anchor"]
+        )
+
+    C, (K, E) = rules.channels, rules.text_shape
+    h, w = meta["height"] // 8, meta["width"] // 8
+    text = ((1, K, E), rules.text_dtype)
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "history": ((1, C, HISTORY_FRAMES, h, w), torch.float32),
+        "anchor": ((1, C, 1, h, w), torch.float32),
+        "prompt_current": text,
+    }
+    if weights:  # a transition under way: its start
+        expected["prompt_source"] = text
+    if rules.negative:
+        expected["negative"] = text
+    stream = {"rng_state"} if meta["noise"] == "stream" else set()  # a generator's state, bytes
+    missing = (expected.keys() | stream) - tensors.keys()
+    unknown = tensors.keys() - expected.keys() - stream
+    if missing or unknown:
+        raise snapshot.SnapshotError(
+            f"snapshot tensors are wrong: missing {sorted(missing)}, unexpected {_show(sorted(unknown))}"
+        )
+    for name, (shape, dtype) in expected.items():
+        t = tensors[name]
+        if t.dtype != dtype or tuple(t.shape) != shape:
             raise snapshot.SnapshotError(
-                f"snapshot was taken with model {meta.get('model')}, this engine runs {model_fingerprint}"
+                f"snapshot tensor {name!r} must be {str(dtype).removeprefix('torch.')} {shape} for this "
+                f"model and size, got {str(t.dtype).removeprefix('torch.')} {_show(tuple(t.shape))}"
             )
-        try:
-            if meta["noise"] == "stream":
-                gen = torch.Generator(device=meta["rng_device"])
-                gen.set_state(tensors["rng_state"].cpu())
-                noise: CounterNoise | StreamNoise = StreamNoise(gen)
-            else:
-                noise = CounterNoise(meta["seed"])
-            weights = tuple(float(w) for w in meta["prompt_weights"])
-            memory = MultiTermMemory(tensors["history"], tensors["anchor"], bool(meta["has_anchor"]))
-            session = cls(
-                id=new_id,
-                height=int(meta["height"]),
-                width=int(meta["width"]),
-                settings=settings_from_dict(meta["settings"]),
-                seed=int(meta["seed"]),
-                noise=noise,
-                memory=memory,
-                prompt=PromptState(tensors["prompt_current"], tensors.get("prompt_source"), weights),
-                negative=tensors.get("negative"),
-                scene=str(meta["scene"]),
-                chunk=int(meta["chunk"]),
-            )
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise snapshot.SnapshotError(f"snapshot content is incomplete or inconsistent: {exc!r}") from exc
-        if bool(weights) != (session.prompt.source is not None):
-            raise snapshot.SnapshotError(
-                "snapshot content is inconsistent: transition weights without a source"
-            )
-        return session
+        if not torch.isfinite(t).all():
+            raise snapshot.SnapshotError(f"snapshot tensor {name!r} contains NaN or inf")
+    if stream and (tensors["rng_state"].dtype != torch.uint8 or tensors["rng_state"].dim() != 1):
+        raise snapshot.SnapshotError("snapshot tensor 'rng_state' must be a 1-D uint8 generator state")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _check_scene(scene: Any, max_chars: int) -> None:
+    """The scene prompt obeys a Reset prompt's rules: text, no NUL, valid Unicode, within the limit."""
+    if not isinstance(scene, str):
+        raise _refuse("scene", "a str", scene)
+    if len(scene) > max_chars:
+        raise snapshot.SnapshotError(
+            f"snapshot field 'scene' is {len(scene)} characters; the limit is {max_chars}"
+        )
+    if "\x00" in scene:
+        raise snapshot.SnapshotError("snapshot field 'scene' contains a NUL character")
+    try:
+        scene.encode("utf-8")
+    except UnicodeEncodeError:
+        raise snapshot.SnapshotError(
+            "snapshot field 'scene' is not valid Unicode (a lone surrogate)"
+        ) from None
 
 
 def _clone_noise(noise: CounterNoise | StreamNoise) -> CounterNoise | StreamNoise:
@@ -184,14 +354,3 @@ def settings_to_dict(settings: SamplerSettings) -> dict[str, Any]:
             value = list(value)
         out[f.name] = value
     return out
-
-
-def settings_from_dict(data: dict[str, Any]) -> SamplerSettings:
-    kwargs = dict(data)
-    kwargs["scheduler"] = SchedulerConfig.from_dict(kwargs["scheduler"])
-    if "block_noise_dtype" in kwargs and isinstance(kwargs["block_noise_dtype"], str):
-        kwargs["block_noise_dtype"] = getattr(torch, kwargs["block_noise_dtype"])
-    try:
-        return SamplerSettings(**kwargs)
-    except TypeError as exc:
-        raise InvalidInput(f"unknown sampler settings: {exc}") from exc

@@ -43,6 +43,23 @@ def test_context_parallel_server_serves_the_single_device_world(cp_server, one_t
         assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
 
 
+def test_a_restored_session_is_mirrored_on_every_rank(cp_server, one_thread):
+    """Every rank restores the snapshot under the leader's key and limits: a follower that refused it
+    would be missing the session, and the next step's collectives would never meet (the deadline)."""
+    stub = cp_server.stub()
+    sid = stub.CreateSession(pb.CreateSessionRequest(width=64, height=64), metadata=AUTH).session_id
+    stub.Reset(pb.ResetRequest(session_id=sid, prompt="a harbour", seed=3), metadata=AUTH)
+    data = stub.Snapshot(pb.SnapshotRequest(session_id=sid, include_data=True), metadata=AUTH).data
+    twin = stub.Restore(pb.RestoreRequest(data=data), metadata=AUTH).session_id
+    steps = [
+        stub.Step(pb.StepRequest(session_id=s, frames=RGB), metadata=AUTH, timeout=300).chunk
+        for s in (sid, twin)
+    ]
+    assert np.array_equal(_frames(steps[0]), _frames(steps[1]))
+    for s in (sid, twin):
+        stub.CloseSession(pb.CloseSessionRequest(session_id=s), metadata=AUTH)
+
+
 def test_group_devices():
     assert group_devices(None, 1) == (None,)
     assert group_devices(["cuda:0", "cuda:1", "cuda:2", "cuda:3"], 2) == ("cuda:0,cuda:1", "cuda:2,cuda:3")

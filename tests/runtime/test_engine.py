@@ -15,6 +15,7 @@ from helios_runtime.engine.session import PromptState
 from helios_runtime.engine.world_model import WorldModel
 
 SIZE = dict(height=64, width=64)  # latent 8×8: pyramid stages 2×2, 4×4, 8×8
+KEY = bytes(range(32))  # the snapshot key of the `engine` fixture
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def model() -> WorldModel:
 
 @pytest.fixture
 def engine(model) -> WorldEngine:
-    return WorldEngine(model, max_sessions=4)
+    return WorldEngine(model, max_sessions=4, snapshot_key=KEY)
 
 
 def rollout(engine: WorldEngine, actions, seed=3, decode=True):
@@ -73,7 +74,7 @@ def test_snapshot_restore_is_bit_identical_even_on_another_engine(model, engine)
     sid, _ = rollout(engine, [Transition("a canyon", 3)])  # mid-transition state must survive too
     data = engine.snapshot(sid)
     expected = [engine.step(sid, a) for a in (None, "rain", None)]
-    other = WorldEngine(model)
+    other = WorldEngine(model, snapshot_key=KEY)  # servers that share a key on purpose
     restored = other.restore(data)
     got = [other.step(restored, a) for a in (None, "rain", None)]
     for x, y in zip(expected, got, strict=True):
@@ -84,7 +85,7 @@ def test_snapshot_restore_is_bit_identical_even_on_another_engine(model, engine)
 def test_bad_snapshots(engine, model):
     sid, _ = rollout(engine, [])
     data = engine.snapshot(sid)
-    with pytest.raises(snapshot.SnapshotError, match="checksum"):
+    with pytest.raises(snapshot.SnapshotError, match="signature does not match"):
         engine.restore(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(snapshot.SnapshotError, match="truncated"):
         engine.restore(data[:-100])
@@ -93,7 +94,7 @@ def test_bad_snapshots(engine, model):
     other_model = WorldModel.load("tiny", device="cpu", seed=1)  # other weights: other text encoder digest?
     other_model.name = "tiny-other"
     with pytest.raises(snapshot.SnapshotError, match="taken with model"):
-        WorldEngine(other_model).restore(data)
+        WorldEngine(other_model, snapshot_key=KEY).restore(data)
 
 
 def test_memory_stays_flat_over_a_long_rollout(engine):

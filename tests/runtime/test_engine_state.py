@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
+
 import pytest
 import torch
 
-from helios_runtime.engine import snapshot
+from helios_runtime.engine import snapshot, snapshot_key
 from helios_runtime.engine.memory import HISTORY_FRAMES, MultiTermMemory, frame_indices
 from helios_runtime.engine.rng import CounterNoise, StreamNoise, mix_seed
 
@@ -91,15 +94,26 @@ def test_stream_noise_continues_one_generator():
 # ---------------------------------------------------------------------------------------------------
 
 
+KEY = bytes(range(32))
+
+
 def sample_snapshot() -> tuple[bytes, dict, dict]:
     tensors = {"history": torch.randn(1, 16, 19, 6, 10), "anchor": torch.randn(1, 16, 1, 6, 10).bfloat16()}
     meta = {"chunk": 7, "seed": 3, "prompt": "a cat"}
-    return snapshot.encode(tensors, meta), tensors, meta
+    return snapshot.encode(tensors, meta, KEY), tensors, meta
+
+
+def sha256_signed(data: bytes, version: int = snapshot.FORMAT_VERSION) -> bytes:
+    """`data` re-sealed the way format 1 sealed it: a plain sha256 of the payload, which anyone can
+    recompute after an edit (issue 19's forged snapshots)."""
+    payload = data[snapshot.HEADER_BYTES :]
+    header = struct.pack("<16sIQ", snapshot.MAGIC, version, len(payload))
+    return header + hashlib.sha256(payload).digest() + payload
 
 
 def test_snapshot_round_trip_is_exact():
     data, tensors, meta = sample_snapshot()
-    got, got_meta = snapshot.decode(data)
+    got, got_meta = snapshot.decode(data, KEY)
     assert got_meta == meta
     assert got.keys() == tensors.keys()
     for k in tensors:
@@ -114,16 +128,51 @@ def test_snapshot_round_trip_is_exact():
         (lambda d: d[:-5], "truncated"),
         (lambda d: d + b"x", "trailing data"),
         (lambda d: d[:16] + bytes([d[16] ^ 1]) + d[17:], "version"),
-        (lambda d: d[:-1] + bytes([d[-1] ^ 0xFF]), "checksum mismatch"),
-        (lambda d: d[:100] + bytes([d[100] ^ 0x10]) + d[101:], "checksum mismatch"),
+        (lambda d: d[:-1] + bytes([d[-1] ^ 0xFF]), "signature does not match"),
+        (lambda d: d[:100] + bytes([d[100] ^ 0x10]) + d[101:], "signature does not match"),
+        (lambda d: d[:40] + bytes([d[40] ^ 1]) + d[41:], "signature does not match"),  # the signature
+        (sha256_signed, "signature does not match"),  # an edit re-sealed as format 1 sealed it
+        (lambda d: sha256_signed(d, version=1), "version 1 is unsigned"),
     ],
 )
 def test_bad_snapshots_are_rejected_clearly(mangle, match):
     data, _, _ = sample_snapshot()
     with pytest.raises(snapshot.SnapshotError, match=match):
-        snapshot.decode(mangle(data))
+        snapshot.decode(mangle(data), KEY)
+
+
+def test_snapshot_under_another_key_is_refused():
+    data, _, _ = sample_snapshot()
+    with pytest.raises(snapshot.SnapshotError, match="another snapshot key"):
+        snapshot.decode(data, bytes(32))
 
 
 def test_snapshot_that_is_not_bytes():
     with pytest.raises(snapshot.SnapshotError, match="is bytes"):
-        snapshot.decode("hello")  # type: ignore[arg-type]
+        snapshot.decode("hello", KEY)  # type: ignore[arg-type]
+
+
+def test_short_keys_are_refused():
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        snapshot.encode({}, {}, b"short")
+    with pytest.raises(ValueError, match="is bytes"):
+        snapshot.decode(b"", "a str key")  # type: ignore[arg-type]
+
+
+def test_where_a_server_gets_its_snapshot_key(tmp_path):
+    key = bytes(range(1, 33))
+    path = tmp_path / "snapshot.key"
+    path.write_text(key.hex() + "\n")
+    env = {snapshot_key.KEY_ENV: bytes(32).hex()}
+    assert snapshot_key.load_key(path, env) == (key, f"from {path}")  # the file wins
+    assert snapshot_key.load_key(None, env)[0] == bytes(32)
+    random_a, origin = snapshot_key.load_key(None, {})
+    assert "random" in origin and len(random_a) == 32 and random_a != snapshot_key.load_key(None, {})[0]
+    assert snapshot_key.key_from_env({snapshot_key.KEY_ENV: " "}) is None
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        snapshot_key.parse_key("abcd", "x")
+    with pytest.raises(ValueError, match=r"\$HELIOS_SNAPSHOT_KEY: a snapshot key is written as hex"):
+        snapshot_key.key_from_env({snapshot_key.KEY_ENV: "not hex at all"})
+    path.write_text("zz" * 32)
+    with pytest.raises(ValueError, match=r"snapshot\.key: a snapshot key is written as hex"):
+        snapshot_key.load_key(path, {})

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from helios_runtime.server.front.settings import ServerSettings
-from helios_runtime.server.protocol.messages import Close, Reset, Step
+from helios_runtime.server.protocol.messages import Close, Reset, Restore, Snapshot, Step
 from helios_runtime.server.worker.replica import EngineReplica, ReplicaConfig, import_ray
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
@@ -203,6 +203,36 @@ def test_a_caller_that_leaves_cancels_the_work(one_thread):
     finally:
         replica.transport.close()
         replica.thread.join(5)
+
+
+def test_replicas_of_one_config_share_its_snapshot_key_and_limits(one_thread):
+    """The front hands every replica its snapshot key and frame-size limits in their config (the
+    replica class without Ray): one replica restores another's snapshot; the key never shows."""
+    config = ReplicaConfig(
+        "tiny", max_sessions=2, warm_up=False, snapshot_key=bytes(range(32)), max_height=64, max_width=64
+    )
+    assert bytes(range(32)).hex() not in repr(config) and "snapshot_key" not in repr(config)
+    replicas = [EngineReplica(config) for _ in range(2)]
+    try:
+
+        async def run(replica: EngineReplica, request) -> list:
+            return [reply async for reply in replica.request(request)]
+
+        async def drive() -> tuple:
+            reset = Reset("a", "a cliff", seed=1, width=64, height=64, frames="none")
+            assert (await run(replicas[0], reset))[-1].kind == "result"
+            data = (await run(replicas[0], Snapshot("a")))[-1].data
+            restored = (await run(replicas[1], Restore(data)))[-1]
+            wide = (await run(replicas[1], Reset("b", "x", width=128, height=64, frames="none")))[-1]
+            return restored, wide
+
+        restored, wide = asyncio.run(drive())
+        assert restored.kind == "result" and restored.chunk_index == 1
+        assert wide.code == "INVALID_ARGUMENT" and "at most 64 pixels" in wide.message
+    finally:
+        for replica in replicas:
+            replica.transport.close()
+            replica.thread.join(5)
 
 
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):

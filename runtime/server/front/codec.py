@@ -15,12 +15,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
-from helios_sdk.actions import Action, Blend, Control, Prompt, Transition, check
+from helios_sdk.actions import MAX_PROMPT_CHARS, Action, Blend, Control, Prompt, Transition, check
 
 from ...chunk import FRAMES_PER_CHUNK
 from ..protocol.messages import Frame
 
-MAX_PROMPT_CHARS = 4000
 MAX_BLEND_PROMPTS = 16
 DEFAULT_TRANSITION_CHUNKS = 3
 SELECTIONS = {

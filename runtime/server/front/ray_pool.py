@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...engine.fastpath import FastPathChoice
+from ...engine.snapshot_key import new_key
 from ..protocol.client import EngineClient, WorkerError, WorkerHandle
 from ..protocol.messages import Error, Request
 from ..worker.replica import STALE, EngineFleet, EngineReplica, ReplicaConfig, import_ray
@@ -73,6 +74,8 @@ class RayWorkerPool(EngineClient):
         gpus: float | None = None,
         cpus: float = 1.0,
         app: str = "helios",
+        snapshot_key: bytes | None = None,
+        max_size: tuple[int, int] | None = None,  # (height, width): the server's frame-size limits
     ):
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
@@ -88,6 +91,10 @@ class RayWorkerPool(EngineClient):
         self.gpus = gpus
         self.cpus = cpus
         self.app = app
+        # One key for every replica (and every one Serve restarts), so each restores the others'
+        # snapshots; it reaches them inside their pickled config, never a command line.
+        self.snapshot_key = snapshot_key or new_key()
+        self.max_size = max_size or (None, None)
         self.names = [f"engine-{i}" for i in range(replicas)]
         slots = [WorkerHandle(i, None, n.encode(), capacity=max_sessions) for i, n in enumerate(self.names)]
         super().__init__(slots, on_lost)
@@ -152,7 +159,16 @@ class RayWorkerPool(EngineClient):
         serve.start(proxy_location="Disabled")  # no HTTP proxy: the gRPC front is the only way in
         # Replicas do not see our environment: its fast-path switches travel in their config.
         fast = FastPathChoice.from_env()
-        config = ReplicaConfig(self.model, self.max_sessions, self.warm_up, gpus, fast=fast)
+        config = ReplicaConfig(
+            self.model,
+            self.max_sessions,
+            self.warm_up,
+            gpus,
+            fast=fast,
+            snapshot_key=self.snapshot_key,
+            max_height=self.max_size[0],
+            max_width=self.max_size[1],
+        )
         engines = [
             serve.deployment(EngineReplica)
             .options(

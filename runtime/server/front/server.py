@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
+from ...engine.snapshot_key import load_key
 from ..protocol.client import EngineClient
 from .service import WorldService, add_to_server
 from .settings import ServerSettings
@@ -77,7 +78,9 @@ class RunningServer:
 @contextlib.asynccontextmanager
 async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
     """Start workers and the gRPC front; yield once every worker is ready (health SERVING)."""
-    pool = make_pool(settings)
+    snapshot_key, origin = load_key(settings.snapshot_key_file)  # before anything starts
+    log.info("snapshot key: %s", origin)
+    pool = make_pool(settings, snapshot_key)
     service = WorldService(settings, pool)
     limits = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -123,8 +126,9 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         await pool.close()
 
 
-def make_pool(settings: ServerSettings) -> EngineClient:
-    """Local worker processes, one per device; or Ray Serve replicas when `settings.ray` is set."""
+def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:
+    """Local worker processes, one per device; or Ray Serve replicas when `settings.ray` is set.
+    Every worker signs and checks snapshots with `snapshot_key` and the server's size limits."""
     if settings.ray is None:
         return WorkerPool(
             settings.model,
@@ -132,6 +136,8 @@ def make_pool(settings: ServerSettings) -> EngineClient:
             settings.max_sessions,
             settings.warm_up,
             json_logs=settings.json_logs,
+            snapshot_key=snapshot_key,
+            max_size=(settings.max_height, settings.max_width),
         )
     from .ray_pool import RayWorkerPool
 
@@ -141,6 +147,8 @@ def make_pool(settings: ServerSettings) -> EngineClient:
         settings.max_sessions,
         settings.warm_up,
         json_logs=settings.json_logs,
+        snapshot_key=snapshot_key,
+        max_size=(settings.max_height, settings.max_width),
         address=settings.ray,
         gpus=settings.replica_gpus,
         cpus=settings.replica_cpus,

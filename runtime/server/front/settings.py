@@ -30,6 +30,9 @@ class ServerSettings:
     max_width: int = 1280
     max_height: int = 1280
     snapshot_store_bytes: int = 1 << 30
+    # The key that signs snapshots, as hex in a file; None: $HELIOS_SNAPSHOT_KEY, else a random key
+    # per server start (engine/snapshot_key.py). Servers sharing a key restore each other's snapshots.
+    snapshot_key_file: str | None = None
     stream_buffer_frames: int = 66  # frames a stream may hold for a slow consumer before dropping (2 chunks)
     metrics_port: int | None = None  # Prometheus /metrics on this port when set
     warm_up: bool = True  # run the exact chunk path once before reporting SERVING
@@ -69,6 +72,12 @@ FLAGS: dict[str, tuple[str, str]] = {
         "require 'authorization: Bearer TOKEN' (default: $HELIOS_TOKEN; no auth when neither is set)",
     ),
     "max_sessions": ("--max-sessions", "open sessions at most (default %(default)s)"),
+    "snapshot_key_file": (
+        "--snapshot-key-file",
+        "a file holding the key that signs session snapshots, as hex, 32 bytes or more (`openssl rand "
+        "-hex 32`); servers sharing a key restore each other's snapshots (default: $HELIOS_SNAPSHOT_KEY, "
+        "else a random key per server start: its snapshots restore only on it)",
+    ),
     "idle_timeout_s": ("--idle-timeout", "close sessions idle this many seconds (%(default)s)"),
     "metrics_port": ("--metrics-port", "serve Prometheus /metrics on this port"),
     "max_message_bytes": (

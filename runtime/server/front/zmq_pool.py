@@ -17,6 +17,7 @@ from collections.abc import Callable
 import zmq
 import zmq.asyncio
 
+from ...engine.snapshot_key import KEY_ENV, new_key
 from ..protocol.client import EngineClient, WorkerHandle
 from ..protocol.messages import Cancel, Ready, Request, decode, encode
 
@@ -32,6 +33,8 @@ class WorkerPool(EngineClient):
         warm_up: bool = True,
         on_lost: Callable[[WorkerHandle], None] | None = None,
         json_logs: bool = False,
+        snapshot_key: bytes | None = None,
+        max_size: tuple[int, int] | None = None,  # (height, width): the server's frame-size limits
     ):
         workers = [WorkerHandle(i, d, f"w{i}".encode(), capacity=max_sessions) for i, d in enumerate(devices)]
         super().__init__(workers, on_lost)
@@ -39,6 +42,9 @@ class WorkerPool(EngineClient):
         self.max_sessions = max_sessions
         self.warm_up = warm_up
         self.json_logs = json_logs
+        # One key for every worker and restart, so each restores the others' snapshots.
+        self.snapshot_key = snapshot_key or new_key()
+        self.max_size = max_size
         self.context = zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -76,8 +82,11 @@ class WorkerPool(EngineClient):
             cmd.append("--no-warm-up")
         if self.json_logs:
             cmd.append("--json-logs")
+        if self.max_size is not None:
+            cmd += ["--max-height", str(self.max_size[0]), "--max-width", str(self.max_size[1])]
         w.ready.clear()
-        w.process = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy())
+        env = {**os.environ, KEY_ENV: self.snapshot_key.hex()}  # a secret: never on the command line
+        w.process = await asyncio.create_subprocess_exec(*cmd, env=env)
         log.info("started worker %d (pid %d)", w.index, w.process.pid)
 
     async def _watch(self, w: WorkerHandle) -> None:

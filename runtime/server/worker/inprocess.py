@@ -107,11 +107,13 @@ class LocalClient:
 
     @classmethod
     def load(cls, model: str, device: str | None = None) -> LocalClient:
-        """A new engine over `WorldModel.load(model, device=device)`."""
+        """A new engine over `WorldModel.load(model, device=device)`; its snapshot key is
+        $HELIOS_SNAPSHOT_KEY when set, else its own random one."""
         from ...engine.engine import WorldEngine
+        from ...engine.snapshot_key import key_from_env
         from ...engine.world_model import WorldModel
 
-        return cls(WorldEngine(WorldModel.load(model, device=device)))
+        return cls(WorldEngine(WorldModel.load(model, device=device), snapshot_key=key_from_env()))
 
     @property
     def info(self) -> dict[str, Any]:

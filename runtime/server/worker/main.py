@@ -17,6 +17,7 @@ from typing import Any
 
 from ... import DEFAULT_MODEL
 from ...engine.engine import WorldEngine
+from ...engine.snapshot_key import key_from_env, new_key
 from ...engine.world_model import WorldModel
 from ...logs import configure_logging
 from ..protocol.messages import Ready
@@ -56,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm-up", action="store_true")
     parser.add_argument("--json-logs", action="store_true")
     parser.add_argument("--min-free-gib", type=float, default=2.0, help="GPU memory a new session needs free")
+    parser.add_argument("--max-height", type=int, default=None, help="frame-size limit (pixels)")
+    parser.add_argument("--max-width", type=int, default=None, help="frame-size limit (pixels)")
     args = parser.parse_args(argv)
     configure_logging(args.json_logs)
+    # The front's snapshot key comes in the environment; alone, a worker makes its own.
+    options = dict(
+        snapshot_key=key_from_env() or new_key(), max_height=args.max_height, max_width=args.max_width
+    )
 
     devices = args.device.split(",") if args.device else [None]
     followers: list = []
@@ -66,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         from .context_parallel.launch import init_worker_group, spawn_followers
         from .context_parallel.replicated import LeaderEngine
 
-        address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs)
+        address, followers = spawn_followers(devices, args.model, args.max_sessions, args.json_logs, options)
         group = init_worker_group(0, len(devices), address, devices[0])
         model = WorldModel.load(args.model, device=group.device)
         model.transformer.enable_context_parallel(group.cp)
-        engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions), group)
+        engine: Any = LeaderEngine(WorldEngine(model, max_sessions=args.max_sessions, **options), group)
     else:
         model = WorldModel.load(args.model, device=devices[0])
-        engine = WorldEngine(model, max_sessions=args.max_sessions)
+        engine = WorldEngine(model, max_sessions=args.max_sessions, **options)
     warm = 0.0 if args.no_warm_up else warm_up(engine)
     transport = ZmqTransport(args.endpoint, (args.identity or f"worker-{os.getpid()}").encode())
     info = {

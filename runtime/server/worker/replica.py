@@ -52,6 +52,11 @@ class ReplicaConfig:
     gpus: float = 0.0  # > 0: the replica runs on the GPU Ray gave it, else on the CPU
     min_free_gib: float = 2.0  # GPU memory a new session needs free (as the worker's --min-free-gib)
     fast: FastPathChoice = field(default_factory=FastPathChoice)  # the front's HELIOS_EAGER / _COMPILE
+    # The front's snapshot key (all replicas share it; None: the replica's own) and frame-size
+    # limits. The key travels inside the cluster with this config; repr never shows it.
+    snapshot_key: bytes | None = field(default=None, repr=False)
+    max_height: int | None = None  # None: the engine's default
+    max_width: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,7 +80,13 @@ class EngineReplica:
 
         device = "cuda" if config.gpus > 0 else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our GPU
         model = WorldModel.load(config.model, device=device, fast=config.fast)
-        self.engine = WorldEngine(model, max_sessions=config.max_sessions)
+        self.engine = WorldEngine(
+            model,
+            max_sessions=config.max_sessions,
+            snapshot_key=config.snapshot_key,
+            max_height=config.max_height,
+            max_width=config.max_width,
+        )
         warm = warm_up(self.engine) if config.warm_up else 0.0
         self.incarnation = uuid.uuid4().hex  # new for every replica Serve starts in this slot
         self.static = {

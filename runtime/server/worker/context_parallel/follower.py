@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--json-logs", action="store_true")
+    parser.add_argument("--max-height", type=int, default=None, help="the leader's frame-size limit")
+    parser.add_argument("--max-width", type=int, default=None, help="the leader's frame-size limit")
     args = parser.parse_args(argv)
 
     from ....engine.engine import WorldEngine
+    from ....engine.snapshot_key import key_from_env
     from ....engine.world_model import WorldModel
     from ....logs import configure_logging
     from .launch import init_worker_group, leave_worker_group
@@ -42,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = WorldModel.load(args.model, device=group.device)  # same environment as the leader
         model.transformer.enable_context_parallel(group.cp)
-        engine = WorldEngine(model, max_sessions=args.max_sessions, decodes=False)
+        engine = WorldEngine(
+            model,
+            max_sessions=args.max_sessions,
+            decodes=False,
+            snapshot_key=key_from_env(),  # the leader's, from the environment it gave this process
+            max_height=args.max_height,
+            max_width=args.max_width,
+        )
         log.info("rank %d/%d following on %s", args.rank, args.world, group.device)
         follow(engine, group)
     except Exception as exc:  # the leader is gone (the group broke) or a bug: either way, go

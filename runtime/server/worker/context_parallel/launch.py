@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ....engine.snapshot_key import KEY_ENV
 from ....model.ulysses import ContextParallel
 
 
@@ -69,10 +71,17 @@ def env_address() -> str | None:
 
 
 def spawn_followers(
-    devices: list[str], model: str, max_sessions: int, json_logs: bool = False
+    devices: list[str],
+    model: str,
+    max_sessions: int,
+    json_logs: bool = False,
+    engine_options: dict[str, Any] | None = None,
 ) -> tuple[str, list]:
     """Start ranks 1..P-1 of a worker whose rank 0 is this process; returns the group address (for
-    this process's `init_worker_group(0, ...)`) and the follower processes."""
+    this process's `init_worker_group(0, ...)`) and the follower processes. `engine_options`: the
+    leader's engine's `snapshot_key`, `max_height`, `max_width`, which every rank needs alike (a
+    restore refused on one rank must be refused on all)."""
+    options = engine_options or {}
     address = f"127.0.0.1:{free_port()}"
     procs = []
     for rank, device in enumerate(devices[1:], start=1):
@@ -95,7 +104,13 @@ def spawn_followers(
         ]
         if json_logs:
             cmd.append("--json-logs")
-        procs.append(subprocess.Popen(cmd))
+        for name in ("max_height", "max_width"):
+            if options.get(name) is not None:
+                cmd += [f"--{name.replace('_', '-')}", str(options[name])]
+        env = dict(os.environ)
+        if options.get("snapshot_key") is not None:  # a secret: in the environment, never on the command line
+            env[KEY_ENV] = options["snapshot_key"].hex()
+        procs.append(subprocess.Popen(cmd, env=env))
     return address, procs
 
 
