@@ -30,6 +30,26 @@ ALL = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24, selection=pb.FRAME_SELEC
 METHOD = "/helios.v1.WorldService/"
 
 
+@pytest.fixture(autouse=True)
+def tidy(request):
+    """Close what a test left open on the shared server, so one failure cannot fill its session
+    limit and fail the tests after it."""
+    if "running" not in request.fixturenames:
+        yield
+        return
+    handle = request.getfixturevalue("running")
+    service = handle.server.service
+    before = set(service.sessions)
+    yield
+    import asyncio
+
+    async def close_new() -> None:
+        for s in [s for sid, s in list(service.sessions.items()) if sid not in before]:
+            await service._close(s)
+
+    asyncio.run_coroutine_threadsafe(close_new(), handle.loop).result(60)
+
+
 def code_of(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
