@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import signal
@@ -83,7 +84,9 @@ class RunningServer:
 async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
     """Start workers and the gRPC front; yield once every worker is ready (health SERVING)."""
     credentials = server_credentials(settings)  # a bad TLS or token file fails before anything starts
+    # The service sees the token itself (GetServerInfo's auth_required), wherever it came from.
     token = bearer_token(settings)
+    settings = dataclasses.replace(settings, token=token, token_file=None)
     pool = make_pool(settings)
     service = WorldService(settings, pool)
     limits = [
