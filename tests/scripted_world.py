@@ -36,7 +36,8 @@ class ScriptedWorld(pb_grpc.WorldServiceServicer):
         self.target = f"127.0.0.1:{self.port}"
 
     def fail(self, method: str, code: grpc.StatusCode, times: int = 1) -> None:
-        """The next `times` calls of `method` end with `code` (before any reply header)."""
+        """The next `times` calls of `method` end with `code` (before any reply header); after
+        the calls scripted before. `grpc.StatusCode.OK` scripts a normal answer."""
         with self._lock:
             self._failures[method] += [code] * times
 
@@ -57,7 +58,7 @@ class ScriptedWorld(pb_grpc.WorldServiceServicer):
         with self._lock:
             self.calls[method].append(request)
             code = self._failures[method].pop(0) if self._failures[method] else None
-        if code is not None:
+        if code is not None and code != grpc.StatusCode.OK:
             context.abort(code, f"scripted {code.name} for {method}")
 
     def _chunk(self, session_id: str, step: bool) -> pb.Chunk:
