@@ -129,7 +129,7 @@ def _without_refstruct_branches(text: str) -> str:
 
 def test_csharp_sources_parse(csharp_parser):
     files = sorted(UNITY.rglob("*.cs"))
-    assert len(files) == 5, files
+    assert len(files) == 6, files
     for path in files:
         text = path.read_text()
         if path.name == "World.cs":
