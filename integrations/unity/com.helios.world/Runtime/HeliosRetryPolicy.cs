@@ -68,9 +68,11 @@ namespace Helios.World
             return match.Groups[1].Value;
         }
 
+        // Whole ticks, rounded: Mono's TimeSpan.FromSeconds(0.2) truncates to 0.1999999 s.
         static TimeSpan Seconds(string text)
         {
-            return TimeSpan.FromSeconds(double.Parse(text, CultureInfo.InvariantCulture));
+            var seconds = double.Parse(text, CultureInfo.InvariantCulture);
+            return TimeSpan.FromTicks((long)Math.Round(seconds * TimeSpan.TicksPerSecond));
         }
 
         // "UNAVAILABLE" -> StatusCode.Unavailable, "DEADLINE_EXCEEDED" -> StatusCode.DeadlineExceeded.
