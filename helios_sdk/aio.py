@@ -7,7 +7,9 @@
         async for item in client.stream(session, ["a", "b"]):
             ...
 
-Deadlines, retries on UNAVAILABLE, typed errors and frame decoding are the sync client's (client.py).
+Deadlines, the shared retry policy (gRPC's own retries, retry_policy.json), `action_seq` on every
+Step, `SessionLost` for a session lost with its worker, TLS, typed errors and frame decoding are the
+sync client's (client.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from ._proto.helios.v1 import world_pb2_grpc as pb_grpc
 from .client import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUTS,
+    HEALTH_CHECK,
     STOP,
+    ActionSeqs,
     Retry,
     Timeouts,
     channel_options,
@@ -33,7 +37,9 @@ from .client import (
     reset_request,
     resolve_token,
     restore_request,
+    serving,
 )
+from .credentials import Pem, channel_credentials
 from .errors import Unavailable, from_rpc_error
 from .messages import (
     Chunk,
@@ -62,19 +68,30 @@ class AsyncHeliosClient:
         token: str | None = None,
         *,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
-        retry: Retry = DEFAULT_RETRY,
+        retry: Retry | None = DEFAULT_RETRY,
         max_message_bytes: int = 64 << 20,
         options: Iterable[tuple[str, Any]] = (),
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
     ):
+        """As HeliosClient: TLS with `tls=True` or `root_certificates=`, a client certificate with
+        `certificate_chain` + `private_key`; `retry=None` turns gRPC's retries off."""
         self.address = address
         self.timeouts = timeouts
         self.retry = retry
         token = resolve_token(token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.aio.insecure_channel(
-            address, options=channel_options(max_message_bytes) + list(options)
-        )
+        credentials = channel_credentials(tls, root_certificates, certificate_chain, private_key)
+        channel_opts = channel_options(max_message_bytes, retry) + list(options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=channel_opts)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=channel_opts)
         self._stub = pb_grpc.WorldServiceStub(self._channel)
+        self._health = self._channel.unary_unary(HEALTH_CHECK)  # bytes in, bytes out: no stubs
+        self._seqs = ActionSeqs()
         self._info: ServerInfo | None = None
 
     async def connect(self) -> AsyncHeliosClient:
@@ -83,16 +100,33 @@ class AsyncHeliosClient:
         return self
 
     async def _call(self, name: str, fn: Callable[..., Awaitable[T]], request: Any, timeout: float) -> T:
-        delays = self.retry.delays()
+        """One RPC; gRPC itself retries what the channel's retry policy allows."""
+        try:
+            return await fn(request, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, name, self.address) from None
+
+    async def wait_ready(self, timeout: float = 300.0) -> None:
+        """As HeliosClient.wait_ready: until health reports SERVING, else `Unavailable`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay, last = 0.2, "no answer"
         while True:
             try:
-                return await fn(request, metadata=self._metadata, timeout=timeout)
+                reply = await self._health(b"", timeout=min(5.0, max(0.1, deadline - loop.time())))
+                if serving(reply):
+                    return
+                last = "NOT_SERVING"
             except grpc.RpcError as exc:
-                err = from_rpc_error(exc, name, self.address)
-                delay = next(delays, None) if isinstance(err, Unavailable) else None
-                if delay is None:
-                    raise err from None
-                await asyncio.sleep(delay)
+                last = exc.code().name if exc.code() is not None else str(exc)
+            if loop.time() + delay > deadline:
+                raise Unavailable(
+                    f"{self.address} did not report SERVING within {timeout:g} s (last: {last})",
+                    details=last,
+                    call="Health/Check",
+                )
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
     async def server_info(self, refresh: bool = False) -> ServerInfo:
         if self._info is None or refresh:
@@ -142,11 +176,12 @@ class AsyncHeliosClient:
         action_seq: int = 0,
         timeout: float | None = None,
     ) -> Chunk:
+        sid = session_id(session)
         request = pb.StepRequest(
-            session_id=session_id(session),
+            session_id=sid,
             action=_actions.to_proto(action),
             frames=frame_options(encoding, selection, jpeg_quality),
-            action_seq=action_seq,
+            action_seq=self._seqs.next(sid, action_seq),
         )
         reply = await self._call("Step", self._stub.Step, request, timeout or self.timeouts.step)
         return chunk_from_proto(reply.chunk)
@@ -164,17 +199,16 @@ class AsyncHeliosClient:
         """As HeliosClient.stream; `actions` may also be an async iterable or an asyncio.Queue (end it
         with `STOP`)."""
 
+        sid = session_id(session)
+
         async def requests() -> AsyncIterator[pb.StreamRequest]:
             start = pb.StreamStart(
-                session_id=session_id(session),
-                mode=stream_mode(mode),
-                frames=frame_options(encoding, "all", jpeg_quality),
+                session_id=sid, mode=stream_mode(mode), frames=frame_options(encoding, "all", jpeg_quality)
             )
             yield pb.StreamRequest(start=start)
-            seq = 0
             async for action in _aiter(actions):
-                seq += 1
-                yield pb.StreamRequest(action=pb.StreamAction(seq=seq, action=_actions.to_proto(action)))
+                action_proto = _actions.to_proto(action)
+                yield pb.StreamRequest(action=pb.StreamAction(seq=self._seqs.next(sid), action=action_proto))
 
         call = self._stub.Stream(requests(), metadata=self._metadata, timeout=timeout)
         decoder = FrameDecoder()
@@ -204,6 +238,7 @@ class AsyncHeliosClient:
     async def close_session(self, session: Session | str) -> None:
         request = pb.CloseSessionRequest(session_id=session_id(session))
         await self._call("CloseSession", self._stub.CloseSession, request, self.timeouts.close)
+        self._seqs.forget(request.session_id)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -191,7 +191,18 @@ def _add_record(sub: Any) -> None:
         "--serve", action="store_true", help="start a local `helios serve` on a free port for this run"
     )
     rec.add_argument("--model", default=DEFAULT_MODEL, help="model for --serve: " + WORLD_MODEL_HELP)
-    rec.add_argument("--token", default=None, help="bearer token (default: $HELIOS_TOKEN)")
+    rec.add_argument(
+        "--token",
+        default=None,
+        help="bearer token (visible in the process list: prefer --token-file or $HELIOS_TOKEN)",
+    )
+    rec.add_argument("--token-file", default=None, metavar="PATH", help="read the bearer token from a file")
+    rec.add_argument("--tls", action="store_true", help="connect over TLS, verified by the system's roots")
+    rec.add_argument("--tls-ca", default=None, metavar="PATH", help="verify the server with this PEM CA")
+    rec.add_argument(
+        "--tls-cert", default=None, metavar="PATH", help="this client's PEM certificate, for mutual TLS"
+    )
+    rec.add_argument("--tls-key", default=None, metavar="PATH", help="the PEM private key of --tls-cert")
     rec.add_argument("--prompt", default=DEFAULT_PROMPT, help="the scene prompt")
     rec.add_argument(
         "--keys",

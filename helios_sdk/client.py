@@ -8,21 +8,26 @@
             ...
 
 Connecting calls GetServerInfo (the handshake): another major API version is refused
-(`VersionMismatch`), a newer minor one warned about. Each RPC has a default deadline (`Timeouts`);
-UNAVAILABLE (server starting, draining, unreachable) is retried with exponential backoff — the server
-refuses such calls before doing any work, so a retried Step does not advance the world twice. Every
-failure raises a typed `HeliosError` (errors.py). Frames decode from RGB24, JPEG or H.264 (messages.py).
+(`VersionMismatch`), a newer minor one warned about. Each RPC has a default deadline (`Timeouts`).
+Retries are gRPC's own, from the service config shared by every helios client (retry_policy.json):
+UNAVAILABLE only, and only on the RPCs a second attempt cannot harm — GetServerInfo, Reset, Step
+(idempotent by its `action_seq`, which this client sets on every Step) and CloseSession. A session
+lost with its worker (ABORTED) raises `SessionLost` at once. Every failure raises a typed
+`HeliosError` (errors.py). TLS: `tls=True` or `root_certificates=` (and a client certificate for
+mutual TLS). Frames decode from RGB24, JPEG or H.264 (messages.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
-import random
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +35,7 @@ import grpc
 from . import actions as _actions
 from ._proto.helios.v1 import world_pb2 as pb
 from ._proto.helios.v1 import world_pb2_grpc as pb_grpc
+from .credentials import Pem, channel_credentials
 from .errors import Unavailable, VersionMismatch, from_rpc_error
 from .messages import (
     Chunk,
@@ -66,31 +72,69 @@ class Timeouts:
     close: float = 30.0
 
 
+# The retry policy every helios client uses (the C++ and C# clients embed the same text; a test
+# keeps the copies identical). Its numbers are Retry's defaults below.
+SERVICE = pb.DESCRIPTOR.services_by_name["WorldService"].full_name
+RETRY_POLICY_JSON = resources.files(__package__).joinpath("retry_policy.json").read_text()
+_POLICY = json.loads(RETRY_POLICY_JSON)["methodConfig"][0]
+
+
+def _seconds(duration: str) -> float:
+    return float(duration.removesuffix("s"))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
 @dataclass(frozen=True)
 class Retry:
-    """Exponential backoff on UNAVAILABLE: `attempts` tries in all, waits initial·multiplier^k (± jitter)."""
+    """gRPC's retry of UNAVAILABLE on the idempotent RPCs, as a service config: `attempts` tries in
+    all (gRPC allows at most 5), the k-th retry after a random wait in [0, min(initial·multiplier^k,
+    max)]. The defaults are retry_policy.json's; `attempts=1` turns retries off."""
 
-    attempts: int = 5
-    initial_s: float = 0.2
-    multiplier: float = 2.0
-    max_s: float = 5.0
+    attempts: int = _POLICY["retryPolicy"]["maxAttempts"]
+    initial_s: float = _seconds(_POLICY["retryPolicy"]["initialBackoff"])
+    multiplier: float = _POLICY["retryPolicy"]["backoffMultiplier"]
+    max_s: float = _seconds(_POLICY["retryPolicy"]["maxBackoff"])
+    methods: tuple[str, ...] = tuple(name["method"] for name in _POLICY["name"])
 
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_s
-        for _ in range(self.attempts - 1):
-            yield min(delay, self.max_s) * random.uniform(0.8, 1.2)
-            delay *= self.multiplier
+    def service_config(self) -> str:
+        """The gRPC service config (JSON) of this policy; retry_policy.json for the defaults."""
+        policy = {
+            "maxAttempts": self.attempts,
+            "initialBackoff": _duration(self.initial_s),
+            "maxBackoff": _duration(self.max_s),
+            "backoffMultiplier": self.multiplier,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        names = [{"service": SERVICE, "method": method} for method in self.methods]
+        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
 
 DEFAULT_TIMEOUTS, DEFAULT_RETRY = Timeouts(), Retry()
 
+# Keepalive on every channel: a ping after 30 s without traffic, even with no call open, so a
+# connection through a NAT or load balancer that dropped it is noticed. The server accepts pings
+# from 10 s apart (front/server.py), so it never answers these with GOAWAY "too_many_pings".
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Raise the receive limit (gRPC's default is 4 MiB: a chunk of raw frames is larger)."""
-    return [
+
+def channel_options(max_message_bytes: int, retry: Retry | None = DEFAULT_RETRY) -> list[tuple[str, Any]]:
+    """The receive limit (gRPC's default is 4 MiB: a chunk of raw frames is larger), keepalive, and
+    the retry policy as a service config (None or one attempt: no retries)."""
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle connection
     ]
+    if retry is None or retry.attempts <= 1:
+        return [*options, ("grpc.enable_retries", 0)]
+    return [*options, ("grpc.enable_retries", 1), ("grpc.service_config", retry.service_config())]
 
 
 def resolve_token(token: str | None) -> str:
@@ -122,20 +166,33 @@ class HeliosClient:
         token: str | None = None,
         *,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
-        retry: Retry = DEFAULT_RETRY,
+        retry: Retry | None = DEFAULT_RETRY,
         max_message_bytes: int = 64 << 20,
         options: Iterable[tuple[str, Any]] = (),
         handshake: bool = True,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
     ):
+        """`tls=True` (or any certificate) connects over TLS, verified by `root_certificates` (PEM
+        bytes or a file; default: the system's roots); `certificate_chain` + `private_key` are this
+        client's certificate for a server that asks for one (`helios serve --tls-client-ca`).
+        `retry=None` turns gRPC's retries off."""
         self.address = address
         self.timeouts = timeouts
         self.retry = retry
         token = resolve_token(token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(
-            address, options=channel_options(max_message_bytes) + list(options)
-        )
+        credentials = channel_credentials(tls, root_certificates, certificate_chain, private_key)
+        channel_opts = channel_options(max_message_bytes, retry) + list(options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=channel_opts)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=channel_opts)
         self._stub = pb_grpc.WorldServiceStub(self._channel)
+        self._health = self._channel.unary_unary(HEALTH_CHECK)  # bytes in, bytes out: no stubs
+        self._seqs = ActionSeqs()
         self._info: ServerInfo | None = None
         self._closed = False
         if handshake:
@@ -144,16 +201,33 @@ class HeliosClient:
     # --- plumbing -----------------------------------------------------------------------------------
 
     def _call(self, name: str, fn: Callable[..., T], request: Any, timeout: float | None, **kw: Any) -> T:
-        delays = self.retry.delays()
+        """One RPC; gRPC itself retries what the channel's retry policy allows."""
+        try:
+            return fn(request, metadata=self._metadata, timeout=timeout, **kw)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, name, self.address) from None
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Wait until the server's health service reports SERVING (every engine worker ready), as
+        after a start or a worker restart; raise `Unavailable` after `timeout` seconds. A wait for a
+        state, not a retry of a failed call, so it is written here rather than in the retry policy."""
+        deadline = time.monotonic() + timeout
+        delay, last = 0.2, "no answer"
         while True:
             try:
-                return fn(request, metadata=self._metadata, timeout=timeout, **kw)
+                if serving(self._health(b"", timeout=min(5.0, max(0.1, deadline - time.monotonic())))):
+                    return
+                last = "NOT_SERVING"
             except grpc.RpcError as exc:
-                err = from_rpc_error(exc, name, self.address)
-                delay = next(delays, None) if isinstance(err, Unavailable) else None
-                if delay is None:
-                    raise err from None
-                time.sleep(delay)
+                last = exc.code().name if exc.code() is not None else str(exc)
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(
+                    f"{self.address} did not report SERVING within {timeout:g} s (last: {last})",
+                    details=last,
+                    call="Health/Check",
+                )
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
     # --- the API ------------------------------------------------------------------------------------
 
@@ -210,12 +284,14 @@ class HeliosClient:
         timeout: float | None = None,
     ) -> Chunk:
         """Apply an action (prompt str, Prompt, Blend, Transition, Control or structured dict; None
-        continues) and return the next chunk."""
+        continues) and return the next chunk. `action_seq` (default: this client's next number for
+        the session, from 1) lets the server answer a retried Step with the chunk it already made."""
+        sid = session_id(session)
         request = pb.StepRequest(
-            session_id=session_id(session),
+            session_id=sid,
             action=_actions.to_proto(action),
             frames=frame_options(encoding, selection, jpeg_quality),
-            action_seq=action_seq,
+            action_seq=self._seqs.next(sid, action_seq),
         )
         reply = self._call("Step", self._stub.Step, request, timeout or self.timeouts.step)
         return chunk_from_proto(reply.chunk)
@@ -232,8 +308,9 @@ class HeliosClient:
     ) -> Iterator[StreamFrame | StreamEvent]:
         """Frames as the server decodes them, plus events, until the actions end and their chunks are
         done. `actions` is an iterable (each item one chunk in lockstep mode) or a `queue.Queue` fed
-        while streaming (put `STOP` on it to end; `None` is the continue action)."""
-        requests = stream_requests(session, actions, mode, encoding, jpeg_quality)
+        while streaming (put `STOP` on it to end; `None` is the continue action). Each action's `seq`
+        continues the session's `action_seq` numbering. A stream is never retried."""
+        requests = stream_requests(session, actions, mode, encoding, jpeg_quality, self._seqs)
         try:
             call = self._stub.Stream(requests, metadata=self._metadata, timeout=timeout)
             decoder = FrameDecoder()
@@ -264,6 +341,7 @@ class HeliosClient:
         """End a session on the server (closing twice is fine)."""
         request = pb.CloseSessionRequest(session_id=session_id(session))
         self._call("CloseSession", self._stub.CloseSession, request, self.timeouts.close)
+        self._seqs.forget(request.session_id)
 
     def close(self) -> None:
         """Close the channel (idempotent). Sessions stay on the server until closed or idle."""
@@ -283,6 +361,34 @@ class HeliosClient:
 # ---------------------------------------------------------------------------------------------------
 
 STOP = object()  # put on a stream's action queue to end the stream
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def serving(reply: bytes) -> bool:
+    """A grpc.health.v1 HealthCheckResponse (bytes) says SERVING: field 1, a varint, equal to 1."""
+    return reply[:2] == b"\x08\x01"
+
+
+class ActionSeqs:
+    """The `action_seq` of each session's next Step or stream action: 1, 2, 3, ... per session and
+    never reused, not even after a Reset, so the server can tell a retried Step (the same number as
+    its last step: it returns that chunk again) from a new one. A number given by the caller is used
+    as it is and the count continues above it."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def next(self, sid: str, given: int = 0) -> int:
+        with self._lock:
+            last = self._last.get(sid, 0)
+            seq = given or last + 1
+            self._last[sid] = max(last, seq)
+            return seq
+
+    def forget(self, sid: str) -> None:
+        with self._lock:
+            self._last.pop(sid, None)
 
 
 def reset_request(
@@ -332,17 +438,16 @@ def stream_requests(
     mode: str,
     encoding: str,
     jpeg_quality: int,
+    seqs: ActionSeqs,
 ) -> Iterator[pb.StreamRequest]:
+    sid = session_id(session)
     start = pb.StreamStart(
-        session_id=session_id(session),
-        mode=stream_mode(mode),
-        frames=frame_options(encoding, "all", jpeg_quality),
+        session_id=sid, mode=stream_mode(mode), frames=frame_options(encoding, "all", jpeg_quality)
     )
     yield pb.StreamRequest(start=start)
-    seq = 0
     for action in _drain(actions):
-        seq += 1
-        yield pb.StreamRequest(action=pb.StreamAction(seq=seq, action=_actions.to_proto(action)))
+        action_proto = _actions.to_proto(action)
+        yield pb.StreamRequest(action=pb.StreamAction(seq=seqs.next(sid), action=action_proto))
 
 
 def _drain(actions: Iterable[Any] | queue.Queue) -> Iterator[Any]:

@@ -55,9 +55,18 @@ class PermissionDenied(HeliosError):
 
 
 class Unavailable(HeliosError):
-    """The server is unreachable, starting, draining, or lost the session's worker."""
+    """The server is unreachable, starting or draining: the call may succeed later. The idempotent
+    RPCs were already retried (retry_policy.json) before this was raised."""
 
     code = "UNAVAILABLE"
+
+
+class SessionLost(HeliosError):
+    """The session was lost with its engine worker (the worker crashed or restarted): no retry can
+    bring it back, so none is made. Create a new session (after `wait_ready()` if the worker is
+    still restarting). gRPC status ABORTED."""
+
+    code = "ABORTED"
 
 
 class DeadlineExceeded(HeliosError):
@@ -102,6 +111,7 @@ _BY_CODE: dict[str, type[HeliosError]] = {
         Unauthenticated,
         PermissionDenied,
         Unavailable,
+        SessionLost,
         DeadlineExceeded,
         Cancelled,
         Unimplemented,

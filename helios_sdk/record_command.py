@@ -27,6 +27,7 @@ import numpy as np
 from ._proto.helios.v1 import world_pb2 as pb
 from ._proto.helios.v1 import world_pb2_grpc as pb_grpc
 from .client import channel_options
+from .credentials import channel_credentials, token_from_flags
 from .messages import image_proto
 from .video import Mp4Writer
 
@@ -36,8 +37,10 @@ API_MAJOR = "1"
 @contextlib.contextmanager
 def local_server(model: str, token: str, timeout: float = 300.0) -> Iterator[str]:
     """Run `helios serve` on a free port; yield its address once it prints 'listening on'."""
-    cmd = [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", "--model", model, "--token", token]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", "--model", model]
+    # The token travels in the environment, not on the command line that `ps` shows to everyone.
+    env = {**os.environ, "HELIOS_TOKEN": token}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         start = time.monotonic()
         line = proc.stdout.readline().strip() if proc.stdout else ""
@@ -88,7 +91,10 @@ def record(args: argparse.Namespace) -> int:
     keys = parse_keys(args.keys)  # a bad --keys fails before any server starts
     if args.image and not os.path.isfile(args.image):  # and so does a missing --image
         raise OSError(f"--image {args.image!r}: no such file")
-    token = args.token or os.environ.get("HELIOS_TOKEN") or ""
+    token = token_from_flags(args.token, args.token_file, _warn)
+    tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
+    if args.serve and tls:
+        raise ValueError("--serve starts a plaintext local server; the --tls flags are for --server")
     if args.serve:
         token = token or "local-" + os.urandom(8).hex()
         with local_server(args.model, token) as address:
@@ -100,7 +106,11 @@ def _record(
     address: str, token: str, args: argparse.Namespace, switches: dict[int, str], keys: list[list[str]]
 ) -> int:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    channel = grpc.insecure_channel(address, options=channel_options(64 << 20))
+    credentials = channel_credentials(args.tls, args.tls_ca, args.tls_cert, args.tls_key)
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=channel_options(64 << 20))
+    else:
+        channel = grpc.secure_channel(address, credentials, options=channel_options(64 << 20))
     stub = pb_grpc.WorldServiceStub(channel)
     try:
         info = stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=metadata, timeout=30)
@@ -164,6 +174,10 @@ def _record(
     close()
     print(f"\nwrote {writer.frames_written} frames to {args.out}")
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"helios record: warning: {message}", file=sys.stderr)
 
 
 def start_image(args: argparse.Namespace, model: str, height: int, width: int) -> bytes | np.ndarray | None:

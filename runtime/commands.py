@@ -226,7 +226,10 @@ def fast_path_choice(args: argparse.Namespace):
 
 def serve(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
     import os
+
+    from helios_sdk.credentials import TOKEN_ON_COMMAND_LINE
 
     from .logs import configure_logging
     from .server.front.server import run
@@ -238,15 +241,20 @@ def serve(args: argparse.Namespace) -> int:
     if args.idle_timeout <= 0:
         raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     _check_ray_flags(args)
+    if args.token and args.token_file:
+        raise ValueError("give --token or --token-file, not both")
     settings = from_flags(
         args,
         devices=group_devices(args.device, args.context_parallel),
-        token=args.token or os.environ.get("HELIOS_TOKEN") or None,
+        # --token, else --token-file (read by the front), else $HELIOS_TOKEN
+        token=args.token or (None if args.token_file else os.environ.get("HELIOS_TOKEN")) or None,
     )
     if settings.precision:
         # Workers (and, for Ray replicas, the front's FastPathChoice) read it from the environment.
         os.environ["HELIOS_PRECISION"] = settings.precision
     configure_logging(args.json_logs)
+    if args.token:
+        logging.getLogger("helios.front").warning(TOKEN_ON_COMMAND_LINE)
     asyncio.run(run(settings))
     return 0
 

@@ -38,6 +38,7 @@ def test_wheel_contents(wheel):
     for required in (
         "helios_sdk/__init__.py",
         "helios_sdk/py.typed",
+        "helios_sdk/retry_policy.json",  # the clients' retry policy, read at import
         "helios_runtime/__init__.py",
         "helios_runtime/py.typed",
         "helios_runtime/model/transformer.py",

@@ -7,6 +7,8 @@ and no Unity can check it.
 - Every C# file parses with tree-sitter's C# grammar (syntax only: no types are checked).
 - The names the hand-written code uses from Helios.V1 exist in the generated code.
 - package.json, the assembly definition, the .meta GUIDs and the sample scene agree with each other.
+- The retry policy's reader (HeliosRetryPolicy.cs, no gRPC calls) compiles with Mono's mcs against
+  stand-ins for the Grpc.Net.Client.Configuration types and reads the shared policy exactly.
 
 What none of this verifies (stated in the package's README): that the code compiles, that it runs in
 Unity, that YetAnotherHttpHandler talks to our server.
@@ -129,7 +131,7 @@ def _without_refstruct_branches(text: str) -> str:
 
 def test_csharp_sources_parse(csharp_parser):
     files = sorted(UNITY.rglob("*.cs"))
-    assert len(files) == 5, files
+    assert len(files) == 6, files
     for path in files:
         text = path.read_text()
         if path.name == "World.cs":
@@ -187,3 +189,80 @@ def test_package_manifest_meta_files_and_sample_scene():
     fields = re.findall(r"^  (\w+): ", block, re.M)
     fields = [f for f in fields if not f.startswith("m_")]
     assert fields and all(re.search(rf"public [\w<>\[\] ]+ {f}\b", client) for f in fields), fields
+
+
+# The retry policy's reader is the one piece of the package that runs no gRPC: it is compiled with
+# Mono's C# compiler against stand-ins for the Grpc.Net.Client.Configuration types it fills (the same
+# members: Names, RetryPolicy, MaxAttempts, ...), and run, and what it read is compared with the JSON.
+GRPC_STAND_INS = """
+using System;
+using System.Collections.Generic;
+namespace Grpc.Core {
+  public enum StatusCode { OK = 0, Cancelled = 1, Unknown = 2, InvalidArgument = 3, DeadlineExceeded = 4,
+    NotFound = 5, AlreadyExists = 6, PermissionDenied = 7, ResourceExhausted = 8, FailedPrecondition = 9,
+    Aborted = 10, OutOfRange = 11, Unimplemented = 12, Internal = 13, Unavailable = 14, DataLoss = 15,
+    Unauthenticated = 16 }
+}
+namespace Grpc.Net.Client.Configuration {
+  public sealed class MethodName { public string Service { get; set; } public string Method { get; set; } }
+  public sealed class RetryPolicy {
+    public int? MaxAttempts { get; set; }
+    public TimeSpan? InitialBackoff { get; set; }
+    public TimeSpan? MaxBackoff { get; set; }
+    public double? BackoffMultiplier { get; set; }
+    public IList<Grpc.Core.StatusCode> RetryableStatusCodes { get; } = new List<Grpc.Core.StatusCode>();
+  }
+  public sealed class MethodConfig {
+    public IList<MethodName> Names { get; } = new List<MethodName>();
+    public RetryPolicy RetryPolicy { get; set; }
+  }
+  public sealed class ServiceConfig {
+    public IList<MethodConfig> MethodConfigs { get; } = new List<MethodConfig>();
+  }
+}
+public static class PrintPolicy {
+  public static void Main() {
+    var config = Helios.World.HeliosRetryPolicy.ServiceConfig();
+    foreach (var method in config.MethodConfigs) {
+      foreach (var name in method.Names) Console.WriteLine("NAME " + name.Service + " " + name.Method);
+      var p = method.RetryPolicy;
+      Console.WriteLine("POLICY " + p.MaxAttempts + " " + p.InitialBackoff.Value.Ticks + " " +
+        p.MaxBackoff.Value.Ticks + " " + p.BackoffMultiplier + " " +
+        string.Join(",", p.RetryableStatusCodes));
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def mono() -> tuple[str, str]:
+    """Mono's C# compiler and runtime (Debian's mono-mcs), apt-installed when missing and root."""
+    if shutil.which("mcs") is None or shutil.which("mono") is None:
+        _apt_install(["mono-mcs"], ["mcs", "mono"])
+    return shutil.which("mcs") or pytest.fail("mcs missing"), shutil.which("mono") or pytest.fail("mono")
+
+
+def test_retry_policy_reads_into_the_service_config(mono, tmp_path):
+    mcs, runtime = mono
+    (tmp_path / "stand_ins.cs").write_text(GRPC_STAND_INS)
+    exe = tmp_path / "policy.exe"
+    source = PACKAGE / "Runtime" / "HeliosRetryPolicy.cs"
+    built = subprocess.run(
+        [mcs, "-nologo", f"-out:{exe}", str(tmp_path / "stand_ins.cs"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    out = subprocess.run([runtime, str(exe)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    method = json.loads((ROOT / "helios_sdk" / "retry_policy.json").read_text())["methodConfig"][0]
+    policy = method["retryPolicy"]
+    codes = ",".join(c.title().replace("_", "") for c in policy["retryableStatusCodes"])
+    want = [f"NAME {n['service']} {n['method']}" for n in method["name"]]
+    backoffs = (policy["initialBackoff"], policy["maxBackoff"])
+    ticks = [round(float(b.removesuffix("s")) * 10_000_000) for b in backoffs]  # a tick is 100 ns
+    want.append(f"POLICY {policy['maxAttempts']} {ticks[0]} {ticks[1]} {policy['backoffMultiplier']} {codes}")
+    assert out.stdout.splitlines() == want

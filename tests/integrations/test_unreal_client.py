@@ -194,3 +194,23 @@ def test_stream_chunk_done_carries_encode_seconds(server: Server, encoding: int)
     else:
         assert 0.0 <= encode < 0.5, encode
     world.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=AUTH)
+
+
+def test_stream_over_mutual_tls(harness: Path, tmp_path: Path):
+    """The plugin's core against `helios serve --tls-cert --tls-key --tls-client-ca` with a CA made
+    for the test: with the CA and a client certificate the lockstep scenario runs as over plaintext."""
+    from tests.tls_files import make_pki
+
+    from .conftest import SERVE_FLAGS
+
+    pki = make_pki(tmp_path / "pki")
+    tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    tls += ["--tls-client-ca", str(pki.ca)]
+    server = Server.start([*SERVE_FLAGS, *tls], 0, tmp_path / "tls.log")  # listening: workers ready
+    try:
+        client_tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]
+        run = run_harness(harness, server.target, "stream", *client_tls, "--tls-key", str(pki.client_key))
+        assert run.returncode == 0, str(run)
+        assert run.fact("OK")["frames"] == str(1 + 3 * FRAMES_PER_CHUNK), str(run)
+    finally:
+        server.terminate()

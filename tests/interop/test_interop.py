@@ -292,8 +292,8 @@ class Run:
         return f"$ {' '.join(self.argv)}\n(exit {self.returncode})\n{self.output}"
 
 
-def run_client(command: list[str], target: str, scenario: str, token: str = TOKEN) -> Run:
-    argv = [*command, "--target", target, "--token", token, "--scenario", scenario]
+def run_client(command: list[str], target: str, scenario: str, *extra: str, token: str = TOKEN) -> Run:
+    argv = [*command, "--target", target, "--token", token, "--scenario", scenario, *extra]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
     return Run(argv, out.returncode, out.stdout + out.stderr)
 
@@ -453,3 +453,50 @@ def test_cpp_client_survives_server_restart(cpp_harness: Path, serve_flags: list
         first.kill()
         if second is not None:
             second.kill()
+
+
+def test_cpp_client_retries_what_the_shared_policy_allows(cpp_harness: Path):
+    """The C++ core against a server that fails on a script (tests/scripted_world.py): grpc retries
+    UNAVAILABLE on GetServerInfo and Step, every attempt of a Step with the same action_seq and the
+    next Step with the next one; ABORTED (a lost session) and a CreateSession are tried once."""
+    import grpc
+
+    from tests.scripted_world import ScriptedWorld
+
+    unavailable, aborted, ok = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.OK
+    with ScriptedWorld() as world:
+        world.fail("GetServerInfo", unavailable, times=2)
+        for code in (unavailable, unavailable, ok, aborted):
+            world.fail("Step", code)
+        world.fail("CreateSession", unavailable)
+        run = run_client([str(cpp_harness)], world.target, "retry")
+    assert run.returncode == 0, str(run)
+    assert run.fact("STEP")["chunk"] == "1", str(run)
+    assert run.fact("LOST")["status"] == "ABORTED", str(run)
+    assert run.fact("CREATE")["status"] == "UNAVAILABLE", str(run)
+    assert world.attempts("GetServerInfo") == 3, str(run)
+    assert [r.action_seq for r in world.calls["Step"]] == [1, 1, 1, 2], str(run)
+    assert world.attempts("CreateSession") == 1, str(run)
+
+
+def test_cpp_client_over_mutual_tls(cpp_harness: Path, serve_flags: list[str], tmp_path: Path):
+    """The C++ core against `helios serve --tls-cert --tls-key --tls-client-ca`: with the CA and a
+    client certificate it runs the whole stream scenario; without the certificate, or without TLS,
+    the handshake fails with UNAVAILABLE (and does not hang)."""
+    from tests.tls_files import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    server = Server.start([*serve_flags, *tls, "--tls-client-ca", str(pki.ca)], 0, tmp_path / "tls.log")
+    try:
+        harness = [str(cpp_harness)]
+        mutual = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]
+        mutual += ["--tls-key", str(pki.client_key)]
+        run = run_client(harness, server.target, "stream", *mutual)
+        assert run.returncode == 0 and run.fact("OK")["frames"] == "99", str(run)
+        no_cert = run_client(harness, server.target, "handshake", "--tls-ca", str(pki.ca))
+        assert no_cert.fact("HANDSHAKE")["status"] == "UNAVAILABLE", str(no_cert)
+        plaintext = run_client(harness, server.target, "handshake")
+        assert plaintext.fact("HANDSHAKE")["status"] == "UNAVAILABLE", str(plaintext)
+    finally:
+        server.terminate()

@@ -87,3 +87,35 @@ def test_the_start_image(tmp_path):
     assert start_image(args(prompt="a castle on the moon"), "toy", 96, 160) is None  # not the grammar
     with pytest.raises(ValueError, match="--start world"):
         start_image(args(prompt="a castle on the moon", start="world"), "toy", 96, 160)
+
+
+def test_record_reads_its_token_from_a_file(tmp_path, address):
+    """--token-file keeps the secret out of the process list; --token is taken, with a warning."""
+    from .conftest import TOKEN
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    common = ("record", "--server", address, "--chunks", "1", "--width", "64", "--height", "64")
+    done = helios(*common, "--token-file", str(token_file), "--out", str(tmp_path / "a.mp4"))
+    assert done.returncode == 0, done.stderr
+    assert "wrote 33 frames" in done.stdout and "warning" not in done.stderr
+    refused = helios(*common, "--token", "wrong", "--out", str(tmp_path / "b.mp4"))
+    assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
+    assert "warning: --token puts the secret in the process list" in refused.stderr
+
+
+def test_a_local_server_gets_its_token_through_the_environment():
+    """`helios record --serve` starts `helios serve` with the token in its environment, not in its
+    arguments, which every user of the machine can read."""
+    import psutil
+
+    from helios_sdk.record_command import local_server
+
+    token = "local-secret-token"
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with local_server("tiny", token) as address:
+        started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        assert started and address.startswith("127.0.0.1:")
+        for p in started:
+            assert token not in " ".join(p.cmdline())
+        assert any(p.environ().get("HELIOS_TOKEN") == token for p in started)

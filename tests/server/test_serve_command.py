@@ -37,6 +37,8 @@ def test_serve_prints_its_address_and_drains_on_sigterm():
         lines = proc.stderr.read().splitlines()
         logs = [json.loads(x) for x in lines]  # every line, the worker's too, is one JSON object
         assert any(entry["msg"].startswith("serving toy") for entry in logs)
+        # --token works, with a warning that it shows in the process list.
+        assert any(e["level"] == "warning" and "process list" in e["msg"] for e in logs), logs
         assert any(entry["logger"] == "helios.worker" for entry in logs)
         assert all({"ts", "level", "logger", "msg"} <= entry.keys() for entry in logs)
     finally:
@@ -141,3 +143,66 @@ def test_serve_flag_defaults_are_the_server_settings_defaults():
     assert args.max_sessions == want.max_sessions
     assert args.idle_timeout == want.idle_timeout_s
     assert (args.host, args.port, args.model) == (want.host, want.port, want.model)
+
+
+def test_token_file_and_tls_keep_the_secret_off_the_command_line(tmp_path):
+    """`helios serve --token-file PATH --tls-cert ... --tls-key ...` as a user runs it: neither the
+    front's command line nor its workers' holds the token; a TLS client with the token works, one
+    without it gets UNAUTHENTICATED, one without TLS gets UNAVAILABLE."""
+    psutil = pytest.importorskip("psutil")
+    from helios_sdk import errors
+    from helios_sdk.client import HeliosClient, Retry
+    from tests.tls_files import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    token = "file-token-" + os.urandom(8).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    flags = ["--model", "tiny", "--device", "cpu", "--no-warm-up", "--token-file", str(token_file)]
+    flags += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    env = {k: v for k, v in os.environ.items() if k != "HELIOS_TOKEN"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening on 127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        target = line.removeprefix("listening on ")
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert len(family) >= 2  # the front and its engine worker
+        for p in family:
+            cmdline = open(f"/proc/{p.pid}/cmdline", "rb").read().decode(errors="replace")
+            assert token not in cmdline, cmdline
+        fast = Retry(initial_s=0.01, max_s=0.05)
+        with HeliosClient(target, token, root_certificates=pki.ca) as client:
+            assert client.server_info().auth_required
+        with pytest.raises(errors.Unauthenticated):
+            HeliosClient(target, "", root_certificates=pki.ca)
+        with pytest.raises(errors.Unavailable):
+            HeliosClient(target, token, retry=fast)  # plaintext
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert "process list" not in proc.stderr.read()  # no --token, no warning
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_token_flags_are_checked_before_anything_starts(tmp_path, capsys):
+    from helios_sdk.cli import main
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for flags, message in (
+        (["--token", "a", "--token-file", str(empty)], "--token or --token-file, not both"),
+        (["--token-file", str(empty)], "is empty"),
+        (["--token-file", str(tmp_path / "missing")], "cannot read the token file"),
+        (["--tls-cert", str(empty)], "needs both --tls-cert and --tls-key"),
+        (["--tls-client-ca", str(empty)], "--tls-client-ca needs --tls-cert"),
+    ):
+        assert main(["serve", "--port", "0", "--no-warm-up", *flags]) == 2
+        assert message in capsys.readouterr().err

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -45,6 +46,9 @@ struct Args {
   double timeout = 240.0;  // seconds any one wait may take (a busy 2-core machine)
   std::string prompt = "a lighthouse on a cliff above a calm sea, golden hour";
   std::string switch_prompt = "the same lighthouse in a night storm, lightning";
+  std::string tls_ca;  // PEM files; --tls-ca turns TLS on
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 struct Failure : std::runtime_error {
@@ -171,10 +175,24 @@ class Recorder {
   std::condition_variable changed_;
 };
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Fail("cannot read ", path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
 hw::ClientOptions Options(const Args& args, hw::StreamMode mode) {
   hw::ClientOptions o;
   o.target = args.target;
   o.token = args.token;
+  if (!args.tls_ca.empty()) {
+    o.tls = true;
+    o.tls_root_certs_pem = ReadFile(args.tls_ca);
+  }
+  if (!args.tls_cert.empty()) o.tls_client_cert_pem = ReadFile(args.tls_cert);
+  if (!args.tls_key.empty()) o.tls_client_key_pem = ReadFile(args.tls_key);
   o.width = args.width;
   o.height = args.height;
   o.prompt = args.prompt;
@@ -489,7 +507,7 @@ int Usage(const std::string& problem) {
             << "usage: helios_world_harness --target HOST:PORT --token TOKEN --scenario "
                "stream|freerun|decode|unauthenticated|restart|latency [--encoding rgb24|jpeg|h264] "
                "[--format rgb|rgba|bgra] [--width 64] [--height 64] [--seed 7] [--chunks 2] "
-               "[--timeout 240]\n";
+               "[--timeout 240] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key C.key]\n";
   return 2;
 }
 
@@ -529,6 +547,12 @@ int main(int argc, char** argv) {
       args.chunks = std::stoi(value);
     } else if (key == "--timeout") {
       args.timeout = std::stod(value);
+    } else if (key == "--tls-ca") {
+      args.tls_ca = value;
+    } else if (key == "--tls-cert") {
+      args.tls_cert = value;
+    } else if (key == "--tls-key") {
+      args.tls_key = value;
     } else {
       return Usage("unknown option " + key);
     }

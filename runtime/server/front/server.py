@@ -1,4 +1,4 @@
-"""`helios serve`: the grpc.aio front with health, reflection, token auth and metrics.
+"""`helios serve`: the grpc.aio front with health, reflection, token auth, TLS and metrics.
 
     async with serve(ServerSettings(port=0)) as server:   # also the test fixture
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -7,12 +7,15 @@ The front starts the engine workers (one process per device, or with `settings.r
 replica per slot on a Ray cluster: `ray_pool.py`), reports NOT_SERVING on the standard health
 service until every worker has warmed up, then SERVING. SIGTERM / SIGINT drain: health goes
 NOT_SERVING, new calls get UNAVAILABLE, streams end with a CLOSED event, then the workers stop.
+With `tls_cert` / `tls_key` the one port speaks TLS only (`tls_client_ca`: mutual TLS); the token
+may come from `token_file`, so that no secret has to appear on the command line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import signal
@@ -26,6 +29,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
+from helios_sdk.credentials import read_pem, read_token_file
 
 from ...engine.snapshot_key import load_key
 from ..protocol.client import EngineClient
@@ -35,6 +39,7 @@ from .zmq_pool import WorkerPool
 
 log = logging.getLogger("helios.front")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name
+MIN_CLIENT_PING_INTERVAL_MS = 10_000  # well under the clients' 30 s keepalive
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -78,8 +83,12 @@ class RunningServer:
 @contextlib.asynccontextmanager
 async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
     """Start workers and the gRPC front; yield once every worker is ready (health SERVING)."""
+    credentials = server_credentials(settings)  # a bad TLS or token file fails before anything starts
     snapshot_key, origin = load_key(settings.snapshot_key_file)  # before anything starts
     log.info("snapshot key: %s", origin)
+    # The service sees the token itself (GetServerInfo's auth_required), wherever it came from.
+    token = bearer_token(settings)
+    settings = dataclasses.replace(settings, token=token, token_file=None)
     pool = make_pool(settings, snapshot_key)
     service = WorldService(settings, pool)
     limits = [
@@ -87,8 +96,12 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Clients ping every 30 s even when idle (helios_sdk.client.KEEPALIVE_TIME_MS, the same in
+        # the C++ and C# clients); pings closer than this are strikes, and two strikes close the
+        # connection with GOAWAY "too_many_pings". gRPC's default here is 5 minutes.
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
     ]
-    interceptors = [TokenAuth(settings.token)] if settings.token else []
+    interceptors = [TokenAuth(token)] if token else []
     server = grpc.aio.server(interceptors=interceptors, options=limits)
     add_to_server(service, server)
     health = health_aio.HealthServicer()
@@ -98,7 +111,11 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
     )
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
     if settings.metrics_port is not None:
@@ -124,6 +141,32 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         for task in background:
             task.cancel()
         await pool.close()
+
+
+def bearer_token(settings: ServerSettings) -> str | None:
+    """The token the front requires: `token`, else the first line of `token_file`, else None."""
+    if settings.token and settings.token_file:
+        raise ValueError("give a token or a token file, not both")
+    if settings.token_file:
+        return read_token_file(settings.token_file)
+    return settings.token or None
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files, or None (plaintext). With `tls_client_ca`,
+    a client must present a certificate that CA signed (mutual TLS)."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (the server's own TLS)")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = read_pem(settings.tls_client_ca)
+    return grpc.ssl_server_credentials(
+        [(read_pem(settings.tls_key), read_pem(settings.tls_cert))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:

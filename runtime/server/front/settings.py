@@ -21,6 +21,12 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
     token: str | None = None  # required bearer token; None disables auth (HELIOS_TOKEN sets it)
+    token_file: str | None = None  # or the token in this file's first line: no secret in `ps`
+    # TLS: a PEM certificate chain and its key serve TLS instead of plaintext; a PEM CA bundle in
+    # tls_client_ca also requires every client to present a certificate it signed (mutual TLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     max_sessions: int = 16
     idle_timeout_s: float = 300.0
     # Largest message sent or accepted: a unary chunk of 33 raw RGB24 frames is 6 MB at the tiny
@@ -69,7 +75,15 @@ FLAGS: dict[str, tuple[str, str]] = {
     "port": ("--port", "port (default %(default)s; 0 picks a free one)"),
     "token": (
         "--token",
-        "require 'authorization: Bearer TOKEN' (default: $HELIOS_TOKEN; no auth when neither is set)",
+        "require 'authorization: Bearer TOKEN' (visible in the process list: prefer --token-file or "
+        "$HELIOS_TOKEN; no auth when none is set)",
+    ),
+    "token_file": ("--token-file", "require the bearer token held in this file (its first line)"),
+    "tls_cert": ("--tls-cert", "serve TLS with this PEM certificate chain (needs --tls-key)"),
+    "tls_key": ("--tls-key", "the PEM private key of --tls-cert"),
+    "tls_client_ca": (
+        "--tls-client-ca",
+        "mutual TLS: refuse clients without a certificate signed by this PEM CA bundle",
     ),
     "max_sessions": ("--max-sessions", "open sessions at most (default %(default)s)"),
     "snapshot_key_file": (
@@ -109,6 +123,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     ),
 }
 RAY_FLAGS = ("ray", "replicas", "replica_gpus", "replica_cpus", "ray_app")
+PATHS = ("token_file", "tls_cert", "tls_key", "tls_client_ca")  # settings whose flag names a file
 CHOICES = {"precision": PRECISIONS}  # settings whose flag takes one of a few values
 _TYPES = {"str": str, "int": int, "float": float}
 
@@ -128,7 +143,7 @@ def add_flags(parser: Any, names: Iterable[str]) -> None:
             parser.add_argument(flag, action="store_true", help=help_text)
             continue
         kind = _TYPES[str(f.type).split(" | ")[0]]
-        metavar = "ADDRESS" if name == "ray" else _dest(flag).upper()
+        metavar = "ADDRESS" if name == "ray" else "PATH" if name in PATHS else _dest(flag).upper()
         if name in CHOICES:
             parser.add_argument(flag, choices=CHOICES[name], default=f.default, help=help_text)
             continue

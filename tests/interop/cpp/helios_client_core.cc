@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <thread>
 #include <utility>
 
@@ -15,6 +17,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "helios/v1/world.grpc.pb.h"
+#include "retry_policy.h"
 
 namespace helios_client {
 
@@ -292,6 +295,17 @@ struct Client::Impl {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::WorldService::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  std::mutex seq_mu;
+  std::map<std::string, uint64_t> last_seq;  // per session: the highest action_seq sent
+
+  // The action_seq of a Step: `given`, or the session's next number.
+  uint64_t NextSeq(const std::string& session_id, uint64_t given) {
+    std::lock_guard<std::mutex> lock(seq_mu);
+    uint64_t& last = last_seq[session_id];
+    const uint64_t seq = given != 0 ? given : last + 1;
+    last = std::max(last, seq);
+    return seq;
+  }
 
   // A fresh context per unary call: metadata plus deadline (0: the configured unary timeout).
   void Prepare(grpc::ClientContext* context, double timeout_seconds = 0.0) const {
@@ -312,8 +326,22 @@ Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>()) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, impl_->options.min_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, impl_->options.min_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, impl_->options.max_reconnect_backoff_ms);
-  impl_->channel = grpc::CreateCustomChannel(impl_->options.target,
-                                             grpc::InsecureChannelCredentials(), args);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // keep pinging an idle connection
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, impl_->options.retries ? 1 : 0);
+  if (impl_->options.retries) args.SetServiceConfigJSON(kRetryPolicyJson);
+  const ClientOptions& o = impl_->options;
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (o.tls || !o.tls_root_certs_pem.empty() || !o.tls_client_cert_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = o.tls_root_certs_pem;
+    ssl.pem_cert_chain = o.tls_client_cert_pem;
+    ssl.pem_private_key = o.tls_client_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+  }
+  impl_->channel = grpc::CreateCustomChannel(o.target, credentials, args);
   impl_->stub = pb::WorldService::NewStub(impl_->channel);
   impl_->health = grpc::health::v1::Health::NewStub(impl_->channel);
 }
@@ -366,6 +394,8 @@ Status Client::CheckHealth(bool* serving) {
   return FromGrpc(s);
 }
 
+// Written by hand, not in the retry policy: this waits for a state (health SERVING), which a
+// service config cannot express; each probe is one call.
 Status Client::WaitForServer(double timeout_seconds, ServerInfo* info, int* attempts) {
   using Clock = std::chrono::steady_clock;
   const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(
@@ -432,7 +462,7 @@ Status Client::Step(const std::string& session_id, const Action& action, uint64_
   request.set_session_id(session_id);
   ToProto(action, request.mutable_action());
   ToProto(frames, request.mutable_frames());
-  request.set_action_seq(action_seq);
+  request.set_action_seq(impl_->NextSeq(session_id, action_seq));
   pb::StepResponse response;
   grpc::Status s = impl_->stub->Step(&context, request, &response);
   if (!s.ok()) return FromGrpc(s);
@@ -446,7 +476,12 @@ Status Client::CloseSession(const std::string& session_id) {
   pb::CloseSessionRequest request;
   request.set_session_id(session_id);
   pb::CloseSessionResponse response;
-  return FromGrpc(impl_->stub->CloseSession(&context, request, &response));
+  Status status = FromGrpc(impl_->stub->CloseSession(&context, request, &response));
+  if (status.ok()) {
+    std::lock_guard<std::mutex> lock(impl_->seq_mu);
+    impl_->last_seq.erase(session_id);
+  }
+  return status;
 }
 
 Status Client::OpenStream(const std::string& session_id, StreamMode mode, FrameEncoding encoding,

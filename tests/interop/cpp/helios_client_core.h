@@ -1,8 +1,11 @@
 // helios_client_core: a small synchronous C++17 client of helios.v1.WorldService.
 //
 // This is the part an engine plugin (an Unreal module on an FRunnable worker thread, say) would
-// reuse as is: connect with a token and a message-size limit, handshake, create a session, reset,
-// step, stream chunks frame by frame, close. Its public types are plain C++ (no grpc, protobuf or
+// reuse as is: connect with a token, TLS and a message-size limit, handshake, create a session,
+// reset, step, stream chunks frame by frame, close. Retries are grpc's own, from the service config
+// every helios client shares (retry_policy.h): UNAVAILABLE on GetServerInfo, Reset, Step and
+// CloseSession only. kAborted means the session was lost with its engine worker: it is never
+// retried; create a new session. Its public types are plain C++ (no grpc, protobuf or
 // engine headers), as TurboLink does, so a plugin's public headers stay free of third-party
 // includes; grpc++ and the generated stubs are used only inside helios_client_core.cc.
 //
@@ -72,6 +75,15 @@ struct ClientOptions {
   // game waiting for a restarted local server.
   int min_reconnect_backoff_ms = 200;
   int max_reconnect_backoff_ms = 2000;
+  // grpc's retries per the shared policy (retry_policy.h); false: every call is tried once.
+  bool retries = true;
+  // TLS: on when `tls` is true or any PEM below is given (`helios serve --tls-cert ...`). Empty
+  // roots: grpc's default roots verify the server.
+  bool tls = false;
+  std::string tls_root_certs_pem;
+  // Mutual TLS (`helios serve --tls-client-ca`): this client's certificate chain and private key.
+  std::string tls_client_cert_pem;
+  std::string tls_client_key_pem;
 };
 
 struct ServerInfo {
@@ -211,6 +223,9 @@ class Client {
                        uint32_t* out_width = nullptr, uint32_t* out_height = nullptr);
   Status Reset(const std::string& session_id, const std::string& prompt, uint64_t seed,
                const FrameOptions& frames, Chunk* chunk);
+  // `action_seq` 0 takes this client's next number for the session (1, 2, 3, ...; never reused,
+  // not even after a Reset); every attempt of one Step carries the same number, so the server
+  // answers a retried Step with the chunk it already made instead of stepping twice.
   Status Step(const std::string& session_id, const Action& action, uint64_t action_seq,
               const FrameOptions& frames, Chunk* chunk);
   Status CloseSession(const std::string& session_id);

@@ -1,6 +1,11 @@
 // helios_interop: drives a live helios server through helios_client_core, one scenario per run.
 //
 //   helios_interop --target 127.0.0.1:50051 --token T --scenario stream|unauthenticated|errors|restart
+//                  [--tls-ca CA.pem [--tls-cert CLIENT.pem --tls-key CLIENT.key]]
+//
+// Two more scenarios test the client's side of the wire: `handshake` (GetServerInfo once: a TLS
+// check) and `retry` (against tests/scripted_world.py, which fails calls on a script: what grpc
+// retries under the shared retry policy, and with which action_seq).
 //
 // Output is one fact per line, `WORD key=value ...`, flushed as it happens; the last line is
 // `OK scenario=NAME ...` (exit 0) or `FAIL scenario=NAME reason=...` (exit 1). Every check compares
@@ -10,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -33,6 +39,9 @@ struct Args {
   std::string prompt = "a lighthouse on a cliff above a calm sea, golden hour";
   std::string switch_prompt = "the same lighthouse in a night storm, lightning";
   double retry_seconds = 120.0;
+  std::string tls_ca;  // PEM files; --tls-ca turns TLS on
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 struct Failure : std::runtime_error {
@@ -82,10 +91,24 @@ std::string Hex(uint32_t value) {
   return buffer;
 }
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Fail("cannot read ", path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
 hc::Client MakeClient(const Args& args, const std::string& token) {
   hc::ClientOptions options;
   options.target = args.target;
   options.token = token;
+  if (!args.tls_ca.empty()) {
+    options.tls = true;
+    options.tls_root_certs_pem = ReadFile(args.tls_ca);
+  }
+  if (!args.tls_cert.empty()) options.tls_client_cert_pem = ReadFile(args.tls_cert);
+  if (!args.tls_key.empty()) options.tls_client_key_pem = ReadFile(args.tls_key);
   return hc::Client(options);
 }
 
@@ -317,12 +340,41 @@ void ScenarioRestart(const Args& args) {
             << " chunks=1" << std::endl;
 }
 
+// One GetServerInfo: over TLS when --tls-ca is given. Prints its status either way.
+void ScenarioHandshake(const Args& args) {
+  hc::Client client = MakeClient(args, args.token);
+  hc::ServerInfo info;
+  hc::Status status = client.GetServerInfo(&info);
+  std::cout << "HANDSHAKE status=" << hc::StatusCodeName(status.code) << std::endl;
+  ExpectOk(status, "GetServerInfo");
+  std::cout << "OK scenario=handshake api_version=" << info.api_version << std::endl;
+}
+
+// Against tests/scripted_world.py, whose failures the driver scripts: GetServerInfo (UNAVAILABLE
+// twice: retried), Step (UNAVAILABLE twice, then a chunk: retried with one action_seq), Step again
+// (ABORTED: the session is lost, never retried), CreateSession (UNAVAILABLE: not retried, it would
+// make a second session). The driver counts the attempts that reached the server.
+void ScenarioRetry(const Args& args) {
+  hc::Client client = MakeClient(args, args.token);
+  hc::ServerInfo info;
+  ExpectOk(client.GetServerInfo(&info), "GetServerInfo");
+  hc::FrameOptions none{hc::FrameEncoding::kRgb24, hc::FrameSelection::kNone, 0};
+  hc::Chunk chunk;
+  ExpectOk(client.Step("s1", hc::Action::Continue(), 0, none, &chunk), "Step through UNAVAILABLE");
+  std::cout << "STEP chunk=" << chunk.chunk_index << std::endl;
+  hc::Status lost = client.Step("s1", hc::Action::Continue(), 0, none, &chunk);
+  std::cout << "LOST status=" << hc::StatusCodeName(lost.code) << std::endl;
+  std::string session;
+  hc::Status create = client.CreateSession(64, 64, &session);
+  std::cout << "CREATE status=" << hc::StatusCodeName(create.code) << std::endl;
+  std::cout << "OK scenario=retry" << std::endl;
+}
+
 const std::map<std::string, void (*)(const Args&)>& Scenarios() {
   static const std::map<std::string, void (*)(const Args&)> scenarios = {
-      {"stream", ScenarioStream},
-      {"unauthenticated", ScenarioUnauthenticated},
-      {"errors", ScenarioErrors},
-      {"restart", ScenarioRestart},
+      {"stream", ScenarioStream},   {"unauthenticated", ScenarioUnauthenticated},
+      {"errors", ScenarioErrors},   {"restart", ScenarioRestart},
+      {"handshake", ScenarioHandshake}, {"retry", ScenarioRetry},
   };
   return scenarios;
 }
@@ -330,8 +382,8 @@ const std::map<std::string, void (*)(const Args&)>& Scenarios() {
 int Usage(const std::string& problem) {
   std::cerr << "helios_interop: " << problem << "\n"
             << "usage: helios_interop --target HOST:PORT --token TOKEN --scenario "
-               "stream|unauthenticated|errors|restart [--width 64] [--height 64] [--seed 7] "
-               "[--retry-seconds 120]\n";
+               "stream|unauthenticated|errors|restart|handshake|retry [--width 64] [--height 64] "
+               "[--seed 7] [--retry-seconds 120] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key C.key]\n";
   return 2;
 }
 
@@ -357,6 +409,12 @@ int main(int argc, char** argv) {
       args.seed = std::stoull(value);
     } else if (key == "--retry-seconds") {
       args.retry_seconds = std::stod(value);
+    } else if (key == "--tls-ca") {
+      args.tls_ca = value;
+    } else if (key == "--tls-cert") {
+      args.tls_cert = value;
+    } else if (key == "--tls-key") {
+      args.tls_key = value;
     } else {
       return Usage("unknown option " + key);
     }

@@ -17,8 +17,13 @@ namespace Helios.World
         [Header("Server")]
         [Tooltip("http://host:port for a plaintext server (helios serve), https:// with TLS")]
         public string address = "http://127.0.0.1:50051";
-        [Tooltip("The server's --token; empty: the HELIOS_TOKEN environment variable")]
+        [Tooltip("The server's token; empty: the HELIOS_TOKEN environment variable")]
         public string token = "";
+        [Tooltip("https:// only: PEM file of the CA that signed the server's certificate (empty: built-in roots)")]
+        public string rootCertificatesFile = "";
+        [Tooltip("Mutual TLS (helios serve --tls-client-ca): PEM files of this client's certificate and key")]
+        public string clientCertificateFile = "";
+        public string clientKeyFile = "";
 
         [Header("World")]
         public int width = 640;
@@ -67,6 +72,9 @@ namespace Helios.World
                 Seed = seed,
                 Encoding = encoding,
                 FreeRun = freeRun,
+                RootCertificatesPem = ReadPem(rootCertificatesFile),
+                ClientCertificatePem = ReadPem(clientCertificateFile),
+                ClientKeyPem = ReadPem(clientKeyFile),
             };
             session = new HeliosWorldSession(options);
             session.FrameReceived += OnFrame;
@@ -76,6 +84,11 @@ namespace Helios.World
 #if ENABLE_LEGACY_INPUT_MANAGER
             lastMouse = Input.mousePosition;  // throws when only the new Input System is enabled
 #endif
+        }
+
+        static string ReadPem(string path)
+        {
+            return string.IsNullOrEmpty(path) ? "" : System.IO.File.ReadAllText(path);
         }
 
         void OnDisable()

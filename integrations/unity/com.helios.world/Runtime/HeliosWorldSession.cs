@@ -4,8 +4,11 @@
 // handshakes (GetServerInfo) and raises its receive limit to the server's max_message_bytes,
 // creates a session, resets it from a prompt and keeps a Stream open, raising FrameReceived for
 // every frame and EventRaised for what happens to the connection. A lost server or session
-// (UNAVAILABLE, a CLOSED event) is reported as SessionLost, then it backs off, opens a new channel
-// and a new session from the latest prompt; a refused token (UNAUTHENTICATED) is Fatal at once.
+// (UNAVAILABLE, ABORTED for a session lost with its engine worker, a CLOSED event) is reported as
+// SessionLost, then it backs off, opens a new channel and a new session from the latest prompt; the
+// call that failed is never repeated on the old session. A refused token (UNAUTHENTICATED) is Fatal
+// at once. Single calls are retried by gRPC itself, per the service config every helios client
+// shares (HeliosRetryPolicy); every channel keeps alive with pings. TLS: an https:// address.
 // Contract: proto/helios/v1/world.proto. The C++ core of the Unreal plugin follows the same steps.
 using System;
 using System.Collections.Concurrent;
@@ -28,10 +31,18 @@ namespace Helios.World
 
     public sealed class HeliosSessionOptions
     {
-        /// <summary>"http://host:port" (plaintext HTTP/2) or "https://host:port".</summary>
+        /// <summary>"http://host:port" (plaintext HTTP/2) or "https://host:port" (TLS: helios serve
+        /// --tls-cert / --tls-key).</summary>
         public string Address = "http://127.0.0.1:50051";
         /// <summary>Sent as "authorization: Bearer ..."; empty sends none.</summary>
         public string Token = "";
+        /// <summary>TLS: PEM of the CA that signed the server's certificate; empty: the handler's
+        /// built-in roots.</summary>
+        public string RootCertificatesPem = "";
+        /// <summary>Mutual TLS (helios serve --tls-client-ca): this client's PEM certificate chain and
+        /// private key.</summary>
+        public string ClientCertificatePem = "";
+        public string ClientKeyPem = "";
         public int Width = 640;
         public int Height = 384;
         public string Prompt = "a quiet harbour town at dusk, boats on the water";
@@ -176,6 +187,8 @@ namespace Helios.World
             if (handler != null) handler(e);
         }
 
+        // Errors after which a new channel and a new session may succeed (ABORTED: the session was
+        // lost with its worker; a new one is made, the old one is never called again).
         static bool Retryable(StatusCode code)
         {
             return code == StatusCode.Unavailable || code == StatusCode.NotFound ||
@@ -194,12 +207,25 @@ namespace Helios.World
         {
             var plaintext = options.Address.StartsWith("http://", StringComparison.OrdinalIgnoreCase);
             // h2c (plaintext HTTP/2) must be forced, or the handler tries HTTP/1.1 first.
-            var handler = new YetAnotherHttpHandler { Http2Only = plaintext };
+            var handler = new YetAnotherHttpHandler
+            {
+                Http2Only = plaintext,
+                Http2KeepAliveInterval = TimeSpan.FromMilliseconds(HeliosRetryPolicy.KeepaliveTimeMs),
+                Http2KeepAliveTimeout = TimeSpan.FromMilliseconds(HeliosRetryPolicy.KeepaliveTimeoutMs),
+                Http2KeepAliveWhileIdle = true,
+            };
+            if (!string.IsNullOrEmpty(options.RootCertificatesPem)) handler.RootCertificates = options.RootCertificatesPem;
+            if (!string.IsNullOrEmpty(options.ClientCertificatePem))
+            {
+                handler.ClientAuthCertificates = options.ClientCertificatePem;
+                handler.ClientAuthKey = options.ClientKeyPem;
+            }
             return GrpcChannel.ForAddress(options.Address, new GrpcChannelOptions
             {
                 HttpHandler = handler,
                 DisposeHttpClient = true,
                 MaxReceiveMessageSize = maxReceiveBytes,
+                ServiceConfig = HeliosRetryPolicy.ServiceConfig(),
             });
         }
 
@@ -380,7 +406,11 @@ namespace Helios.World
                             else continue;
                             Raise(raised);
                         }
-                        throw new RpcException(new Status(StatusCode.Unavailable, closed ?? "the server ended the stream"));
+                        // A CLOSED event: the session was lost with its engine worker (ABORTED, as the
+                        // unary calls answer then) or the server is draining (UNAVAILABLE).
+                        var lostWithWorker = closed != null && closed.Contains("lost with its engine worker");
+                        throw new RpcException(new Status(lostWithWorker ? StatusCode.Aborted : StatusCode.Unavailable,
+                                                          closed ?? "the server ended the stream"));
                     }
                     finally
                     {

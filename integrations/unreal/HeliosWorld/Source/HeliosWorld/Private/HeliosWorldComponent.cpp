@@ -9,6 +9,7 @@
 #include "HAL/Runnable.h"
 #include "HAL/RunnableThread.h"
 #include "InputCoreTypes.h"
+#include "Misc/FileHelper.h"
 #include "Misc/ScopeLock.h"
 #include "RenderUtils.h"
 
@@ -85,6 +86,21 @@ void UHeliosWorldComponent::Connect()
 	helios_world::ClientOptions Options;
 	Options.target = ToStd(ServerAddress);
 	Options.token = ToStd(Token.IsEmpty() ? FPlatformMisc::GetEnvironmentVariable(TEXT("HELIOS_TOKEN")) : Token);
+	Options.tls = bUseTls;
+	if (bUseTls)
+	{
+		auto ReadPem = [](const FString& Path) {
+			FString Pem;
+			if (!Path.IsEmpty() && !FFileHelper::LoadFileToString(Pem, *Path))
+			{
+				UE_LOG(LogHeliosWorld, Error, TEXT("Helios: cannot read the PEM file %s"), *Path);
+			}
+			return ToStd(Pem);
+		};
+		Options.tls_root_certs_pem = ReadPem(TlsRootCertificatesFile);
+		Options.tls_client_cert_pem = ReadPem(TlsClientCertificateFile);
+		Options.tls_client_key_pem = ReadPem(TlsClientKeyFile);
+	}
 	Options.width = static_cast<uint32_t>(Width);
 	Options.height = static_cast<uint32_t>(Height);
 	Options.prompt = ToStd(Prompt);

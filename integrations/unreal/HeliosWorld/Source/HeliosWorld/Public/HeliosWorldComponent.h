@@ -43,13 +43,28 @@ public:
 	UHeliosWorldComponent();
 
 	// --- Server --------------------------------------------------------------------------------------
-	/** host:port of `helios serve` (plaintext gRPC). */
+	/** host:port of `helios serve` (plaintext gRPC unless bUseTls). */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Server")
 	FString ServerAddress = TEXT("127.0.0.1:50051");
 
-	/** The server's --token; empty uses the HELIOS_TOKEN environment variable. */
+	/** The server's token; empty uses the HELIOS_TOKEN environment variable. */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Server")
 	FString Token;
+
+	/** TLS, for a server started with --tls-cert / --tls-key (set it whenever the token leaves this machine). */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Server")
+	bool bUseTls = false;
+
+	/** PEM file of the CA that signed the server's certificate; empty: gRPC's default roots. */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Server", meta = (EditCondition = "bUseTls"))
+	FString TlsRootCertificatesFile;
+
+	/** Mutual TLS (--tls-client-ca): PEM files of this client's certificate chain and private key. */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Server", meta = (EditCondition = "bUseTls"))
+	FString TlsClientCertificateFile;
+
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Server", meta = (EditCondition = "bUseTls"))
+	FString TlsClientKeyFile;
 
 	/** Connect in BeginPlay. */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Server")

@@ -16,6 +16,7 @@
 
 #include "decoder.h"
 #include "helios/v1/world.grpc.pb.h"
+#include "retry_policy.h"
 
 namespace helios_world {
 
@@ -131,8 +132,9 @@ int64_t UnixNanos() {
 }
 
 // Errors after which a new channel and a new session may succeed: the server restarted, is still
-// loading or draining, lost the worker holding the session, or is full for now. Anything else (a
-// bad token, a bad size, another API version, a bug) would fail again the same way.
+// loading or draining, lost the worker holding the session (ABORTED: that session is gone for good,
+// so nothing is retried on it), or is full for now. Anything else (a bad token, a bad size, another
+// API version, a bug) would fail again the same way.
 bool Retryable(StatusCode code) {
   return code == StatusCode::kUnavailable || code == StatusCode::kNotFound ||
          code == StatusCode::kAborted || code == StatusCode::kDeadlineExceeded ||
@@ -237,7 +239,21 @@ struct WorldClient::Connection {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    channel = grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // keep pinging an idle connection
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.retries ? 1 : 0);
+    if (options.retries) args.SetServiceConfigJSON(kRetryPolicyJson);
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (options.tls || !options.tls_root_certs_pem.empty() || !options.tls_client_cert_pem.empty()) {
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = options.tls_root_certs_pem;
+      ssl.pem_cert_chain = options.tls_client_cert_pem;
+      ssl.pem_private_key = options.tls_client_key_pem;
+      credentials = grpc::SslCredentials(ssl);
+    }
+    channel = grpc::CreateCustomChannel(options.target, credentials, args);
     stub = pb::WorldService::NewStub(channel);
     generic = std::make_unique<grpc::GenericStub>(channel);
   }
@@ -782,7 +798,13 @@ Status WorldClient::StreamSession() {
     return Make(StatusCode::kCancelled, "stopped");
   }
   if (!broken.ok()) return lost(broken);
-  if (!closed_reason.empty()) return lost(Make(StatusCode::kUnavailable, closed_reason));
+  if (!closed_reason.empty()) {
+    // A CLOSED event: the session was lost with its engine worker (ABORTED, as the unary calls
+    // answer then), or the server is draining (UNAVAILABLE).
+    const bool worker_lost = finished.code == StatusCode::kAborted ||
+                             closed_reason.find("lost with its engine worker") != std::string::npos;
+    return lost(Make(worker_lost ? StatusCode::kAborted : StatusCode::kUnavailable, closed_reason));
+  }
   if (finished.ok()) finished = Make(StatusCode::kUnavailable, "the server ended the stream");
   return lost(finished);
 }

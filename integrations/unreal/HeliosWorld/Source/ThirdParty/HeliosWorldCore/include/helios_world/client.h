@@ -4,9 +4,12 @@
 // bearer token, handshakes (GetServerInfo), creates a session, resets it from a prompt and keeps a
 // bidirectional Stream open, delivering every frame decoded to RGB / RGBA / BGRA pixels to a
 // callback on its reader thread. Actions (prompt, transition, keyboard / mouse / camera) can be
-// sent from any thread. When the server goes away (UNAVAILABLE, or a CLOSED event) the client
-// reports the lost session, backs off, opens a new channel and a new session with the last prompt,
-// and streams again; a wrong or missing token (UNAUTHENTICATED) ends Run() at once with that status.
+// sent from any thread. When the server goes away (UNAVAILABLE, or a CLOSED event) or the session is
+// lost with its engine worker (ABORTED) the client reports the lost session, backs off, opens a new
+// channel and a new session with the last prompt, and streams again; a call that failed is never
+// repeated on the old session. A wrong or missing token (UNAUTHENTICATED) ends Run() at once with
+// that status. Single calls are retried by grpc itself, per the service config every helios client
+// shares (src/retry_policy.h: UNAVAILABLE on GetServerInfo and Reset here). TLS: ClientOptions.
 //
 // This header includes only the C++ standard library: grpc++, protobuf and the decoders
 // (libturbojpeg, libavcodec) stay inside the library, so an engine module (Unreal's HeliosWorld,
@@ -152,7 +155,8 @@ struct Event {
     kChunkDone,       // all frames of `chunk_index` were delivered; server timings filled
     kFramesDropped,   // the server dropped `dropped_frames` frames for this slow reader
     kActionRejected,  // the server refused action `action_seq`: `message` says why
-    kSessionLost,     // `session_id` is gone (server restart, worker lost, drain); reconnecting
+    kSessionLost,     // `session_id` is gone: server restart or drain (UNAVAILABLE), worker lost
+                      // (ABORTED); a new session follows
     kStopped,         // Stop() was honoured; Run() returns OK next
     kFatal,           // Run() returns `status` next (bad token, API mismatch, bad options...)
   };
@@ -173,8 +177,17 @@ const char* EventTypeName(Event::Type type);
 
 struct ClientOptions {
   std::string target = "127.0.0.1:50051";  // any grpc target string
-  // Sent as `authorization: Bearer <token>`; empty sends none (a server without --token).
+  // Sent as `authorization: Bearer <token>`; empty sends none (a server without a token).
   std::string token;
+  // TLS: on when `tls` is true or any PEM below is given (`helios serve --tls-cert ...`). Empty
+  // roots: grpc's default roots verify the server.
+  bool tls = false;
+  std::string tls_root_certs_pem;
+  // Mutual TLS (`helios serve --tls-client-ca`): this client's certificate chain and private key.
+  std::string tls_client_cert_pem;
+  std::string tls_client_key_pem;
+  // grpc's retries per the shared policy (src/retry_policy.h); false: every call is tried once.
+  bool retries = true;
   uint32_t width = 640;  // 0: the server's default; multiples of size_multiple
   uint32_t height = 384;
   std::string prompt = "a quiet harbour town at dusk, boats on the water";
