@@ -42,9 +42,14 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
             yield pb.StreamRequest(action=pb.StreamAction(seq=i))
             time.sleep(0.2)
 
+    ended = []
+
     def consume():
-        for msg in stub.Stream(actions(), metadata=AUTH, timeout=120):
-            (frames if msg.WhichOneof("kind") == "frame" else events).append(msg)
+        try:
+            for msg in stub.Stream(actions(), metadata=AUTH, timeout=120):
+                (frames if msg.WhichOneof("kind") == "frame" else events).append(msg)
+        except grpc.RpcError as exc:  # after the CLOSED event, the stream ends ABORTED
+            ended.append(exc.code())
 
     reader = threading.Thread(target=consume)
     reader.start()
@@ -56,6 +61,7 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
     assert not reader.is_alive()
     closed = [m.event for m in events if m.event.type == pb.SESSION_EVENT_TYPE_CLOSED]
     assert closed and "lost" in closed[-1].message
+    assert ended == [grpc.StatusCode.ABORTED]
 
     # The front kept serving; the lost sessions say ABORTED (not retryable: UNAVAILABLE would make
     # clients retry what cannot succeed); a new world works once the worker is back.

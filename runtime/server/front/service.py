@@ -641,6 +641,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
             check_session=lambda: self._session(s.id),
         )
         s.streaming = True
+        s.last_step = None  # the stream advances the session: an older unary reply is stale now
         metrics.STREAMS.inc()
         self.stream_stops.add(stream.stop)
         self.streams.add(stream)
@@ -649,6 +650,8 @@ class WorldService(pb_grpc.WorldServiceServicer):
             if bug is not None:
                 log.error("stream producer failed", exc_info=bug)
                 await self._abort(context, grpc.StatusCode.INTERNAL, f"internal error: {bug!r}")
+            if s.lost:  # after its CLOSED event: the stream's status says what a unary call would
+                await self._abort(context, grpc.StatusCode.ABORTED, lost(s.id).message)
             if self.draining:
                 await context.write(
                     stream.event(pb.SESSION_EVENT_TYPE_CLOSED, message="the server is shutting down")
