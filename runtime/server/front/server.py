@@ -5,8 +5,9 @@
 
 The front starts the engine workers (one process per device, or with `settings.ray` one Ray Serve
 replica per slot on a Ray cluster: `ray_pool.py`), reports NOT_SERVING on the standard health
-service until every worker has warmed up, then SERVING. SIGTERM / SIGINT drain: health goes
-NOT_SERVING, new calls get UNAVAILABLE, streams end with a CLOSED event, then the workers stop.
+service until every worker has warmed up, then SERVING; afterwards NOT_SERVING whenever no worker is
+ready (restarting, wedged, cut off) and SERVING again once one is. SIGTERM / SIGINT drain: health
+goes NOT_SERVING, new calls get UNAVAILABLE, streams end with a CLOSED event, then the workers stop.
 """
 
 from __future__ import annotations
@@ -113,30 +114,36 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         background.append(asyncio.create_task(_expire_loop(service)))
+        background.append(asyncio.create_task(_health_loop(service, health)))
         yield RunningServer(port, settings, service, pool, health, server)
     finally:
+        for task in background:
+            task.cancel()
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await service.drain()
         await server.stop(settings.drain_seconds)
-        for task in background:
-            task.cancel()
         await pool.close()
 
 
 def make_pool(settings: ServerSettings) -> EngineClient:
     """Local worker processes, one per device; or Ray Serve replicas when `settings.ray` is set."""
+    pool: EngineClient
     if settings.ray is None:
-        return WorkerPool(
+        pool = WorkerPool(
             settings.model,
             list(settings.devices),
             settings.max_sessions,
             settings.warm_up,
             json_logs=settings.json_logs,
+            watchdog_s=settings.watchdog_s,
+            start_timeout_s=settings.worker_start_timeout_s,
         )
+        pool.call_timeout_s = settings.worker_call_timeout_s
+        return pool
     from .ray_pool import RayWorkerPool
 
-    return RayWorkerPool(
+    pool = RayWorkerPool(
         settings.model,
         settings.replicas,
         settings.max_sessions,
@@ -147,6 +154,22 @@ def make_pool(settings: ServerSettings) -> EngineClient:
         cpus=settings.replica_cpus,
         app=settings.ray_app,
     )
+    pool.call_timeout_s = settings.worker_call_timeout_s
+    return pool
+
+
+async def _health_loop(service: WorldService, health: health_aio.HealthServicer) -> None:
+    """Health follows the workers: NOT_SERVING while none is ready, SERVING when one is."""
+    Status = health_pb2.HealthCheckResponse
+    serving = True
+    while not service.draining:
+        now = any(w.ready.is_set() for w in service.pool.workers)
+        if now != serving:
+            serving = now
+            log.warning("health: %s", "SERVING" if now else "NOT_SERVING (no engine worker is ready)")
+            for name in ("", SERVICE_NAME):
+                await health.set(name, Status.SERVING if now else Status.NOT_SERVING)
+        await asyncio.sleep(0.2)
 
 
 async def _expire_loop(service: WorldService) -> None:
