@@ -36,7 +36,18 @@ import zmq.asyncio
 from ..protocol.channel import ENV as KEYS_ENV
 from ..protocol.channel import ZAP_DOMAIN, WorkerKeys, public_key_bytes, require_curve
 from ..protocol.client import EngineClient, WorkerHandle
-from ..protocol.messages import Cancel, Error, Frame, Heartbeat, Ready, Request, Result, decode, encode
+from ..protocol.messages import (
+    HEARTBEAT_S,
+    Cancel,
+    Error,
+    Frame,
+    Heartbeat,
+    Ready,
+    Request,
+    Result,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("helios.front")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks who may connect (the ZAP protocol, RFC 27)
@@ -209,7 +220,8 @@ class WorkerPool(EngineClient):
         silence = now - live.heard_at
         stalled = live.stalled_s + silence
         if self.watchdog_s > 0 and stalled > live.bound_s:
-            what = "its engine loop made no progress" if silence < CUT_OFF_S else "it sent nothing"
+            # Heartbeats still coming: the loop is stuck; none for a while: the process is.
+            what = "it sent nothing" if silence > 5 * HEARTBEAT_S else "its engine loop made no progress"
             self._kill(w, f"{what} for {stalled:.0f} s; the watchdog restarted it")
         elif silence > CUT_OFF_S and not live.cut_off:
             live.cut_off = True
