@@ -208,7 +208,10 @@ class ZmqTransport(QueueTransport):
         while not self.stopped.is_set():
             if time.monotonic() >= next_beat:
                 stalled = self.progress.stalled_s() if self.progress is not None else 0.0
-                self._dealer.send_multipart(encode(Heartbeat(stalled)))
+                try:  # never block on a heartbeat (the front may be gone)
+                    self._dealer.send_multipart(encode(Heartbeat(stalled)), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
                 next_beat = time.monotonic() + HEARTBEAT_S
             ready = dict(poller.poll(100))
             if self._dealer in ready:
