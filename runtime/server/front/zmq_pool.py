@@ -110,6 +110,7 @@ class WorkerPool(EngineClient):
         self.live = {w.index: Liveness() for w in workers}
         self.dropped = 0  # messages the reply loop dropped
         self.denied = 0  # connections the ZAP handler refused
+        self._denied_logged_at = -math.inf
         self.tasks: list[asyncio.Task] = []
         self.closing = False
 
@@ -252,7 +253,14 @@ class WorkerPool(EngineClient):
                 w, address = None, b"?"
             if w is None:
                 self.denied += 1
-                log.warning("refused a worker-channel connection from %s: not a worker's key", address)
+                # Logged at most once in 10 s: a refused peer retries its connection forever.
+                if time.monotonic() - self._denied_logged_at > 10:
+                    self._denied_logged_at = time.monotonic()
+                    log.warning(
+                        "refused connections without a worker key (%d so far, latest from %s)",
+                        self.denied,
+                        address,
+                    )
                 reply = [version, request_id, b"400", b"not a worker of this server", b"", b""]
             else:
                 reply = [version, request_id, b"200", b"OK", w.identity, b""]
