@@ -240,6 +240,8 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
     if args.idle_timeout <= 0:
         raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
+    if not args.watchdog >= 0:
+        raise ValueError(f"--watchdog must be 0 (off) or a number of seconds, got {args.watchdog}")
     _check_ray_flags(args)
     if args.token and args.token_file:
         raise ValueError("give --token or --token-file, not both")

@@ -14,7 +14,10 @@ A chunk's noise comes from its session's noise source (by default seeded from (s
 `rng.py`), drawn in the reference pipelines' order, so the same seed and actions give the same
 frames, and a rollout matches diffusers' pipelines given the same draws.
 
-Every bad request raises an `EngineError` subclass (`errors.py`) before any state changes.
+Every bad request raises an `EngineError` subclass (`errors.py`) before any state changes, and a
+step is atomic: a session's new state (memory, prompt state, chunk counter, noise position, scene) is
+committed only once its chunk is complete, decode included, so a step cancelled at any point before
+leaves the session exactly as it was (a later step gives the frames it would have given).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -54,12 +57,14 @@ from .snapshot_key import check_key, new_key
 from .world_model import WorldModel
 
 FrameCallback = Callable[[int, torch.Tensor], None]  # (frame index in the chunk, frame (H, W, 3) uint8)
+CancelCheck: TypeAlias = Callable[[], bool]  # a `CancelToken`, or any `() -> bool`
 
 # I2V / V2V: the conditioning latents are noised with σ ~ U[min, max] (spec 5.10 defaults).
 IMAGE_NOISE_SIGMA = (0.111, 0.135)
 VIDEO_NOISE_SIGMA = (0.111, 0.135)
 CLOSED_IDS_KEPT = 4096
 MAX_SIZE = 4096  # pixels per side, unless the engine's owner sets a smaller limit
+CANCELLED = "the chunk was cancelled before it committed; the session did not advance"
 
 
 @dataclass
@@ -71,6 +76,36 @@ class ChunkResult:
     frames: torch.Tensor | None  # (33, H, W, 3) uint8 on the CPU; None when not decoded
     latents: torch.Tensor  # (1, 16, 9, H/8, W/8) float32, the model's normalised latent space
     timings: dict[str, float]  # seconds: denoise, decode (volatile; not part of the world's state)
+
+
+@dataclass
+class _Chunk:
+    """A generated chunk of one session, not yet committed to it (see `WorldEngine._commit`)."""
+
+    session: Session
+    prompt: PromptState  # the prompt state this chunk used
+    latents: torch.Tensor  # (1, C, 9, H/8, W/8) float32
+    noise_state: torch.Tensor | None  # a StreamNoise generator's state before the chunk's draws
+    result: ChunkResult | None = None  # set once decoded
+
+    def roll_back(self) -> None:
+        """Undo the chunk's only side effect before its commit: a continuing generator's draws."""
+        if self.noise_state is not None:
+            self.session.noise.generator(self.session.chunk, "cpu").set_state(self.noise_state)
+
+
+class _Left(Exception):
+    """Members of a batch whose cancel token was set during the denoising (their positions)."""
+
+    def __init__(self, members: list[int]):
+        super().__init__(members)
+        self.members = members
+
+
+def _peek(check: CancelCheck) -> bool:
+    """Read a token where not every rank of a context-parallel engine reads it (between decoded
+    frames: only the leader decodes): its `peek` when it has one, a plain read otherwise."""
+    return bool(getattr(check, "peek", check)())
 
 
 class WorldEngine:
@@ -185,7 +220,7 @@ class WorldEngine:
         if frames_in is not None:
             self._prepare_image(memory, frames_in, gen)
         elif video_in is not None:
-            self._prepare_video(memory, video_in, gen)
+            self._prepare_video(memory, video_in, gen, cancel)
 
         session = Session(
             id=session_id or uuid.uuid4().hex,
@@ -199,10 +234,22 @@ class WorldEngine:
             negative=negative,
             scene=prompt,
         )
-        result = self._generate([session], [None], [on_frame], True, cancel, [first_ids])[0]
-        self.sessions[session.id] = session
+        try:
+            (chunk,) = self._denoise([session], [session.prompt], [cancel], [first_ids])
+        except _Left:
+            raise Cancelled(CANCELLED) from None
+        try:
+            self._finish(chunk, on_frame, True, cancel)
+            if cancel is not None and cancel():
+                raise Cancelled(CANCELLED)
+        except BaseException:
+            chunk.roll_back()
+            raise
+        self._commit(chunk, session.scene)
+        self.sessions[session.id] = session  # a session re-made under its id replaces the old one only now
         self._closed.pop(session.id, None)
-        return result
+        assert chunk.result is not None
+        return chunk.result
 
     def step(
         self,
@@ -211,12 +258,14 @@ class WorldEngine:
         *,
         on_frame: FrameCallback | None = None,
         decode: bool = True,
+        cancel: CancelCheck | None = None,
     ) -> ChunkResult:
         """Generate the next chunk of a session, applying `action` at this chunk boundary.
 
         `decode=False` skips the VAE (latents only: for research loops that work in latent space).
+        `cancel`: as `step_many`'s single token.
         """
-        return self.step_many([(session_id, action)], on_frame=[on_frame], decode=decode)[0]
+        return self.step_many([(session_id, action)], on_frame=[on_frame], decode=decode, cancel=cancel)[0]
 
     def step_many(
         self,
@@ -225,8 +274,9 @@ class WorldEngine:
         on_frame: Sequence[FrameCallback | None] | None = None,
         batch: bool = False,
         decode: bool = True,
-        cancel: Callable[[], bool] | None = None,
-    ) -> list[ChunkResult]:
+        cancel: CancelCheck | Sequence[CancelCheck | None] | None = None,
+        on_result: Callable[[int, ChunkResult | Cancelled], None] | None = None,
+    ) -> list[Any]:
         """Step several sessions, one after another by default: a session's frames then depend only
         on its own seed and actions, whoever else is on the engine (a replayed episode gives the same
         frames alone or beside others, on any CPU). With `batch=True` sessions of matching shapes and
@@ -236,13 +286,28 @@ class WorldEngine:
         batch size (MKL on AMD EPYC does; docs/engine.md).
 
         All actions are validated (and prompts encoded) before any session changes; a bad request
-        anywhere fails the call with nothing changed. `cancel` (a `CancelToken`, or any `() -> bool`) is
-        read before every model forward; once it is set the call raises `Cancelled` and no session
-        advances.
+        anywhere fails the call with nothing changed. Each step is atomic: a session advances only
+        when its chunk is complete, decode included (`_commit`).
+
+        `cancel` is read before every model forward, between decoded frames and once more just before
+        a chunk commits. It is either
+        - one token for the whole call (a `CancelToken`, or any `() -> bool`): once it is set the call
+          raises `Cancelled` and no session advances (every chunk commits at the end of the call);
+          the list returned holds a `ChunkResult` per request; or
+        - one token (or None) per request: a request whose token is set leaves the call, its session
+          unchanged and its entry in the list returned the `Cancelled` error; the others finish, each
+          committing as soon as its chunk is complete. A member leaving a batched group mid-denoise
+          makes the rest of the group start its chunk again without it.
+        `on_result(i, outcome)` hears each request's outcome (its `ChunkResult` or `Cancelled`) as
+        soon as it is final, before later requests run: a server answers each caller at once.
         """
         ids = [sid for sid, _ in requests]
         if len(set(ids)) != len(ids):
             raise InvalidInput("a session can appear only once in one step_many call")
+        shared = cancel is None or callable(cancel)
+        tokens: list[CancelCheck | None] = [cancel] * len(ids) if shared else list(cancel)  # type: ignore
+        if len(tokens) != len(ids):
+            raise InvalidInput(f"{len(ids)} requests but {len(tokens)} cancel tokens")
         sessions = [self._get(sid) for sid in ids]
         # Each action -> a conditioning change and/or learned action ids (a prompt, a blend or None
         # moves a model with learned actions with "stay"); all checked before anything changes.
@@ -253,26 +318,71 @@ class WorldEngine:
         conds = [a.conditioning for a in applied]
         action_ids = [a.ids for a in applied]
         callbacks = list(on_frame) if on_frame is not None else [None] * len(requests)
-        new_prompts = [self._apply(s, c) for s, c in zip(sessions, conds, strict=True)]
-        results: dict[str, ChunkResult] = {}
+        prompts = [self._apply(s, c) for s, c in zip(sessions, conds, strict=True)]
+        scenes = [_scene_after(s.scene, a, c) for s, (_, a), c in zip(sessions, requests, conds, strict=True)]
+        outcomes: list[Any] = [None] * len(ids)
+        open_chunks: dict[int, _Chunk] = {}  # generated, neither committed nor rolled back yet
+
+        def settle(i: int, outcome: ChunkResult | Cancelled) -> None:
+            outcomes[i] = outcome
+            if on_result is not None:
+                on_result(i, outcome)
+
+        def commit(i: int) -> None:
+            chunk = open_chunks.pop(i)
+            self._commit(chunk, scenes[i])
+            settle(i, chunk.result)  # type: ignore[arg-type]
+
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(sessions):
             key = (s.height, s.width, s.settings, s.chunk == 0) if batch else (i,)
             groups.setdefault(key, []).append(i)
-        for members in groups.values():
-            group = [sessions[i] for i in members]
-            outs = self._generate(
-                group,
-                [new_prompts[i] for i in members],
-                [callbacks[i] for i in members],
-                decode,
-                cancel,
-                [action_ids[i] for i in members],
-            )
-            for i, out in zip(members, outs, strict=True):
-                sessions[i].scene = _scene_after(sessions[i].scene, requests[i][1], conds[i])
-                results[ids[i]] = out
-        return [results[sid] for sid in ids]
+        try:
+            for members in groups.values():
+                while members:
+                    # A shared token is polled once per forward, not once per member.
+                    checks = [tokens[i] for i in members]
+                    if shared:
+                        checks = [cancel] + [None] * (len(members) - 1)
+                    try:
+                        chunks = self._denoise(
+                            [sessions[i] for i in members],
+                            [prompts[i] for i in members],
+                            checks,
+                            [action_ids[i] for i in members],
+                        )
+                    except _Left as left:
+                        if shared:
+                            raise Cancelled(CANCELLED) from None
+                        for pos in left.members:
+                            settle(members[pos], Cancelled(CANCELLED))
+                        members = [i for pos, i in enumerate(members) if pos not in left.members]
+                        continue  # the rest of the group starts its chunk again without them
+                    open_chunks.update(zip(members, chunks, strict=True))
+                    for i in members:
+                        token = tokens[i]
+                        try:
+                            self._finish(open_chunks[i], callbacks[i], decode, token)
+                            if not shared and token is not None and token():
+                                raise Cancelled(CANCELLED)
+                        except Cancelled as exc:
+                            if shared:
+                                raise
+                            open_chunks.pop(i).roll_back()
+                            settle(i, exc)
+                            continue
+                        if not shared:
+                            commit(i)
+                    break
+            if shared and cancel is not None and cancel():
+                raise Cancelled(CANCELLED)
+        except BaseException:
+            for chunk in reversed(open_chunks.values()):
+                chunk.roll_back()
+            raise
+        for i in list(open_chunks):  # a shared token: every chunk commits once all are complete
+            commit(i)
+        return outcomes
 
     def fork(self, session_id: str, new_id: str | None = None) -> str:
         """An independent copy of a session; both continue exactly as the original would."""
@@ -397,50 +507,61 @@ class WorldEngine:
         vae = self.model.vae
         return vae.normalize(vae.encode(video.to(vae.dtype), sample=True, generator=gen)).float()
 
-    def _prepare_video(self, memory: MultiTermMemory, video: torch.Tensor, gen: torch.Generator) -> None:
+    def _prepare_video(
+        self,
+        memory: MultiTermMemory,
+        video: torch.Tensor,
+        gen: torch.Generator,
+        cancel: CancelCheck | None = None,
+    ) -> None:
         """V2V (spec 5.10): the first frame is the anchor; the last ⌊F/33⌋ 33-frame windows, each
-        encoded alone, fill the history. Draws in the reference pipeline's order."""
+        encoded alone, fill the history. Draws in the reference pipeline's order. `cancel` is read
+        before each window (a long video is many VAE encodes)."""
         frames = video.shape[2]
         windows = frames // FRAMES_PER_CHUNK
         if windows == 0:
             raise InvalidInput(f"a video needs at least {FRAMES_PER_CHUNK} frames, got {frames}")
         start = frames - windows * FRAMES_PER_CHUNK
         first = self._encode_pixels(video[:, :, :1], gen)
-        latents = [
-            self._encode_pixels(
-                video[:, :, start + i * FRAMES_PER_CHUNK : start + (i + 1) * FRAMES_PER_CHUNK], gen
-            )
-            for i in range(windows)
-        ]
+        latents = []
+        for i in range(windows):
+            if cancel is not None and cancel():
+                raise Cancelled("the reset was cancelled while it encoded its video")
+            window = video[:, :, start + i * FRAMES_PER_CHUNK : start + (i + 1) * FRAMES_PER_CHUNK]
+            latents.append(self._encode_pixels(window, gen))
         anchor = _noised(first, IMAGE_NOISE_SIGMA, gen, self.device)
         noisy = [_noised(w, VIDEO_NOISE_SIGMA, gen, self.device, per_frame=True) for w in latents]
         memory.set_anchor(anchor)
         memory.load_history(torch.cat(noisy, dim=2))
 
     @torch.inference_mode()
-    def _generate(
+    def _denoise(
         self,
         sessions: list[Session],
-        prompts: list[PromptState | None],
-        callbacks: list[FrameCallback | None],
-        decode: bool = True,
-        cancel: Callable[[], bool] | None = None,
-        action_ids: list[tuple[int, ...] | None] | None = None,
-    ) -> list[ChunkResult]:
-        """Denoise one chunk for sessions of equal shape and settings in one batch, commit, decode.
+        prompts: list[PromptState],
+        cancels: list[CancelCheck | None],
+        action_ids: list[tuple[int, ...] | None],
+    ) -> list[_Chunk]:
+        """Denoise one chunk for sessions of equal shape and settings in one batch; change nothing.
 
-        `action_ids`: each session's learned action ids for this chunk (None: "stay"), for a model
-        with an action space; ignored otherwise."""
+        `prompts`: each session's prompt state for this chunk; `cancels`: each session's token, all
+        read before every forward (raises `_Left` naming the members whose token is set, with any
+        continuing generator rolled back); `action_ids`: each session's learned action ids for this
+        chunk (None: "stay"), for a model with an action space; ignored otherwise."""
         first = sessions[0]
         settings, B = first.settings, len(sessions)
         C = self.model.transformer.config.in_channels
         lat_h, lat_w = first.latent_size
-        states = [p if p is not None else s.prompt for s, p in zip(sessions, prompts, strict=True)]
         gens = [s.noise.generator(s.chunk, self.device) for s in sessions]
+        # A continuing generator's position, restored if the chunk does not commit.
+        saved = [
+            g.get_state() if isinstance(s.noise, StreamNoise) else None
+            for s, g in zip(sessions, gens, strict=True)
+        ]
 
         t0 = time.perf_counter()
         noise = torch.cat([chunk_noise((1, C, LATENT_FRAMES, lat_h, lat_w), g, self.device) for g in gens])
-        text = torch.cat([p.for_next_chunk() for p in states])
+        text = torch.cat([p.for_next_chunk() for p in prompts])
         memories = [s.memory.inputs() for s in sessions]
         history = {k: torch.cat([m[k] for m in memories]) for k in memories[0]}
         if not self.model.use_anchor:  # a model trained without the anchor sees zeros in its slot
@@ -451,7 +572,7 @@ class WorldEngine:
         extra: dict[str, torch.Tensor] = {}
         vocab = self.model.actions
         if vocab is not None:
-            rows = [ids or vocab.STAY for ids in (action_ids or [None] * B)]
+            rows = [ids or vocab.STAY for ids in action_ids]
             extra["action"] = torch.tensor(rows, dtype=torch.int64)
         transformer = self.model.forward  # the transformer, or its CUDA-graph replay (fast_path)
 
@@ -459,8 +580,11 @@ class WorldEngine:
             context: torch.Tensor, extra: dict[str, torch.Tensor]
         ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
             def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                if cancel is not None and cancel():
-                    raise Cancelled("the chunk was cancelled before it finished; the session did not advance")
+                # Every token is read (no short cut), so the ranks of a context-parallel engine,
+                # whose tokens are collectives, read them alike.
+                left = [b for b, check in enumerate(cancels) if check is not None and check()]
+                if left:
+                    raise _Left(left)
                 # A group shares its schedule: one timestep for all rows keeps the time embedding
                 # batch-independent (see HeliosTransformer.forward).
                 return transformer(
@@ -480,35 +604,62 @@ class WorldEngine:
             model = Guidance(model, conditioned(text, {"action": torch.full_like(extra["action"], -1)}))
         elif settings.guided:
             model = Guidance(model, conditioned(torch.cat([s.negative for s in sessions]), extra))
-        latents = denoise_chunk(
-            model, noise, settings, gens[0] if B == 1 else gens, first_chunk=first.chunk == 0
-        ).float()
+        try:
+            latents = denoise_chunk(
+                model, noise, settings, gens[0] if B == 1 else gens, first_chunk=first.chunk == 0
+            ).float()
+        except BaseException:
+            for g, state in zip(gens, saved, strict=True):
+                if state is not None:
+                    g.set_state(state)
+            raise
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         denoise_s = time.perf_counter() - t0
+        chunks = [
+            _Chunk(s, p, latents[b : b + 1].clone(), state)
+            for b, (s, p, state) in enumerate(zip(sessions, prompts, saved, strict=True))
+        ]
+        for c in chunks:
+            c.result = ChunkResult(c.session.id, c.session.chunk, None, c.latents, {"denoise": denoise_s})
+        return chunks
 
-        results = []
-        for b, (s, state, callback) in enumerate(zip(sessions, states, callbacks, strict=True)):
-            z = latents[b : b + 1]
-            s.memory.push(z)
-            s.prompt = state.advanced()
-            index = s.chunk
-            s.chunk += 1
-            t1 = time.perf_counter()
-            frames = self._decode(z, callback) if decode and self.decodes else None
-            timings = {"denoise": denoise_s, "decode": time.perf_counter() - t1}
-            s.stats = timings
-            results.append(ChunkResult(s.id, index, frames, z.clone(), timings))
-        return results
+    def _finish(
+        self, chunk: _Chunk, callback: FrameCallback | None, decode: bool, cancel: CancelCheck | None
+    ) -> None:
+        """Decode a chunk (unless `decode` is off), handing each frame to `callback`; `cancel` is
+        read between decoded frames (raises `Cancelled`). Its session is not changed."""
+        t1 = time.perf_counter()
+        frames = self._decode(chunk.latents, callback, cancel) if decode and self.decodes else None
+        assert chunk.result is not None
+        chunk.result.frames = frames
+        chunk.result.timings["decode"] = time.perf_counter() - t1
 
-    def _decode(self, latents: torch.Tensor, callback: FrameCallback | None) -> torch.Tensor:
+    def _commit(self, chunk: _Chunk, scene: str) -> None:
+        """The step's one change to its session: push the chunk into the memory, advance the prompt
+        state (transitions), the chunk counter and the scene. (A continuing generator's position
+        moved when the chunk drew its noise; `_Chunk.roll_back` undoes that when no commit follows.)"""
+        s = chunk.session
+        s.memory.push(chunk.latents)
+        s.prompt = chunk.prompt.advanced()
+        s.chunk += 1
+        s.scene = scene
+        assert chunk.result is not None
+        s.stats = chunk.result.timings
+
+    def _decode(
+        self, latents: torch.Tensor, callback: FrameCallback | None, cancel: CancelCheck | None = None
+    ) -> torch.Tensor:
         """Decode one chunk latent by latent (a fresh decoder per chunk, as the model was trained),
-        handing each frame to `callback` as soon as it exists; return (33, H, W, 3) uint8."""
+        handing each frame to `callback` as soon as it exists; return (33, H, W, 3) uint8. `cancel`
+        is read before each latent is decoded (raises `Cancelled`)."""
         vae = self.model.vae
         stream = vae.stream_decoder()
         z = vae.denormalize(latents.to(vae.dtype))  # the reference casts, then denormalises
         out = []
         for i in range(z.shape[2]):
+            if cancel is not None and _peek(cancel):
+                raise Cancelled(CANCELLED)
             frames = _to_uint8(stream.push(z[:, :, i : i + 1]))  # (n, H, W, 3)
             if callback is not None:
                 for j in range(frames.shape[0]):

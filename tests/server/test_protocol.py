@@ -18,6 +18,7 @@ from helios_runtime.server.protocol.messages import (
     Error,
     Fork,
     Frame,
+    Heartbeat,
     Ready,
     Reset,
     Restore,
@@ -44,6 +45,7 @@ MESSAGES = [
     Close("z", 4),
     Cancel(9),
     Ready({"name": "tiny", "steps": [2, 2, 2]}),
+    Heartbeat(0.25),
     Frame(1, 2, 3, 160, 96, b"\x00\x01\x02"),
     Result(1, 2, {"denoise": 0.1, "decode": 0.2}, "s", 64, 64, b"snap"),
     Error(1, "NOT_FOUND", "no session 'x'"),
@@ -63,7 +65,16 @@ def test_blobs_travel_as_their_own_parts():
 
 
 @pytest.mark.parametrize(
-    "parts", [[b"not msgpack \xc1"], [b"\x92\x63\x01"], [encode(Cancel(1))[0], b"extra"]]
+    "parts",
+    [
+        [b"not msgpack \xc1"],
+        [b"\x92\x63\x01"],  # tag 99
+        [b"\x92\xff\x01"],  # tag -1 (no counting from the end)
+        [b"\x92\xc3\x01"],  # tag True
+        [encode(Cancel(1))[0], b"extra"],
+        [encode(Step("a", Prompt("x")))[0].replace(b"prompt", b"prompz")],  # an unknown action kind
+        [b"\x93\x01\xa1a\x93\xa6prompt\x01\x02"],  # a Step whose prompt has too many fields
+    ],
 )
 def test_foreign_parts_are_refused(parts):
     with pytest.raises(ValueError, match="not an engine-protocol message"):

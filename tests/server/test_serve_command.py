@@ -58,6 +58,7 @@ def test_serve_help_explains_the_flags():
         "--token",
         "--max-sessions",
         "--idle-timeout",
+        "--watchdog",
         "--metrics-port",
         "--ray",
         "--replicas",

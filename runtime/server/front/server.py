@@ -5,8 +5,9 @@
 
 The front starts the engine workers (one process per device, or with `settings.ray` one Ray Serve
 replica per slot on a Ray cluster: `ray_pool.py`), reports NOT_SERVING on the standard health
-service until every worker has warmed up, then SERVING. SIGTERM / SIGINT drain: health goes
-NOT_SERVING, new calls get UNAVAILABLE, streams end with a CLOSED event, then the workers stop.
+service until every worker has warmed up, then SERVING; afterwards NOT_SERVING whenever no worker is
+ready (restarting, wedged, cut off) and SERVING again once one is. SIGTERM / SIGINT drain: health
+goes NOT_SERVING, new calls get UNAVAILABLE, streams end with a CLOSED event, then the workers stop.
 With `tls_cert` / `tls_key` the one port speaks TLS only (`tls_client_ca`: mutual TLS); the token
 may come from `token_file`, so that no secret has to appear on the command line.
 """
@@ -132,14 +133,15 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         background.append(asyncio.create_task(_expire_loop(service)))
+        background.append(asyncio.create_task(_health_loop(service, health)))
         yield RunningServer(port, settings, service, pool, health, server)
     finally:
+        for task in background:
+            task.cancel()
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await service.drain()
         await server.stop(settings.drain_seconds)
-        for task in background:
-            task.cancel()
         await pool.close()
 
 
@@ -173,7 +175,7 @@ def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:
     """Local worker processes, one per device; or Ray Serve replicas when `settings.ray` is set.
     Every worker signs and checks snapshots with `snapshot_key` and the server's size limits."""
     if settings.ray is None:
-        return WorkerPool(
+        pool = WorkerPool(
             settings.model,
             list(settings.devices),
             settings.max_sessions,
@@ -181,10 +183,14 @@ def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:
             json_logs=settings.json_logs,
             snapshot_key=snapshot_key,
             max_size=(settings.max_height, settings.max_width),
+            watchdog_s=settings.watchdog_s,
+            start_timeout_s=settings.worker_start_timeout_s,
         )
+        pool.call_timeout_s = settings.worker_call_timeout_s
+        return pool
     from .ray_pool import RayWorkerPool
 
-    return RayWorkerPool(
+    pool = RayWorkerPool(
         settings.model,
         settings.replicas,
         settings.max_sessions,
@@ -197,6 +203,22 @@ def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:
         cpus=settings.replica_cpus,
         app=settings.ray_app,
     )
+    pool.call_timeout_s = settings.worker_call_timeout_s
+    return pool
+
+
+async def _health_loop(service: WorldService, health: health_aio.HealthServicer) -> None:
+    """Health follows the workers: NOT_SERVING while none is ready, SERVING when one is."""
+    Status = health_pb2.HealthCheckResponse
+    serving = True
+    while not service.draining:
+        now = any(w.ready.is_set() for w in service.pool.workers)
+        if now != serving:
+            serving = now
+            log.warning("health: %s", "SERVING" if now else "NOT_SERVING (no engine worker is ready)")
+            for name in ("", SERVICE_NAME):
+                await health.set(name, Status.SERVING if now else Status.NOT_SERVING)
+        await asyncio.sleep(0.2)
 
 
 async def _expire_loop(service: WorldService) -> None:

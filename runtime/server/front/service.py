@@ -71,13 +71,14 @@ class FrontSession:
     last_step: StepRecord | None = None
 
 
-def lost(session_id: str) -> RpcError:
+def lost(session_id: str, why: str = "") -> RpcError:
     """A session lost with its engine worker: ABORTED, which no client retries (the request cannot
-    succeed again; the caller starts a new session or restores a snapshot)."""
+    succeed again; the caller starts a new session or restores a snapshot). `why`: what happened
+    to the worker, when known."""
     return RpcError(
         grpc.StatusCode.ABORTED,
-        f"session {shown(session_id)} was lost with its engine worker; create a new one "
-        "(or Restore a snapshot)",
+        f"session {shown(session_id)} was lost with its engine worker{f' ({why})' if why else ''}; "
+        "create a new one (or Restore a snapshot)",
     )
 
 
@@ -322,7 +323,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
         except WorkerError as exc:
             if exc.code == "UNAVAILABLE":  # the worker died under this request: its sessions with it
                 s.lost = True
-                raise lost(s.id) from None
+                raise lost(s.id, exc.message) from None
             raise
         finally:
             metrics.QUEUE_DEPTH.dec()

@@ -47,6 +47,11 @@ class ServerSettings:
     precision: str | None = None
     drain_seconds: float = 10.0
     worker_start_timeout_s: float = 600.0
+    # A worker whose engine loop makes no progress (no forward, decoded frame or message) for this
+    # long is killed and restarted, failing only its sessions; at least 3x its warm-up, since a new
+    # frame size can compile as long. A CPU chunk of the toy world takes well under a second.
+    watchdog_s: float = 120.0
+    worker_call_timeout_s: float = 60.0  # fork / snapshot / restore / close wait this long at most
     # Scale-out on a Ray cluster (ray_pool.py): engine workers are Ray Serve replicas instead of
     # local processes, and `devices` is unused.
     ray: str | None = None  # cluster address: "auto", "local" (start one here), "HEAD_IP:6379"
@@ -99,6 +104,11 @@ FLAGS: dict[str, tuple[str, str]] = {
         "largest gRPC message (default 64 MiB: a unary chunk of raw 384×640 frames is 24 MB)",
     ),
     "warm_up": ("--no-warm-up", "report SERVING without running a warm-up chunk"),
+    "watchdog_s": (
+        "--watchdog",
+        "restart an engine worker whose loop made no progress for this many seconds, failing only "
+        "its sessions (default %(default)g; at least 3x the worker's warm-up; 0: never)",
+    ),
     "json_logs": ("--json-logs", "structured logs: one JSON object per line on stderr"),
     "precision": (
         "--precision",

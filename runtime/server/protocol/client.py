@@ -11,7 +11,7 @@ A subclass says only how a request leaves (`_send`), how a cancel leaves (`_canc
 matters, what to release after a request (`_done`); it hands each reply to `_deliver` and reports a
 worker that died with `_lose`. Everything else — request ids, routing replies back to the caller,
 turning an `Error` into `WorkerError`, cancelling the work of a caller that went away, failing the
-requests of a lost worker with UNAVAILABLE — is written here once.
+requests of a lost worker with UNAVAILABLE, bounding the cheap calls in time — is written here once.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .messages import Error, Frame, Reply, Request, Result
+from .messages import Close, Error, Frame, Reply, Request, Result
 
 log = logging.getLogger("helios.front")
 
@@ -59,6 +59,10 @@ class EngineClient:
 
     workers: list[WorkerHandle]
     on_lost: Callable[[WorkerHandle], None] | None = None
+    # A cheap call (fork, snapshot, restore, close) waits at most this long; it may queue behind a
+    # round of steps. Steps and resets have no such bound: the pool's watchdog bounds them (a worker
+    # that stops making progress is restarted and its requests fail).
+    call_timeout_s: float = 60.0
 
     def __init__(self, workers: list[WorkerHandle], on_lost: Callable[[WorkerHandle], None] | None = None):
         self.workers = workers
@@ -95,8 +99,11 @@ class EngineClient:
 
     # --- the request/reply loop ---------------------------------------------------------------------
 
-    async def request(self, worker: WorkerHandle, request: Request) -> AsyncIterator[Frame | Result]:
-        """Send a request; yield its frames, then its result. Raises WorkerError."""
+    async def request(
+        self, worker: WorkerHandle, request: Request, cancel_on_exit: bool = True
+    ) -> AsyncIterator[Frame | Result]:
+        """Send a request; yield its frames, then its result. Raises WorkerError. A caller that
+        leaves before the result cancels the work, unless `cancel_on_exit` is False."""
         self._check_available(worker)
         request.id = rid = next(self.ids)
         queue: asyncio.Queue[Reply] = asyncio.Queue()
@@ -117,17 +124,31 @@ class EngineClient:
         finally:
             self.pending.pop(rid, None)
             try:
-                if not finished:  # the caller went away mid-chunk: stop the work nobody waits for
+                if not finished and cancel_on_exit:  # the caller went away: stop the work nobody waits for
                     await self._cancel(worker, rid)
             finally:
                 self._done(worker, rid)
 
-    async def call(self, worker: WorkerHandle, request: Request) -> Result:
-        """A request whose only reply is its result."""
-        async for reply in self.request(worker, request):
-            if isinstance(reply, Result):
-                return reply
-        raise WorkerError("INTERNAL", "the worker sent no result")
+    async def call(self, worker: WorkerHandle, request: Request, timeout: float | None = None) -> Result:
+        """A request whose only reply is its result, within `timeout` seconds (default
+        `call_timeout_s`; then WorkerError DEADLINE_EXCEEDED). A timed-out request is cancelled, but
+        a Close is left to run when the worker comes to it (closing twice is harmless, and it frees
+        the session's memory)."""
+        timeout = self.call_timeout_s if timeout is None else timeout
+
+        async def result() -> Result:
+            async for reply in self.request(worker, request, cancel_on_exit=not isinstance(request, Close)):
+                if isinstance(reply, Result):
+                    return reply
+            raise WorkerError("INTERNAL", "the worker sent no result")
+
+        try:
+            return await asyncio.wait_for(result(), timeout)
+        except asyncio.TimeoutError:
+            raise WorkerError(
+                "DEADLINE_EXCEEDED",
+                f"the engine worker did not answer a {request.kind} request within {timeout:g} s",
+            ) from None
 
     async def cancel(self, worker: WorkerHandle, rid: int) -> None:
         """Ask `worker` to stop request `rid` while its caller keeps waiting for the outcome: the
@@ -135,11 +156,22 @@ class EngineClient:
         if rid in self.pending:
             await self._cancel(worker, rid)
 
-    def _deliver(self, reply: Reply) -> None:
-        """A reply from a worker -> the caller waiting for its request (none: it went away)."""
+    def _deliver(self, reply: Reply, worker: WorkerHandle | None = None) -> bool:
+        """A reply from a worker -> the caller waiting for its request (none: it went away). With
+        `worker` (the sender), a reply to a request another worker holds is refused (False)."""
         entry = self.pending.get(reply.id)
-        if entry is not None:
-            entry[1].put_nowait(reply)
+        if entry is None:
+            return True
+        if worker is not None and entry[0] is not worker:
+            log.warning(
+                "dropped a %s for request %d from worker %d, which does not hold that request",
+                reply.kind,
+                reply.id,
+                worker.index,
+            )
+            return False
+        entry[1].put_nowait(reply)
+        return True
 
     def _lose(self, worker: WorkerHandle, message: str) -> None:
         """`worker` died: bump its generation, fail its pending requests (UNAVAILABLE), tell `on_lost`."""

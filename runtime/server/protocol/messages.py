@@ -7,6 +7,7 @@ Requests, front -> worker (each carries the `id` every reply to it repeats):
   Cancel    target: stop the request `target` (between denoising steps)
 Replies, worker -> front:
   Ready     info (the model's description), once after warm-up
+  Heartbeat stalled_s: seconds since the worker's engine loop last made progress; every HEARTBEAT_S
   Frame     id, chunk_index, index_in_chunk, width, height, data (RGB24 bytes)
   Result    id, chunk_index, timings, session_id, width, height, data (snapshot bytes)
   Error     id, code (a grpc.StatusCode name), message
@@ -34,6 +35,7 @@ import msgpack
 from helios_sdk.actions import Action, Blend, Control, Prompt, Transition
 
 SELECTIONS = ("all", "last", "none")
+HEARTBEAT_S = 1.0  # a worker's I/O thread sends a Heartbeat this often (the front's watchdog reads them)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,6 +121,16 @@ class Ready:
 
 
 @dataclass(slots=True)
+class Heartbeat:
+    """Sent by the worker's I/O thread; `stalled_s` measures the loop thread (per message handled,
+    per model forward, per decoded frame), so a wedged engine shows though its socket still answers."""
+
+    kind: ClassVar[str] = "heartbeat"
+    stalled_s: float
+    id: int = 0
+
+
+@dataclass(slots=True)
 class Frame:
     kind: ClassVar[str] = "frame"
     id: int
@@ -149,7 +161,7 @@ class Error:
     message: str
 
 
-Reply = Ready | Frame | Result | Error
+Reply = Ready | Heartbeat | Frame | Result | Error
 Message = Request | Reply
 
 
@@ -157,7 +169,10 @@ Message = Request | Reply
 # The ZeroMQ codec: one function each way
 # ---------------------------------------------------------------------------------------------------
 
-_TYPES: tuple[type, ...] = (Reset, Step, Fork, Snapshot, Restore, Close, Cancel, Ready, Frame, Result, Error)
+_TYPES: tuple[type, ...] = (
+    *(Reset, Step, Fork, Snapshot, Restore, Close, Cancel),
+    *(Ready, Frame, Result, Error, Heartbeat),
+)
 _TAG = {cls: i for i, cls in enumerate(_TYPES)}
 # Per type: the header's field names and the blob fields' names, in declaration order, and getters.
 _INLINE = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.type != "bytes") for cls in _TYPES}
@@ -194,6 +209,8 @@ def decode(parts: list[bytes]) -> Message:
     """ZeroMQ parts -> a message (ValueError for parts this codec did not write)."""
     try:
         tag, *values = msgpack.unpackb(parts[0], raw=False)
+        if type(tag) is not int or not 0 <= tag < len(_TYPES):
+            raise ValueError(f"unknown message tag {tag!r}")
         cls = _TYPES[tag]
         if cls in _POSITIONAL:
             message = cls(*values, *(bytes(p) for p in parts[1:]))
@@ -201,12 +218,12 @@ def decode(parts: list[bytes]) -> Message:
             kwargs = dict(zip(_INLINE[cls], values, strict=True))
             kwargs.update(zip(_BLOBS[cls], (bytes(p) for p in parts[1:]), strict=True))
             message = cls(**kwargs)
+        if cls is Step:
+            message.action = _action_from_wire(message.action)
+        elif cls is Reset:
+            message.shape = tuple(message.shape)
     except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
         raise ValueError(f"not an engine-protocol message: {exc}") from exc
-    if cls is Step:
-        message.action = _action_from_wire(message.action)
-    elif cls is Reset:
-        message.shape = tuple(message.shape)
     return message
 
 

@@ -9,9 +9,15 @@ or on encoding: those happen in the front. Protocol: `../protocol/messages.py`.
 Codec, protocol -> engine calls: `Reset` -> `WorldEngine.reset`, `Step`s -> `step_many`, ...;
 an engine error leaves as `Error` with the status code its class carries (`engine/errors.py`).
 
-Cancelling: every running request has a `CancelToken`, which the engine reads before each forward.
-A transport that receives on its own thread (ZeroMQ's I/O thread, the in-process queue) sets it the
-moment a `Cancel` arrives (`Worker.cancel`); the denoising loop never touches the network.
+Cancelling: every running request has its own `CancelToken`, which the engine reads before each
+forward, between decoded frames and before the chunk commits; a cancelled step leaves its session
+unchanged and the other steps of the same `step_many` call finish. A transport that receives on its
+own thread (ZeroMQ's I/O thread, the in-process queue) sets it the moment a `Cancel` arrives
+(`Worker.cancel`); the denoising loop never touches the network.
+
+Liveness: the loop thread stamps `Progress` per message handled and per token read (each forward,
+each decoded frame); ZeroMQ's I/O thread sends that age to the front in a `Heartbeat` every
+`HEARTBEAT_S`, and the front's watchdog restarts a worker whose loop stopped moving.
 
 The loop only sees a `Transport`: a worker process uses ZeroMQ (`ZmqTransport`); a Ray Serve replica
 and the in-process client run the same loop in a thread over a queue (`QueueTransport`).
@@ -24,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -34,14 +41,17 @@ import zmq
 
 from ...chunk import LAST_FRAME
 from ...engine.cancel import CancelToken
-from ...engine.engine import WorldEngine
+from ...engine.engine import ChunkResult, WorldEngine
 from ...engine.errors import Cancelled, CapacityExceeded, EngineError
+from ..protocol.channel import WorkerKeys
 from ..protocol.messages import (
+    HEARTBEAT_S,
     Cancel,
     Close,
     Error,
     Fork,
     Frame,
+    Heartbeat,
     Reply,
     Request,
     Reset,
@@ -52,6 +62,7 @@ from ..protocol.messages import (
     decode,
     encode,
 )
+from .seams import Seams
 
 log = logging.getLogger("helios.worker")
 CANCELS_KEPT = 4096  # cancels of requests not seen yet (or already finished) remembered at most
@@ -65,6 +76,36 @@ def status_code(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "RESOURCE_EXHAUSTED"
     return "INTERNAL"
+
+
+class Progress:
+    """When the loop thread last moved (stamped by that thread; read by the I/O thread)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def stamp(self) -> None:
+        self.last = time.monotonic()
+
+    def stalled_s(self) -> float:
+        return time.monotonic() - self.last
+
+
+class LoopToken(CancelToken):
+    """A request's cancel token whose every read also stamps the loop's progress: the engine reads
+    it before each forward and between decoded frames, so a long chunk still shows the loop alive."""
+
+    __slots__ = ("_progress",)
+
+    def __init__(self, progress: Progress):
+        super().__init__()
+        self._progress = progress
+
+    def is_set(self) -> bool:
+        self._progress.stamp()
+        return super().is_set()
+
+    __call__ = is_set
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -129,12 +170,15 @@ class QueueTransport:
 
 
 class ZmqTransport(QueueTransport):
-    """A worker process's DEALER socket, connected to the front's ROUTER. An I/O thread owns the
-    socket (ZeroMQ sockets are single-threaded): it decodes requests into the loop's queue, sets
-    cancels at once, and sends the replies the loop hands it over an inproc pipe."""
+    """A worker process's DEALER socket, connected to the front's ROUTER (a CURVE client with
+    `keys`: `protocol/channel.py`). An I/O thread owns the socket (ZeroMQ sockets are
+    single-threaded): it decodes requests into the loop's queue, sets cancels at once, sends the
+    replies the loop hands it over an inproc pipe, and a `Heartbeat` every `HEARTBEAT_S` carrying
+    how long the loop has not moved (`progress`, set by the worker)."""
 
-    def __init__(self, endpoint: str, identity: bytes):
+    def __init__(self, endpoint: str, identity: bytes, keys: WorkerKeys | None = None):
         super().__init__(self._forward)
+        self.progress: Progress | None = None
         self.parent = os.getppid()
         self.context = zmq.Context()
         pipe = f"inproc://helios-replies-{uuid.uuid4().hex}"
@@ -145,6 +189,8 @@ class ZmqTransport(QueueTransport):
         self._dealer = self.context.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.IDENTITY, identity)
         self._dealer.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(self._dealer)
         self._dealer.connect(endpoint)
         for s in (self._pipe_in, self._pipe_out):
             s.setsockopt(zmq.LINGER, 0)
@@ -158,7 +204,15 @@ class ZmqTransport(QueueTransport):
         poller = zmq.Poller()
         poller.register(self._dealer, zmq.POLLIN)
         poller.register(self._pipe_in, zmq.POLLIN)
+        next_beat = 0.0
         while not self.stopped.is_set():
+            if time.monotonic() >= next_beat:
+                stalled = self.progress.stalled_s() if self.progress is not None else 0.0
+                try:  # never block on a heartbeat (the front may be gone)
+                    self._dealer.send_multipart(encode(Heartbeat(stalled)), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                next_beat = time.monotonic() + HEARTBEAT_S
             ready = dict(poller.poll(100))
             if self._dealer in ready:
                 while True:
@@ -198,16 +252,28 @@ class ZmqTransport(QueueTransport):
 
 
 class Worker:
-    def __init__(self, engine: WorldEngine, transport: Transport, min_free_bytes: int = 2 << 30):
+    """`seams`: test-only faults (`seams.py`), None in production."""
+
+    def __init__(
+        self,
+        engine: WorldEngine,
+        transport: Transport,
+        min_free_bytes: int = 2 << 30,
+        seams: Seams | None = None,
+    ):
         self.engine = engine
         self.transport = transport
         self.min_free_bytes = min_free_bytes
+        self.seams = seams
         self.inbox: collections.deque[Request] = collections.deque()
         # Set from the receiving thread: tokens of running requests, ids cancelled before they ran.
         self.tokens: dict[int, CancelToken] = {}
         self.cancelled: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.progress = Progress()
         if hasattr(transport, "on_cancel"):
             transport.on_cancel = self.cancel
+        if hasattr(transport, "progress"):
+            transport.progress = self.progress
 
     # --- messaging ----------------------------------------------------------------------------------
 
@@ -231,12 +297,11 @@ class Worker:
             else:
                 self.inbox.append(request)
 
-    def _token(self, ids: list[int]) -> CancelToken:
-        """One token for requests that run together (the engine stops a batch as a whole)."""
-        token = CancelToken()
-        for rid in ids:
-            self.tokens[rid] = token
-        if any(rid in self.cancelled for rid in ids):  # after registering: no cancel slips between
+    def _token(self, rid: int) -> CancelToken:
+        """Request `rid`'s own token (a cancel stops that request only)."""
+        token = LoopToken(self.progress)
+        self.tokens[rid] = token
+        if rid in self.cancelled:  # after registering: no cancel slips between
             token.set()
         return token
 
@@ -246,6 +311,8 @@ class Worker:
 
     def frame_sender(self, rid: int, chunk_index: int, which: str) -> Callable[[int, torch.Tensor], None]:
         def on_frame(index: int, frame: torch.Tensor) -> None:
+            if self.seams is not None:
+                self.seams.frame_delay()
             if which == "none" or (which == "last" and index != LAST_FRAME):
                 return
             h, w, _ = frame.shape
@@ -268,6 +335,7 @@ class Worker:
 
     def run(self) -> None:
         while True:
+            self.progress.stamp()
             if self.transport.closed():
                 return
             self._poll(100 if not self.inbox else 0)
@@ -305,6 +373,7 @@ class Worker:
                 raise TypeError(f"the worker does not serve {type(request).__name__} requests")
         except Exception as exc:  # never let one request take the worker down
             self.fail(rid, exc)
+        self.progress.stamp()
 
     def admit(self, session_id: str | None) -> None:
         """GPU-memory admission: a new session needs `min_free_bytes` free on the device."""
@@ -332,42 +401,59 @@ class Worker:
             negative_prompt=r.negative_prompt or None,
             session_id=r.session_id,
             on_frame=self.frame_sender(r.id, 0, r.frames),
-            cancel=self._token([r.id]),
+            cancel=self._token(r.id),
             **source,
         )
         self.reply(Result(r.id, result.chunk_index, result.timings))
 
     def run_steps(self, steps: list[Step]) -> None:
-        """Step every pending session; one request per session per call (later ones wait a round)."""
+        """Step every pending session; one request per session per call (later ones wait a round).
+        Each request is answered as soon as its chunk commits or it is cancelled."""
         batch, later, seen = [], [], set()
         for s in steps:
             (later if s.session_id in seen else batch).append(s)
             seen.add(s.session_id)
         self.inbox.extendleft(reversed(later))
+        if self.seams is not None:
+            for s in batch:
+                self.seams.hang_if_asked(s.action)
+        answered: set[int] = set()
         try:
-            self._step_batch(batch)
+            self._step_batch(batch, answered)
         except (EngineError, ValueError) as exc:
-            if len(batch) == 1 or isinstance(exc, Cancelled):
-                for s in batch:
+            rest = [s for s in batch if s.id not in answered]
+            if len(rest) <= 1:
+                for s in rest:
                     self.fail(s.id, exc)
                 return
-            for s in batch:  # one bad request must not fail the others: run them one by one
+            for s in rest:  # one bad request must not fail the others: run them one by one
                 try:
-                    self._step_batch([s])
+                    self._step_batch([s], answered)
                 except Exception as single:
                     self.fail(s.id, single)
         except Exception as exc:
             for s in batch:
-                self.fail(s.id, exc)
+                if s.id not in answered:
+                    self.fail(s.id, exc)
 
-    def _step_batch(self, batch: list[Step]) -> None:
+    def _step_batch(self, batch: list[Step], answered: set[int]) -> None:
         requests, callbacks = [], []
         for s in batch:
             requests.append((s.session_id, s.action))
             chunk = self.engine.session(s.session_id).chunk
             callbacks.append(self.frame_sender(s.id, chunk, s.frames))
-        results = self.engine.step_many(
-            requests, on_frame=callbacks, cancel=self._token([s.id for s in batch])
+
+        def on_result(i: int, outcome: ChunkResult | Cancelled) -> None:
+            rid = batch[i].id
+            answered.add(rid)
+            if isinstance(outcome, Cancelled):
+                self.fail(rid, outcome)
+            else:
+                self.reply(Result(rid, outcome.chunk_index, outcome.timings))
+
+        self.engine.step_many(
+            requests,
+            on_frame=callbacks,
+            cancel=[self._token(s.id) for s in batch],
+            on_result=on_result,
         )
-        for s, r in zip(batch, results, strict=True):
-            self.reply(Result(s.id, r.chunk_index, r.timings))

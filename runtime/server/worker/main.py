@@ -3,7 +3,8 @@
     python -m helios_runtime.server.worker.main --endpoint tcp://127.0.0.1:5555 --model tiny --device cpu
 
 Started by the front's `WorkerPool` (`front/zmq_pool.py`), one process per device; with a comma list
-of devices this process is rank 0 of a context-parallel group (`context_parallel/`).
+of devices this process is rank 0 of a context-parallel group (`context_parallel/`). Its channel keys
+come in its environment (`HELIOS_WORKER_CHANNEL`, `protocol/channel.py`), never on the command line.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from ...engine.engine import WorldEngine
 from ...engine.snapshot_key import key_from_env, new_key
 from ...engine.world_model import WorldModel
 from ...logs import configure_logging
+from ..protocol.channel import WorkerKeys
 from ..protocol.messages import Ready
 from .loop import Worker, ZmqTransport
+from .seams import Seams
 
 log = logging.getLogger("helios.worker")
 
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-width", type=int, default=None, help="frame-size limit (pixels)")
     args = parser.parse_args(argv)
     configure_logging(args.json_logs)
+    keys = WorkerKeys.take_from_env()  # first: nothing this process starts inherits them
     # The front's snapshot key comes in the environment; alone, a worker makes its own.
     options = dict(
         snapshot_key=key_from_env() or new_key(), max_height=args.max_height, max_width=args.max_width
@@ -82,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         model = WorldModel.load(args.model, device=devices[0])
         engine = WorldEngine(model, max_sessions=args.max_sessions, **options)
     warm = 0.0 if args.no_warm_up else warm_up(engine)
-    transport = ZmqTransport(args.endpoint, (args.identity or f"worker-{os.getpid()}").encode())
+    transport = ZmqTransport(args.endpoint, (args.identity or f"worker-{os.getpid()}").encode(), keys)
     info = {
         **describe_model(model, warm),
         "pid": os.getpid(),
         "device": str(model.device) if len(devices) == 1 else ",".join(devices),
         "context_parallel": len(devices),
     }
-    worker = Worker(engine, transport, min_free_bytes=int(args.min_free_gib * 2**30))
+    worker = Worker(engine, transport, int(args.min_free_gib * 2**30), seams=Seams.from_env())
     worker.send(Ready(info))
     log.info("ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
     try:
