@@ -13,7 +13,7 @@ from helios_runtime.server.worker.context_parallel.launch import group_devices
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from tests.server.conftest import AUTH, TOKEN, start_server
 
-RGB = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
+RGB = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24, selection=pb.FRAME_SELECTION_ALL)
 
 
 @pytest.fixture(scope="module")

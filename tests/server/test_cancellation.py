@@ -18,8 +18,10 @@ from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
 from .conftest import AUTH, TOKEN, new_world, start_server
 
+ALL = pb.FrameOptions(selection=pb.FRAME_SELECTION_ALL)  # unary defaults send the last frame only
+
 FRAME_DELAY_S = 0.08  # 33 frames: a chunk decodes in 2.6 s at least
-RGB = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
+RGB = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24, selection=pb.FRAME_SELECTION_ALL)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_a_cancel_or_deadline_fails_only_its_own_step(slow_decode):
                 assert chunk.chunk_index == expected[sid] and len(chunk.frames) == 33, (attempt, sid)
                 expected[sid] += 1
         # The victim's chunk may have committed just before its cancel arrived: learn where it is.
-        step = stub.Step(pb.StepRequest(session_id=victim), metadata=AUTH, timeout=120)
+        step = stub.Step(pb.StepRequest(session_id=victim, frames=ALL), metadata=AUTH, timeout=120)
         assert step.chunk.chunk_index in (expected[victim], expected[victim] + 1)
         expected[victim] = step.chunk.chunk_index + 1
     for sid in ids:

@@ -31,6 +31,8 @@ from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
 from .conftest import AUTH, new_world
 
+ALL = pb.FrameOptions(selection=pb.FRAME_SELECTION_ALL)  # unary defaults send the last frame only
+
 GARBAGE = [[b"\xc1\xc1\xc1"], [b"\x92\x63\x01"], [b""], [b"\x91\xa1x", b"blob"]]
 
 
@@ -92,14 +94,14 @@ def test_an_unauthenticated_peer_gets_nothing_through(running):
     try:
         plain = dealer(context, pool.endpoint, b"w0")
         send_all(plain, forged(range(1, 30)))
-        chunk = stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH, timeout=60).chunk
+        chunk = stub.Step(pb.StepRequest(session_id=sid, frames=ALL), metadata=AUTH, timeout=60).chunk
         assert chunk.chunk_index == 1 and len(chunk.frames) == 33
 
         denied = pool.denied
         stranger = dealer(context, pool.endpoint, b"w7", WorkerKeys.new(pool.server_public))
         send_all(stranger, forged(range(1, 30)))
         wait_for(lambda: pool.denied > denied, "the ZAP handler to refuse the stranger's key")
-        chunk = stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH, timeout=60).chunk
+        chunk = stub.Step(pb.StepRequest(session_id=sid, frames=ALL), metadata=AUTH, timeout=60).chunk
         assert chunk.chunk_index == 2 and len(chunk.frames) == 33
         assert pool.dropped == dropped, "nothing from an unauthenticated peer may reach the reply loop"
         assert not plain.poll(200) and not stranger.poll(200), "and nothing comes back to it"
@@ -121,7 +123,7 @@ def test_a_peer_with_a_stolen_worker_key_is_dropped_and_the_bystander_steps(runn
     context = zmq.Context()
     try:
         rogue = dealer(context, pool.endpoint, b"rogue", pool.keys[0])
-        step = stub.Step.future(pb.StepRequest(session_id=sid), metadata=AUTH, timeout=60)
+        step = stub.Step.future(pb.StepRequest(session_id=sid, frames=ALL), metadata=AUTH, timeout=60)
         wait_for(lambda: pending_ids(pool) or step.done(), "the bystander's step to reach the worker")
         messages = forged(pending_ids(pool))
         for message in messages:
@@ -131,7 +133,10 @@ def test_a_peer_with_a_stolen_worker_key_is_dropped_and_the_bystander_steps(runn
         wait_for(lambda: pool.dropped >= dropped + len(messages), "the rogue's messages to be dropped")
         assert pool.dropped == dropped + len(messages)
         assert pool.workers[0].info == worker_info and pool.workers[0].ready.is_set()
-        assert stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH, timeout=60).chunk.chunk_index == 2
+        assert (
+            stub.Step(pb.StepRequest(session_id=sid, frames=ALL), metadata=AUTH, timeout=60).chunk.chunk_index
+            == 2
+        )
     finally:
         context.destroy(linger=0)
         stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=AUTH)

@@ -24,6 +24,8 @@ from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
 from .conftest import AUTH, TOKEN, Handle, new_world, start_server
 
+ALL = pb.FrameOptions(selection=pb.FRAME_SELECTION_ALL)  # unary defaults send the last frame only
+
 HANG = "helios-test: hang the engine loop"
 WATCHDOG_S = 10.0
 # A session lost with its worker: UNAVAILABLE today; ABORTED once the front maps it (issue 19).
@@ -120,7 +122,9 @@ def test_the_watchdog_restarts_a_wedged_worker_and_fails_only_its_sessions():
             deadline = time.monotonic() + 240
             while thread.is_alive() or not workers(stub)[wedged].ready:
                 assert time.monotonic() < deadline, "the wedged worker was not restarted in 240 s"
-                chunk = stub.Step(pb.StepRequest(session_id=bystander), metadata=AUTH, timeout=60).chunk
+                chunk = stub.Step(
+                    pb.StepRequest(session_id=bystander, frames=ALL), metadata=AUTH, timeout=60
+                ).chunk
                 assert chunk.chunk_index == expected and len(chunk.frames) == 33
                 expected += 1
                 saw_down |= not workers(stub)[wedged].ready
@@ -131,9 +135,11 @@ def test_the_watchdog_restarts_a_wedged_worker_and_fails_only_its_sessions():
             info = workers(stub)
             assert info[wedged].restarts == 1 and info[1 - wedged].restarts == 0
             with pytest.raises(grpc.RpcError) as lost:
-                stub.Step(pb.StepRequest(session_id=victim), metadata=AUTH, timeout=60)
+                stub.Step(pb.StepRequest(session_id=victim, frames=ALL), metadata=AUTH, timeout=60)
             assert lost.value.code() in LOST
-            chunk = stub.Step(pb.StepRequest(session_id=bystander), metadata=AUTH, timeout=60).chunk
+            chunk = stub.Step(
+                pb.StepRequest(session_id=bystander, frames=ALL), metadata=AUTH, timeout=60
+            ).chunk
             assert chunk.chunk_index == expected
         finally:
             health.close()
@@ -159,7 +165,7 @@ def test_health_follows_the_only_worker_when_it_hangs_goes_silent_or_dies():
             # Silent (stopped: not even heartbeats): killed and restarted as well.
             sid = new_world(stub)
             os.kill(pool.workers[0].process.pid, signal.SIGSTOP)
-            step = stub.Step.future(pb.StepRequest(session_id=sid), metadata=AUTH, timeout=300)
+            step = stub.Step.future(pb.StepRequest(session_id=sid, frames=ALL), metadata=AUTH, timeout=300)
             seen = health.wait_for(NOT_SERVING, seen, WATCHDOG_S + 120)
             with pytest.raises(grpc.RpcError) as silent:
                 step.result()
@@ -173,6 +179,11 @@ def test_health_follows_the_only_worker_when_it_hangs_goes_silent_or_dies():
             (state,) = workers(stub)
             assert state.ready and state.restarts == 3
             sid = new_world(stub)
-            assert stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH, timeout=60).chunk.chunk_index == 1
+            assert (
+                stub.Step(
+                    pb.StepRequest(session_id=sid, frames=ALL), metadata=AUTH, timeout=60
+                ).chunk.chunk_index
+                == 1
+            )
         finally:
             health.close()
