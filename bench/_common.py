@@ -6,6 +6,7 @@ import platform
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -132,6 +133,17 @@ def summarize(rows: list[dict]) -> dict:
         "decode_s_p50": statistics.median(r["decode_s"] for r in later),
         "first_frame_s_p50": statistics.median(r["first_frame_s"] for r in later),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), which every CPU figure names."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_header(benchmark: str, **versions: object) -> dict:

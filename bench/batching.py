@@ -21,22 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-from _common import run_header
+from _common import cpu_name, run_header
 
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.world_model import WorldModel
 
 ACTIONS = [{"keys": ["d"]}, {"keys": ["s"]}, {"keys": ["a"]}, {"keys": ["w"]}]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def measure(engine: WorldEngine, sessions: int, chunks: int, batch: bool, learned: bool) -> dict:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import rollout, run_header
+from _common import cpu_name, rollout, run_header
 
 from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.world_model import WorldModel
@@ -61,7 +60,7 @@ def main() -> None:
     summary["meets_target"] = summary["fps_mean"] >= TARGET_FPS
     result = {
         **run_header("cpu_fps"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
         "model": model.name,
@@ -86,16 +85,6 @@ def main() -> None:
         f"target {TARGET_FPS:.0f}: {'met' if summary['meets_target'] else 'missed'}"
     )
     print(f"wrote {out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

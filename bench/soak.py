@@ -38,6 +38,7 @@ from pathlib import Path
 
 import grpc
 import psutil
+from _common import cpu_name
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
@@ -47,16 +48,6 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 ALL = pb.FrameOptions(encoding=pb.FRAME_ENCODING_JPEG, selection=pb.FRAME_SELECTION_ALL)
 LOST_GRACE_S = 30.0  # a loss within this long after a worker kill is the kill's, not a bystander's
 FRAMES = 33
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------
