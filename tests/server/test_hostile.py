@@ -326,7 +326,7 @@ def test_a_step_that_timed_out_is_retried_without_advancing_twice(running, timeo
     sid = new_world(stub)
     twin = stub.Fork(pb.ForkRequest(session_id=sid), metadata=AUTH).session_id
     try:  # the deadline usually lands mid-step; on a fast moment the step may beat it
-        stub.Step(pb.StepRequest(session_id=sid, action_seq=9), metadata=AUTH, timeout=timeout)
+        stub.Step(pb.StepRequest(session_id=sid, action_seq=9, frames=ALL), metadata=AUTH, timeout=timeout)
     except grpc.RpcError as exc:
         assert exc.code() == S.DEADLINE_EXCEEDED, exc.details()
     retried = stub.Step(pb.StepRequest(session_id=sid, action_seq=9, frames=ALL), metadata=AUTH, timeout=120)
