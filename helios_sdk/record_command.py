@@ -134,7 +134,7 @@ def _record(
         )
 
     try:  # whatever fails from here on, the session does not outlive this client
-        options = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24)
+        options = pb.FrameOptions(encoding=pb.FRAME_ENCODING_RGB24, selection=pb.FRAME_SELECTION_ALL)
         reset = pb.ResetRequest(
             session_id=session.session_id, prompt=args.prompt, seed=args.seed, frames=options
         )

@@ -23,7 +23,7 @@ FOLDERS = {
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {
         # The vocabulary every side shares, torch-free: the wire contract, actions, error classes.
-        "contract": ("helios_sdk._proto", "helios_sdk.actions", "helios_sdk.errors"),
+        "contract": ("helios_sdk._proto", "helios_sdk.actions", "helios_sdk.errors", "helios_sdk.credentials"),
         "kernels": ("helios_kernels",),
         "runtime-root": ("=helios_runtime",),
         "chunk": ("helios_runtime.chunk",),

@@ -435,7 +435,9 @@ def test_cpp_client_survives_server_restart(cpp_harness: Path, serve_flags: list
         reader.join(timeout=10)
         run = Run(argv, proc.returncode, "".join(output))
         assert run.returncode == 0, str(run)
-        assert run.fact("OUTAGE")["status"] == "UNAVAILABLE", str(run)
+        # UNAVAILABLE when the shared retry policy's attempts ran out during the outage; NOT_FOUND
+        # when a retry already reached the new server, which does not know the old session.
+        assert run.fact("OUTAGE")["status"] in ("UNAVAILABLE", "NOT_FOUND"), str(run)
         assert int(run.fact("RECOVERED")["attempts"]) >= 2, str(run)  # it had to retry
         assert run.fact("OLD_SESSION")["status"] == "NOT_FOUND", str(run)
         assert run.fact("OK") == {

@@ -76,7 +76,8 @@ def test_sessions_spread_over_both_replicas_and_stream_frames(fleet):
     assert sorted(placed_on(fleet, s) for s in sids) == [0, 0, 1, 1]
     assert [w.sessions for w in workers(stub)] == [2, 2]
     for sid in sids:
-        chunk = stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH).chunk
+        all_frames = pb.FrameOptions(selection=pb.FRAME_SELECTION_ALL)
+        chunk = stub.Step(pb.StepRequest(session_id=sid, frames=all_frames), metadata=AUTH).chunk
         assert chunk.chunk_index == 1 and len(chunk.frames) == 33
         assert len(chunk.frames[0].data) == 64 * 64 * 3
     # The same seed on either replica gives the same world: placement never changes the frames.
@@ -133,7 +134,7 @@ def test_a_killed_replica_fails_only_its_own_sessions(fleet):
         time.sleep(0.05)
     os.kill(old_pid, signal.SIGKILL)
 
-    # The victim's stream ends with CLOSED; its other session is UNAVAILABLE; the other replica's
+    # The victim's stream ends with CLOSED; its other session is ABORTED; the other replica's
     # sessions step on, one of them through a stream that never noticed.
     for r in readers:
         r.join(120)
@@ -142,7 +143,7 @@ def test_a_killed_replica_fails_only_its_own_sessions(fleet):
     assert closed and "lost" in closed[-1].message
     with pytest.raises(grpc.RpcError) as info:
         stub.Step(pb.StepRequest(session_id=victims[1]), metadata=AUTH)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "lost" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.ABORTED and "lost" in info.value.details()
     survivor = events[others[0]]
     assert [e.chunk_index for e in survivor if e.type == pb.SESSION_EVENT_TYPE_CHUNK_DONE] == list(
         range(1, 9)
