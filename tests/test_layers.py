@@ -22,8 +22,14 @@ FOLDERS = {
 # Bottom first. Each component: the module prefixes it holds ("=name": that module alone).
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {
-        # The vocabulary every side shares, torch-free: the wire contract, actions, error classes.
-        "contract": ("helios_sdk._proto", "helios_sdk.actions", "helios_sdk.errors", "helios_sdk.credentials"),
+        # The vocabulary every side shares, torch-free: the wire contract, actions, error classes,
+        # reading credential files (TLS, tokens).
+        "contract": (
+            "helios_sdk._proto",
+            "helios_sdk.actions",
+            "helios_sdk.errors",
+            "helios_sdk.credentials",
+        ),
         "kernels": ("helios_kernels",),
         "runtime-root": ("=helios_runtime",),
         "chunk": ("helios_runtime.chunk",),
