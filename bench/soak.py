@@ -74,11 +74,14 @@ class Server:
         self.ps = psutil.Process(self.proc.pid)
 
     def workers(self) -> list[psutil.Process]:
-        return [
-            c
-            for c in self.ps.children(recursive=True)
-            if "helios_runtime.server.worker.main" in " ".join(c.cmdline())
-        ]
+        found = []
+        for c in self.ps.children(recursive=True):
+            try:  # a killed worker is a zombie until the front reaps it
+                if "helios_runtime.server.worker.main" in " ".join(c.cmdline()):
+                    found.append(c)
+            except psutil.Error:
+                pass
+        return found
 
     def rss(self) -> tuple[float, float]:
         """(front, all workers) resident memory in MiB."""
