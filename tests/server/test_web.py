@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -361,6 +362,28 @@ def test_a_message_over_the_read_limit_closes_the_socket_with_1009(gateway, capl
     assert any("1009" in r.getMessage() or "exceeds limit" in r.getMessage() for r in caplog.records), [
         r.getMessage() for r in caplog.records
     ]
+
+
+def test_a_draining_server_ends_the_socket_session_with_session_done():
+    settings = ServerSettings(model="tiny", port=0, web_port=0, warm_up=False, drain_seconds=5)
+    server = start_server(settings)
+    handle = next(server)
+
+    async def body():
+        c = await Client.open(handle, token=None)
+        await c.send("server.info")  # no token on this server: none needed
+        assert (await c.expect("server.info"))["auth_required"] is False
+        await c.start()
+        stopper = threading.Thread(target=next, args=(server, None))  # SIGTERM's path: drain, stop
+        stopper.start()
+        done = await c.until("session.done")
+        assert done["reason"] == "closed" and "shutting down" in done["message"], done
+        assert await c.next() is None
+        assert c.ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
+        await c.close()
+        await asyncio.to_thread(stopper.join, 60)
+
+    run(body())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ def test_the_page_plays_the_world_in_order_and_the_keys_move_it(browser, served)
     shot = os.environ.get("HELIOS_SCREENSHOT")
     if shot:
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        browser.execute_script("window.scrollTo(0, 0); document.activeElement.blur();")
         browser.save_screenshot(shot)
     browser.get("about:blank")  # closes the socket: its session ends
     assert served.wait_sessions(0) == 0

@@ -467,8 +467,8 @@ class Connection:
         except SocketGone:
             reason = "socket closed"
         finally:
-            if live.session_id is not None:
-                with contextlib.suppress(WebAbort):  # closing twice is fine; a draining server refuses
+            if live.session_id is not None and not self.service.draining:  # draining: the workers go
+                with contextlib.suppress(WebAbort):  # closing twice is fine
                     await self.service.CloseSession(
                         pb.CloseSessionRequest(session_id=live.session_id), context
                     )

@@ -388,6 +388,15 @@ document.addEventListener("keyup", (e) => {
 
 window.addEventListener("blur", () => held.clear());
 
+// Leaving the page closes its socket, which frees the session on the server; a browser may keep
+// the page (and a socket) alive in its back/forward cache otherwise. Coming back reconnects.
+window.addEventListener("pagehide", () => {
+  if (socket !== null) socket.close();
+});
+window.addEventListener("pageshow", (e) => {
+  if (e.persisted) connect();
+});
+
 setInterval(() => {
   if (freeRun() && held.size > 0) act(sampleInput());
 }, RESEND_MS);
