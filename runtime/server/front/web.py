@@ -301,6 +301,9 @@ class Connection:
             await self.error(exc.code, exc.message, request=kind, seq=getattr(exc, "seq", None))
         except SocketGone:
             return False
+        except Exception as exc:  # a bug: INTERNAL, logged; the socket and other sessions go on
+            log.exception("web message %s failed", kind)
+            await self.error("INTERNAL", f"internal error: {type(exc).__name__}: {exc}", request=kind)
         return True
 
     async def _authenticate(self, text: str) -> bool:
@@ -408,7 +411,9 @@ class Connection:
             if st.restore is not None:
                 restored = await self.service.Restore(pb.RestoreRequest(snapshot_id=st.restore), context)
                 live.session_id = restored.session_id
-                s = self.service.sessions[restored.session_id]
+                s = self.service.sessions.get(restored.session_id)
+                if s is None:  # closed or lost in the meantime
+                    raise WebAbort("ABORTED", "the restored session ended before its stream started")
                 width, height, chunk_index = s.width, s.height, restored.chunk_index
             else:
                 created = await self.service.CreateSession(
@@ -466,6 +471,10 @@ class Connection:
             reason, message = "error", exc.message
         except SocketGone:
             reason = "socket closed"
+        except Exception as exc:  # a bug: INTERNAL, logged; the session is closed below
+            log.exception("web session %s failed", live.session_id)
+            await self.error("INTERNAL", f"internal error: {type(exc).__name__}: {exc}")
+            reason, message = "error", f"internal error: {type(exc).__name__}"
         finally:
             if live.session_id is not None and not self.service.draining:  # draining: the workers go
                 with contextlib.suppress(WebAbort):  # closing twice is fine

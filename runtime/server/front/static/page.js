@@ -51,6 +51,7 @@ const H = (window.helios = {
   session: null,
   done: null,
   frames: [],
+  chunks: [],
   sent: [],
   errors: [],
   shown: 0,
@@ -116,6 +117,8 @@ function onMessage(m) {
       setState("playing", `${m.mode}, ${m.encoding}`);
       break;
     case "chunk.done":
+      H.chunks.push(m);
+      if (H.chunks.length > 200) H.chunks.shift();
       H.stats.chunk = m.chunk_index;
       chunkComplete = true;
       if (outstanding !== null && m.action_seq >= outstanding) outstanding = null;
@@ -138,6 +141,7 @@ function onMessage(m) {
       break;
     case "error":
       showError(m.code, m.message);
+      if (m.request === "session.start") setState("stopped", "the session did not start");
       if (m.code === "UNAUTHENTICATED") {
         setState("unauthenticated", "enter the server's token and connect");
         $("token").focus();
@@ -160,6 +164,8 @@ function showInfo(m) {
 // --- a session -----------------------------------------------------------------------------------
 
 function clearBuffers() {
+  H.frames = [];
+  H.chunks = [];
   for (const entry of ring.values()) entry.bitmap.close();
   ring = new Map();
   queue = [];
