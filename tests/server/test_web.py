@@ -416,6 +416,14 @@ def test_token_in_the_first_message_or_a_subprotocol_never_the_url(gateway):
             assert error["code"] == "UNAUTHENTICATED" and why in error["message"], error
             assert code == aiohttp.WSCloseCode.POLICY_VIOLATION
         assert open_sessions(gateway) == 0, "no session was made for a refused socket"
+        async with aiohttp.ClientSession() as http:  # silent: closed after WebLimits.auth_timeout_s
+            async with http.ws_connect(url(gateway), protocols=["helios.v1"]) as ws:
+                error = json.loads((await ws.receive(timeout=60)).data)
+                assert error["code"] == "UNAUTHENTICATED" and "no token within" in error["message"]
+                assert (await ws.receive(timeout=60)).type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                )
         bearer = "helios.bearer." + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
         c = await Client.open(gateway, token=None, protocols=["helios.v1", bearer])
         assert c.ws.protocol == "helios.v1", "the token is never echoed back"

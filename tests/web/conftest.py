@@ -68,7 +68,7 @@ def browser():
         "--no-sandbox",  # root in a container
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=1100,640",
+        "--window-size=1100,780",
         "--disable-background-timer-throttling",
         "--disable-renderer-backgrounding",
         "--disable-backgrounding-occluded-windows",
