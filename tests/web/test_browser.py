@@ -123,6 +123,8 @@ def test_the_page_plays_the_world_in_order_and_the_keys_move_it(browser, served)
     stats = browser.execute_script("return helios.stats;")
     assert stats["latencyMs"] is not None and stats["latencyMs"] > 0
     assert browser.execute_script("return helios.errors;") == []
+    severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], "the page logged errors"
 
     shot = os.environ.get("HELIOS_SCREENSHOT")
     if shot:
