@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -111,7 +112,10 @@ def url(handle: Handle, path: str = "/v1/realtime/world") -> str:
 
 
 def open_sessions(handle: Handle) -> int:
-    return handle.server.service._open_count()
+    """The server's open sessions, counted on its own event loop (its table changes under it)."""
+    counted: concurrent.futures.Future[int] = concurrent.futures.Future()
+    handle.loop.call_soon_threadsafe(lambda: counted.set_result(handle.server.service._open_count()))
+    return counted.result(30)
 
 
 async def settled(handle: Handle) -> None:
