@@ -49,7 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"helios-world-sdk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_forward, _add_rollout, _add_serve, _add_record, _add_eval, _add_train, _add_info):
+    for add in (
+        _add_forward,
+        _add_rollout,
+        _add_serve,
+        _add_play,
+        _add_record,
+        _add_eval,
+        _add_train,
+        _add_info,
+    ):
         add(sub)
     return parser
 
@@ -172,6 +181,40 @@ def _add_serve(sub: Any) -> None:
         "helios serve --ray auto --replicas 8 --host 0.0.0.0",
     )
     add_flags(fleet, RAY_FLAGS)
+
+
+def _add_play(sub: Any) -> None:
+    """`helios play`: a local server with the browser page, for a person at a keyboard."""
+    play = sub.add_parser(
+        "play",
+        help="play a world in your browser: starts a local server with the web page and prints its URL",
+        description=(
+            "Start a local helios server with the embedded default world (the toy world: a small trained "
+            "model that runs in real time on a CPU) and its browser gateway, then print the page's URL "
+            "(--open opens it). In the page: W A S D or the arrows move the agent, J L I K turn the "
+            "camera, the prompt box changes the scene (e.g. 'a desert at dusk with rocks'). The model "
+            "loads and warms up first (seconds on a CPU for the toy world); Ctrl-C stops the server. "
+            "The page speaks the WebSocket protocol of docs/web.md; `helios serve --web-port` serves the "
+            "same page beside gRPC."
+        ),
+    )
+    add_flags(play, ["model"])
+    play.add_argument(
+        "--web-port", type=int, default=8000, help="the page's port (default %(default)s; 0 picks a free one)"
+    )
+    play.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)"
+    )
+    play.add_argument(
+        "--grpc-port", type=int, default=0, help="the gRPC port beside the page (default 0: a free one)"
+    )
+    play.add_argument("--device", default=None, help="torch device of the engine (default: cuda if present)")
+    play.add_argument(
+        "--token",
+        default=None,
+        help="require this token (typed into the page); default $HELIOS_TOKEN, else none on this machine",
+    )
+    play.add_argument("--open", action="store_true", help="open the page in the default web browser")
 
 
 def _add_record(sub: Any) -> None:

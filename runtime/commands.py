@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -259,6 +260,76 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger("helios.front").warning(TOKEN_ON_COMMAND_LINE)
     asyncio.run(run(settings))
     return 0
+
+
+def play(args: argparse.Namespace) -> int:
+    """`helios play`: `helios serve` with the web page, for a person; progress while it warms up."""
+    import asyncio
+    import os
+
+    from .logs import configure_logging
+    from .server.front.settings import ServerSettings
+
+    for flag, port in (("--web-port", args.web_port), ("--grpc-port", args.grpc_port)):
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{flag} must be a port number (0 picks a free one), got {port}")
+    settings = ServerSettings(
+        model=args.model,
+        devices=(args.device,),
+        host=args.host,
+        port=args.grpc_port,
+        web_port=args.web_port,
+        token=args.token or os.environ.get("HELIOS_TOKEN") or None,
+        max_sessions=4,
+    )
+    configure_logging(False)
+    logging.getLogger("helios").setLevel(logging.WARNING)  # the progress lines below say enough
+    asyncio.run(_play(settings, args.open))
+    return 0
+
+
+async def _play(settings, open_browser: bool) -> None:
+    import asyncio
+    import signal
+    import webbrowser
+
+    from .server.front.server import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.perf_counter()
+    where = settings.devices[0] or "the default device (cuda if present)"
+    print(
+        f"helios play: loading the {settings.model} world on {where} and warming it up ...", file=sys.stderr
+    )
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(5)
+            print(f"  still warming up ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    ticker = asyncio.create_task(progress())
+    try:
+        async with serve(settings) as server:
+            ticker.cancel()
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            url = f"http://{host}:{server.web.port}/"
+            print(f"ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            print(f"play at {url}", flush=True)
+            print(
+                "  W A S D / arrows move, J L I K turn the camera, the prompt box changes the scene; "
+                f"gRPC on {settings.host}:{server.port}; Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
+            if open_browser and not webbrowser.open(url):
+                print("  (no browser could be opened here: open the URL yourself)", file=sys.stderr)
+            await stop.wait()
+            print("stopping ...", file=sys.stderr, flush=True)
+    finally:
+        ticker.cancel()
 
 
 def _check_ray_flags(args: argparse.Namespace) -> None:

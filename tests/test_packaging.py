@@ -49,6 +49,11 @@ def test_wheel_contents(wheel):
         "helios_runtime/assets/toy/transformer/diffusion_pytorch_model.safetensors",
         "helios_runtime/assets/toy/vae/diffusion_pytorch_model.safetensors",
         "helios_runtime/assets/toy/text_encoder/model.safetensors",
+        # The play page the web gateway serves (`helios play`, `helios serve --web-port`).
+        "helios_runtime/server/front/static/index.html",
+        "helios_runtime/server/front/static/page.js",
+        "helios_runtime/server/front/static/helios.js",
+        "helios_runtime/server/front/static/style.css",
     ):
         assert required in names
     assert not any(n.startswith(("runtime/", "kernels/", "tests/")) for n in names)

@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,6 +38,9 @@ from ..protocol.client import EngineClient
 from .service import WorldService, add_to_server
 from .settings import ServerSettings
 from .zmq_pool import WorkerPool
+
+if TYPE_CHECKING:
+    from .web import WebGateway
 
 log = logging.getLogger("helios.front")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name
@@ -79,6 +83,7 @@ class RunningServer:
     pool: EngineClient
     health: health_aio.HealthServicer
     grpc_server: grpc.aio.Server
+    web: WebGateway | None = None  # the browser gateway, with --web-port
 
 
 @contextlib.asynccontextmanager
@@ -128,13 +133,18 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
     await pool.start()
     await server.start()
     background = []
+    web = None
     try:
         await pool.wait_ready(settings.worker_start_timeout_s)
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         background.append(asyncio.create_task(_expire_loop(service)))
         background.append(asyncio.create_task(_health_loop(service, health)))
-        yield RunningServer(port, settings, service, pool, health, server)
+        if settings.web_port is not None:  # aiohttp is imported only for the gateway
+            from .web import start_web
+
+            web = await start_web(settings, service)
+        yield RunningServer(port, settings, service, pool, health, server, web)
     finally:
         for task in background:
             task.cancel()
@@ -142,6 +152,8 @@ async def serve(settings: ServerSettings) -> AsyncIterator[RunningServer]:
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await service.drain()
         await server.stop(settings.drain_seconds)
+        if web is not None:
+            await web.close(settings.drain_seconds)
         await pool.close()
 
 
@@ -246,5 +258,7 @@ async def run(settings: ServerSettings) -> None:
             time.perf_counter() - started,
         )
         print(f"listening on {settings.host}:{server.port}", flush=True)
+        if server.web is not None:
+            print(f"web page at http://{settings.host}:{server.web.port}/", flush=True)
         await stop.wait()
         log.info("draining")

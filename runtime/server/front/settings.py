@@ -41,6 +41,8 @@ class ServerSettings:
     snapshot_key_file: str | None = None
     stream_buffer_frames: int = 66  # frames a stream may hold for a slow consumer before dropping (2 chunks)
     metrics_port: int | None = None  # Prometheus /metrics on this port when set
+    web_port: int | None = None  # the browser gateway and page (web.py) on this port when set; 0 picks one
+    web_origins: str = ""  # comma-separated origins allowed to open sockets besides the page's own; *: any
     warm_up: bool = True  # run the exact chunk path once before reporting SERVING
     json_logs: bool = False  # front and workers log one JSON object per line
     # The transformer's GEMMs on a GPU: None = $HELIOS_PRECISION or bf16; "fp8" = float8 linears.
@@ -99,6 +101,16 @@ FLAGS: dict[str, tuple[str, str]] = {
     ),
     "idle_timeout_s": ("--idle-timeout", "close sessions idle this many seconds (%(default)s)"),
     "metrics_port": ("--metrics-port", "serve Prometheus /metrics on this port"),
+    "web_port": (
+        "--web-port",
+        "serve the browser page and its WebSocket gateway (/v1/realtime/world, docs/web.md) on this port "
+        "(0 picks one); off by default",
+    ),
+    "web_origins": (
+        "--web-origin",
+        "comma-separated origins (https://game.example.com) whose pages may open gateway sockets besides "
+        "the server's own page (the default: same-origin only); * allows any",
+    ),
     "max_message_bytes": (
         "--max-message-bytes",
         "largest gRPC message (default 64 MiB: a unary chunk of raw 384×640 frames is 24 MB)",
