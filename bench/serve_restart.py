@@ -236,9 +236,9 @@ def main() -> None:
     parser.add_argument(
         "--inductor-in-cache",
         action="store_true",
-        help="set TORCHINDUCTOR_CACHE_DIR to CACHE/inductor for the server: the runtime's own redirect "
-        "comes too late (torch._dynamo's import already set Inductor's default, /tmp/torchinductor_USER), "
-        "so without this Inductor's FX-graph cache is shared by every precision's starts",
+        help="set TORCHINDUCTOR_CACHE_DIR to CACHE/inductor for the server explicitly (runtimes before "
+        "the compile-cache fix left Inductor's FX-graph cache in /tmp/torchinductor_USER, shared by "
+        "every precision's starts)",
     )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--phases-of", default=None, help=argparse.SUPPRESS)  # internal: one phases run
