@@ -223,6 +223,8 @@ class Soak:
             if outcome != "ok":
                 rec.bystander_failures.append(outcome)
                 return
+            if not self.running():  # the soak is over: the server may be stopping already
+                return
             try:
                 stub.CloseSession(pb.CloseSessionRequest(session_id=sid), metadata=AUTH)
             except grpc.RpcError as exc:
@@ -457,8 +459,8 @@ def main() -> None:
             time.sleep(5)
     finally:
         soak.stop.set()
-        for t in threads:
-            t.join(120)
+        for t in threads:  # each finishes the chunk it is in (slow on a loaded machine)
+            t.join(300)
         print()
         code = server.stop()
 
