@@ -58,6 +58,22 @@ def parser(message_type: type) -> Callable[[bytes], Any]:
     return parse
 
 
+def lost(session_id: str, why: str = "") -> RpcError:
+    """A session lost with its engine worker: ABORTED, which no client retries (the request cannot
+    succeed again; the caller starts a new session or restores a snapshot). `why`: what happened
+    to the worker, when known."""
+    return RpcError(
+        grpc.StatusCode.ABORTED,
+        f"session {shown(session_id)} was lost with its engine worker{f' ({why})' if why else ''}; "
+        "create a new one (or Restore a snapshot)",
+    )
+
+
+def shown(session_id: str) -> str:
+    """A session id as error messages echo it: never more than 64 characters of a client's input."""
+    return repr(session_id if len(session_id) <= 64 else session_id[:64] + "...")
+
+
 def invalid(message: str) -> RpcError:
     return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
 

@@ -29,7 +29,7 @@ from ...chunk import FPS, FRAMES_PER_CHUNK
 from ..protocol.client import EngineClient, WorkerError, WorkerHandle
 from ..protocol.messages import Close, Fork, Frame, Reset, Restore, Result, Snapshot, Step
 from . import codec, metrics
-from .codec import RpcError, invalid
+from .codec import RpcError, invalid, lost, shown
 from .encoding import FrameEncoder, InputLimits, decode_image, decode_video
 from .settings import API_VERSION, SERVER_VERSION, ServerSettings
 from .stream import StreamSession
@@ -69,22 +69,6 @@ class FrontSession:
     streaming: bool = False
     busy: int = 0  # requests running on it now: a busy session is never idle-expired
     last_step: StepRecord | None = None
-
-
-def lost(session_id: str, why: str = "") -> RpcError:
-    """A session lost with its engine worker: ABORTED, which no client retries (the request cannot
-    succeed again; the caller starts a new session or restores a snapshot). `why`: what happened
-    to the worker, when known."""
-    return RpcError(
-        grpc.StatusCode.ABORTED,
-        f"session {shown(session_id)} was lost with its engine worker{f' ({why})' if why else ''}; "
-        "create a new one (or Restore a snapshot)",
-    )
-
-
-def shown(session_id: str) -> str:
-    """A session id as error messages echo it: never more than 64 characters of a client's input."""
-    return repr(session_id if len(session_id) <= 64 else session_id[:64] + "...")
 
 
 class SnapshotStore:

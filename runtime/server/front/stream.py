@@ -174,9 +174,11 @@ class StreamSession:
                 if exc.code == "INVALID_ARGUMENT":
                     self.reject(exc.message, seq)
                     continue
-                if exc.code == "UNAVAILABLE":
+                message = exc.message
+                if exc.code == "UNAVAILABLE":  # the worker died under this chunk: the session with it
                     self.s.lost = True
-                self.push("event", self.event(pb.SESSION_EVENT_TYPE_CLOSED, message=exc.message))
+                    message = codec.lost(self.s.id, exc.message).message
+                self.push("event", self.event(pb.SESSION_EVENT_TYPE_CLOSED, message=message))
                 self.stop.set()
                 return
 
