@@ -135,6 +135,24 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile of `values` by the nearest rank (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def latency_summary(values: list[float]) -> dict[str, float]:
+    """mean, p50, p95 and max of latencies."""
+    return {
+        "mean": statistics.fmean(values),
+        "p50": percentile(values, 0.5),
+        "p95": percentile(values, 0.95),
+        "max": max(values),
+    }
+
+
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo), which every CPU figure names."""
     try:

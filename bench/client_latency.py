@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import run_header
+from _common import latency_summary, percentile, run_header
 
 from helios_sdk.record_command import local_server
 
@@ -47,20 +47,6 @@ def facts(output: str, word: str) -> list[dict[str, str]]:
         if parts and parts[0] == word:
             rows.append(dict(p.split("=", 1) for p in parts[1:] if "=" in p))
     return rows
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "p50": percentile(values, 0.5),
-        "p95": percentile(values, 0.95),
-        "max": max(values),
-    }
 
 
 def measure(harness: str, target: str, token: str, encoding: str, args: argparse.Namespace) -> dict:
@@ -85,10 +71,10 @@ def measure(harness: str, target: str, token: str, encoding: str, args: argparse
         "frames": len(frames),
         "chunks": len(chunks),
         "wire_bytes_per_frame": statistics.fmean(int(f["bytes"]) for f in frames),
-        "server_encode_ms": summary(encode),
+        "server_encode_ms": latency_summary(encode),
         "server_encode_ms_per_chunk": [encode_ms[k] for k in sorted(encode_ms, key=int)],
-        "transport_ms": summary(transport),
-        "client_decode_ms": summary(decode),
+        "transport_ms": latency_summary(transport),
+        "client_decode_ms": latency_summary(decode),
         "total_ms_p50": percentile(encode, 0.5) + percentile(transport, 0.5) + percentile(decode, 0.5),
         "harness_wall_s": wall,
     }

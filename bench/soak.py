@@ -38,7 +38,7 @@ from pathlib import Path
 
 import grpc
 import psutil
-from _common import cpu_name
+from _common import cpu_name, percentile
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
@@ -403,13 +403,6 @@ def png_bomb(side: int = 8000) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def main() -> None:

@@ -41,26 +41,14 @@ import sys
 import time
 from pathlib import Path
 
+from _common import latency_summary, percentile
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SIZES = ((96, 160), (384, 640))
 ENCODINGS = ("jpeg", "rgb24")
 WAIT = 900.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "p50": percentile(values, 0.5),
-        "p95": percentile(values, 0.95),
-        "max": max(values),
-    }
 
 
 def cpu() -> dict[str, object]:
@@ -145,10 +133,10 @@ def measure(driver, height: int, width: int, encoding: str, chunks: int) -> dict
         "frames": len(frames),
         "chunks": len(per_frame),
         "wire_bytes_per_frame": statistics.fmean(f["bytes"] for f in frames),
-        "server_encode_ms": summary(encode),
+        "server_encode_ms": latency_summary(encode),
         "server_encode_ms_per_chunk": [per_frame[k] for k in sorted(per_frame)],
-        "transport_ms": summary(transport),
-        "browser_decode_ms": summary(decode),
+        "transport_ms": latency_summary(transport),
+        "browser_decode_ms": latency_summary(decode),
         "total_ms_p50": percentile(encode, 0.5) + percentile(transport, 0.5) + percentile(decode, 0.5),
         "wall_s": wall,
     }
