@@ -291,7 +291,7 @@ def play(args: argparse.Namespace) -> int:
 async def _play(settings, open_browser: bool) -> None:
     import asyncio
     import signal
-    import webbrowser
+    import threading
 
     from .server.front.server import serve
 
@@ -324,12 +324,20 @@ async def _play(settings, open_browser: bool) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            if open_browser and not webbrowser.open(url):
-                print("  (no browser could be opened here: open the URL yourself)", file=sys.stderr)
+            if open_browser:
+                # A browser named by $BROWSER is waited for until it exits: never on the event loop.
+                threading.Thread(target=_open_page, args=(url,), name="helios-open", daemon=True).start()
             await stop.wait()
             print("stopping ...", file=sys.stderr, flush=True)
     finally:
         ticker.cancel()
+
+
+def _open_page(url: str) -> None:
+    import webbrowser
+
+    if not webbrowser.open(url):
+        print("  (no browser could be opened here: open the URL yourself)", file=sys.stderr, flush=True)
 
 
 def _check_ray_flags(args: argparse.Namespace) -> None:

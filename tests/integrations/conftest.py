@@ -5,7 +5,6 @@ for its `listening on` line), checked SERVING through the standard grpc health s
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +13,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.interop.test_interop import Run, Server
+from tests.interop.test_interop import Run, Server, build_harness
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD = ROOT / "integrations" / "unreal" / "harness" / "build.py"
 TOKEN = "integrations-token"
 # --model tiny explicitly (the default model may change); 64x64 sessions skip the warm-up chunk.
 SERVE_FLAGS = ["--model", "tiny", "--host", "127.0.0.1", "--token", TOKEN, "--device", "cpu", "--no-warm-up"]
@@ -49,15 +47,8 @@ def start_server(port: int, log: Path) -> Server:
 
 @pytest.fixture(scope="session")
 def harness() -> Path:
-    """helios_world_harness, built (or reused from the cache) by integrations/unreal/harness/build.py,
-    which apt-installs the toolchain when it is missing and this is root."""
-    out = subprocess.run(
-        [sys.executable, str(BUILD), "--install"], capture_output=True, text=True, timeout=1800
-    )
-    if out.returncode == 3:
-        pytest.skip(out.stderr.strip())
-    assert out.returncode == 0, f"building the harness failed:\n{out.stdout}\n{out.stderr}"
-    return Path(out.stdout.strip().splitlines()[-1])
+    """helios_world_harness, built (or reused from the cache) with the Unreal plugin's build script."""
+    return build_harness("unreal")
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,18 @@
 """Real C++ (grpc++) and Node (@grpc/grpc-js) clients against a live `helios serve` (issue 5).
 
-The C++ harness links Debian's grpc++, the library and API an Unreal plugin links; the Node client
-loads world.proto at run time. Both run the same scenarios (stream, unauthenticated, errors) against
-one tiny-model server on CPU and print `WORD key=value` lines that the tests below check; the C++
-client also survives a server restart on the same port. Missing toolchains are installed (apt as
-root, npm into tests/interop/node); the C++ build is cached in ~/.cache/helios-interop, keyed by a
-hash of its sources, the proto and the toolchain. docs/interop.md says how to run the clients by hand.
+The C++ harness is built on the one C++ client core (integrations/unreal's HeliosWorldCore, whose
+lower layer `helios_world::Connection` it calls) and links Debian's grpc++, the library and API an
+Unreal plugin links; the Node client loads world.proto at run time. Both run the same scenarios
+(stream, unauthenticated, errors) against one tiny-model server on CPU and print `WORD key=value`
+lines that the tests below check; the C++ client also survives a server restart on the same port.
+Missing toolchains are installed (apt as root, npm into tests/interop/node); the C++ build
+(integrations/unreal/harness/build.py) is cached in ~/.cache/helios-world, keyed by a hash of its
+sources, the core's, the proto and the toolchain. docs/interop.md says how to run the clients by
+hand.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -33,23 +35,9 @@ pytestmark = pytest.mark.timeout(900)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CPP_DIR = HERE / "cpp"
 NODE_DIR = HERE / "node"
-PROTO_ROOT = ROOT / "proto"
-CACHE = Path.home() / ".cache" / "helios-interop"
+BUILD = ROOT / "integrations" / "unreal" / "harness" / "build.py"
 
-APT_CPP = [
-    "libgrpc++-dev",
-    "protobuf-compiler-grpc",
-    "libprotobuf-dev",
-    "protobuf-compiler",
-    "grpc-proto",  # grpc/health/v1/health.proto: the C++ client probes readiness with it
-    "cmake",
-    "g++",
-    "pkg-config",
-]
-CPP_TOOLS = ["cmake", "g++", "protoc", "grpc_cpp_plugin", "pkg-config"]
-HEALTH_PROTO = Path("/usr/share/grpc-proto/grpc/health/v1/health.proto")
 APT_NODE = ["nodejs", "npm"]
 
 TOKEN = f"interop-{secrets.token_hex(8)}"
@@ -87,55 +75,26 @@ def _apt_install(packages: list[str], missing: list[str]) -> None:
     _run(install, "apt-get install", env=env, timeout=900)
 
 
-def _missing_cpp_tools() -> list[str]:
-    missing = [tool for tool in CPP_TOOLS if shutil.which(tool) is None]
-    if "pkg-config" not in missing:
-        for module in ("grpc++", "protobuf"):
-            if subprocess.run(["pkg-config", "--exists", module]).returncode != 0:
-                missing.append(f"{module}.pc")
-    if not HEALTH_PROTO.exists():
-        missing.append(str(HEALTH_PROTO))
-    return missing
-
-
-def _cpp_build_key() -> str:
-    """Hash of everything the harness binary depends on: sources, proto and toolchain versions."""
-    digest = hashlib.sha256()
-    for path in sorted(CPP_DIR.iterdir()):
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for proto in (PROTO_ROOT / "helios" / "v1" / "world.proto", HEALTH_PROTO):
-        digest.update(proto.read_bytes())
-    for cmd in (["protoc", "--version"], ["g++", "--version"], ["pkg-config", "--modversion", "grpc++"]):
-        digest.update(subprocess.run(cmd, capture_output=True, text=True).stdout.encode())
-    return digest.hexdigest()[:16]
+def build_harness(name: str) -> Path:
+    """A C++ scenario harness of the one client core (`unreal` or `interop`), built or reused from
+    the cache by integrations/unreal/harness/build.py, which apt-installs the toolchain when it is
+    missing and this is root."""
+    out = subprocess.run(
+        [sys.executable, str(BUILD), "--harness", name, "--install"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if out.returncode == 3:
+        pytest.skip(out.stderr.strip())
+    assert out.returncode == 0, f"building the {name} harness failed:\n{out.stdout}\n{out.stderr}"
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def cpp_harness() -> Path:
     """The helios_interop binary, built once per source hash with the system grpc++."""
-    missing = _missing_cpp_tools()
-    if missing:
-        _apt_install(APT_CPP, missing)
-        still = _missing_cpp_tools()
-        assert not still, f"still missing after apt-get install: {still}"
-    key = _cpp_build_key()
-    binary = CACHE / f"helios_interop-{key}"
-    if binary.exists():
-        return binary
-    CACHE.mkdir(parents=True, exist_ok=True)
-    build = CACHE / f"build-{key}-{os.getpid()}"
-    shutil.rmtree(build, ignore_errors=True)
-    try:
-        configure = ["cmake", "-S", str(CPP_DIR), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"]
-        _run([*configure, f"-DHELIOS_PROTO_ROOT={PROTO_ROOT}"], "configuring the C++ client", timeout=300)
-        _run(["cmake", "--build", str(build), "-j2"], "building the C++ client", timeout=900)
-        for old in CACHE.glob("helios_interop-*"):  # binaries of older sources
-            old.unlink(missing_ok=True)
-        os.replace(build / "helios_interop", binary)  # atomic: parallel sessions never see half a file
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    return binary
+    return build_harness("interop")
 
 
 def _node_modules_current() -> bool:

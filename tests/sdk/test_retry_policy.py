@@ -132,16 +132,17 @@ def test_stream_actions_continue_the_sessions_action_seq(world):
 # ---------------------------------------------------------------------------------------------------
 
 UNREAL_CORE = ROOT / "integrations/unreal/HeliosWorld/Source/ThirdParty/HeliosWorldCore/src"
-CPP_COPIES = [ROOT / "tests/interop/cpp/retry_policy.h", UNREAL_CORE / "retry_policy.h"]
-CPP_CLIENTS = [ROOT / "tests/interop/cpp/helios_client_core.cc", UNREAL_CORE / "client.cpp"]
+# The one C++ client core (the Unreal plugin's WorldClient and the interop harness both use it).
+CPP_COPY = UNREAL_CORE / "retry_policy.h"
+CPP_CHANNEL = UNREAL_CORE / "connection.cpp"
 CSHARP_COPY = ROOT / "integrations/unity/com.helios.world/Runtime/HeliosRetryPolicy.cs"
 
 
-@pytest.mark.parametrize("path", CPP_COPIES, ids=["interop", "unreal"])
-def test_cpp_clients_embed_the_policy_verbatim(path):
-    match = re.search(r'R"json\((.*?)\)json"', path.read_text(), re.S)
-    assert match, f'{path}: no R"json(...)json" literal'
+def test_cpp_client_embeds_the_policy_verbatim():
+    match = re.search(r'R"json\((.*?)\)json"', CPP_COPY.read_text(), re.S)
+    assert match, f'{CPP_COPY}: no R"json(...)json" literal'
     assert match.group(1) == RETRY_POLICY_JSON
+    assert "SetServiceConfigJSON(kRetryPolicyJson)" in CPP_CHANNEL.read_text()
 
 
 def test_csharp_client_embeds_the_policy_verbatim():
@@ -154,9 +155,8 @@ def test_keepalive_of_every_client_is_one_the_server_accepts():
     """A client that pings more often than the server allows gets GOAWAY "too_many_pings"; every
     client pings after 30 s idle, the server accepts pings 10 s apart."""
     assert KEEPALIVE_TIME_MS >= front.MIN_CLIENT_PING_INTERVAL_MS
-    for path, client in zip(CPP_COPIES, CPP_CLIENTS, strict=True):
-        assert re.search(r"GRPC_ARG_KEEPALIVE_TIME_MS,\s*kKeepaliveTimeMs", client.read_text()), client
-        assert f"kKeepaliveTimeMs = {KEEPALIVE_TIME_MS}" in path.read_text(), path
+    assert re.search(r"GRPC_ARG_KEEPALIVE_TIME_MS,\s*kKeepaliveTimeMs", CPP_CHANNEL.read_text())
+    assert f"kKeepaliveTimeMs = {KEEPALIVE_TIME_MS}" in CPP_COPY.read_text()
     csharp = (CSHARP_COPY.parent / "HeliosWorldSession.cs").read_text()
     assert "Http2KeepAliveInterval = TimeSpan.FromMilliseconds(HeliosRetryPolicy.KeepaliveTimeMs)" in csharp
     assert f"KeepaliveTimeMs = {KEEPALIVE_TIME_MS}" in CSHARP_COPY.read_text()

@@ -5,21 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import aiohttp
 
 PLAY = [sys.executable, "-m", "helios_sdk.cli", "play"]
 
 
-def test_play_serves_the_default_world_at_the_url_it_prints():
+def test_play_serves_the_default_world_at_the_url_it_prints(tmp_path):
+    # --open goes through Python's webbrowser, which runs $BROWSER first: a script that notes the URL.
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.py"
+    browser.write_text(
+        f"#!{sys.executable}\nimport pathlib, sys\npathlib.Path({str(opened)!r}).write_text(sys.argv[1])\n"
+    )
+    browser.chmod(0o755)
     proc = subprocess.Popen(
-        [*PLAY, "--web-port", "0", "--device", "cpu"],
+        [*PLAY, "--web-port", "0", "--device", "cpu", "--open"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "BROWSER": str(browser)},
     )
     try:
         line = proc.stdout.readline().strip()
@@ -35,6 +45,11 @@ def test_play_serves_the_default_world_at_the_url_it_prints():
                     return html, json.loads((await ws.receive(timeout=60)).data)
 
         html, info = asyncio.run(visit())
+        for _ in range(100):  # the page is opened from a thread, after the URL is printed
+            if opened.exists():
+                break
+            time.sleep(0.1)
+        assert opened.read_text() == url
         assert "/static/page.js" in html
         assert info["model"]["name"] == "toy" and info["auth_required"] is False
         proc.send_signal(signal.SIGINT)

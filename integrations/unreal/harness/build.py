@@ -1,14 +1,17 @@
-"""Build helios_world_harness (the Unreal plugin's client core and its scenario driver) with Debian's
-grpc++, and print the binary's path.
+"""Build a scenario harness of the one C++ client core (the Unreal plugin's HeliosWorldCore) with
+Debian's grpc++, and print the binary's path:
 
-    python integrations/unreal/harness/build.py            # build (or reuse) and print the path
-    python integrations/unreal/harness/build.py --install  # apt-get what is missing first (root)
+- `unreal`: helios_world_harness, on the core's WorldClient (tests/integrations,
+  bench/client_latency.py);
+- `interop`: helios_interop, on the core's Connection (tests/interop/cpp, tests/interop).
 
-The binary is cached in ~/.cache/helios-world/, keyed by a hash of the core's sources, the harness,
-CMakeLists.txt, world.proto and the toolchain's versions, so a second build costs nothing. Exit
-codes: 0 built, 1 a build step failed (its output is printed), 3 tools are missing and were not
-installed (the missing ones are named on stderr). tests/integrations and bench/client_latency.py
-call this script.
+    python integrations/unreal/harness/build.py                      # build (or reuse) the unreal one
+    python integrations/unreal/harness/build.py --harness interop --install  # apt-get what is missing
+
+The binary is cached in ~/.cache/helios-world/, keyed by a hash of the core's sources, the
+harness's, the CMakeLists.txt files, world.proto and the toolchain's versions, so a second build
+costs nothing. Exit codes: 0 built, 1 a build step failed (its output is printed), 3 tools are
+missing and were not installed (the missing ones are named on stderr).
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ ROOT = UNREAL.parents[1]
 PROTO = ROOT / "proto" / "helios" / "v1" / "world.proto"
 CORE = UNREAL / "HeliosWorld" / "Source" / "ThirdParty" / "HeliosWorldCore"
 CACHE = Path.home() / ".cache" / "helios-world"
+INTEROP = ROOT / "tests" / "interop" / "cpp"
+# name: (its CMake folder, its binary, its own source files)
+HARNESSES = {
+    "unreal": (UNREAL, "helios_world_harness", sorted((UNREAL / "harness").glob("*.cpp"))),
+    "interop": (INTEROP, "helios_interop", [INTEROP / "CMakeLists.txt", *sorted(INTEROP.glob("*.cc"))]),
+}
 
 # Debian 12 packages: grpc++ and its code generators, the JPEG and H.264 decoders, the toolchain.
 APT = [
@@ -62,15 +71,16 @@ def apt_install() -> None:
             sys.exit(f"`{' '.join(cmd)}` exited {out.returncode}\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
 
 
-def sources() -> list[Path]:
-    files = [UNREAL / "CMakeLists.txt", PROTO, *sorted((UNREAL / "harness").glob("*.cpp"))]
+def sources(harness: str) -> list[Path]:
+    files = [UNREAL / "CMakeLists.txt", PROTO, *HARNESSES[harness][2]]
+    files += sorted((UNREAL / "harness").glob("*.h"))
     files += sorted(p for p in CORE.rglob("*") if p.suffix in {".h", ".cpp"})
     return files
 
 
-def build_key() -> str:
-    digest = hashlib.sha256()
-    for path in sources():
+def build_key(harness: str) -> str:
+    digest = hashlib.sha256(harness.encode())
+    for path in sources(harness):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     versions = [["protoc", "--version"], ["g++", "--version"], ["pkg-config", "--modversion", *PKG_CONFIG]]
     for cmd in versions:
@@ -78,9 +88,10 @@ def build_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def build() -> Path:
-    key = build_key()
-    binary = CACHE / f"helios_world_harness-{key}"
+def build(harness: str) -> Path:
+    folder, name, _ = HARNESSES[harness]
+    key = build_key(harness)
+    binary = CACHE / f"{name}-{key}"
     if binary.exists():
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -88,7 +99,7 @@ def build() -> Path:
     shutil.rmtree(work, ignore_errors=True)
     try:
         steps = [
-            ["cmake", "-S", str(UNREAL), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release"],
+            ["cmake", "-S", str(folder), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release"],
             ["cmake", "--build", str(work), f"-j{os.cpu_count() or 2}"],
         ]
         for cmd in steps:
@@ -97,9 +108,9 @@ def build() -> Path:
                 print(f"`{' '.join(cmd)}` exited {out.returncode}", file=sys.stderr)
                 print(out.stdout[-6000:], out.stderr[-6000:], sep="\n", file=sys.stderr)
                 sys.exit(1)
-        for old in CACHE.glob("helios_world_harness-*"):
+        for old in CACHE.glob(f"{name}-*"):
             old.unlink(missing_ok=True)
-        os.replace(work / "helios_world_harness", binary)  # atomic for a concurrent reader
+        os.replace(work / name, binary)  # atomic for a concurrent reader
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return binary
@@ -107,6 +118,9 @@ def build() -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--harness", choices=sorted(HARNESSES), default="unreal", help="which one (default unreal)"
+    )
     parser.add_argument("--install", action="store_true", help="apt-get install what is missing (root)")
     args = parser.parse_args()
     absent = missing()
@@ -120,7 +134,7 @@ def main() -> int:
     if absent:
         print(f"missing {', '.join(absent)}: apt-get install {' '.join(APT)}", file=sys.stderr)
         return 3
-    print(build())
+    print(build(args.harness))
     return 0
 
 

@@ -27,16 +27,19 @@
 #include <string>
 #include <vector>
 
+#include "harness_kit.h"
 #include "helios_world/client.h"
 
 namespace hw = helios_world;
+namespace kit = helios_harness;
+using kit::Crc32;
+using kit::ExpectEq;
+using kit::Fail;
+using kit::Hex;
 
 namespace {
 
-struct Args {
-  std::string target;
-  std::string token;
-  std::string scenario;
+struct Args : kit::CommonArgs {
   uint32_t width = 64;
   uint32_t height = 64;
   uint64_t seed = 7;
@@ -46,41 +49,8 @@ struct Args {
   double timeout = 240.0;  // seconds any one wait may take (a busy 2-core machine)
   std::string prompt = "a lighthouse on a cliff above a calm sea, golden hour";
   std::string switch_prompt = "the same lighthouse in a night storm, lightning";
-  std::string tls_ca;  // PEM files; --tls-ca turns TLS on
-  std::string tls_cert;
-  std::string tls_key;
 };
 
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-template <typename... Parts>
-[[noreturn]] void Fail(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  throw Failure(out.str());
-}
-
-template <typename A, typename B>
-void ExpectEq(const A& got, const B& want, const std::string& what) {
-  if (!(got == want)) Fail(what, ": expected ", want, ", got ", got);
-}
-
-uint32_t Crc32(const uint8_t* data, size_t size, uint32_t crc = 0) {
-  crc = ~crc;
-  for (size_t i = 0; i < size; ++i) {
-    crc ^= data[i];
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-  }
-  return ~crc;
-}
-
-std::string Hex(uint32_t value) {
-  char buffer[9];
-  std::snprintf(buffer, sizeof buffer, "%08x", value);
-  return buffer;
-}
 
 // The frame's RGB bytes (alpha dropped, BGRA swapped back), the layout the server generated.
 std::vector<uint8_t> Rgb(const hw::Frame& f) {
@@ -175,24 +145,10 @@ class Recorder {
   std::condition_variable changed_;
 };
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) Fail("cannot read ", path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 hw::ClientOptions Options(const Args& args, hw::StreamMode mode) {
   hw::ClientOptions o;
-  o.target = args.target;
-  o.token = args.token;
-  if (!args.tls_ca.empty()) {
-    o.tls = true;
-    o.tls_root_certs_pem = ReadFile(args.tls_ca);
-  }
-  if (!args.tls_cert.empty()) o.tls_client_cert_pem = ReadFile(args.tls_cert);
-  if (!args.tls_key.empty()) o.tls_client_key_pem = ReadFile(args.tls_key);
+  kit::Connect(args, args.token, &o);
   o.width = args.width;
   o.height = args.height;
   o.prompt = args.prompt;
@@ -493,40 +449,13 @@ void ScenarioLatency(const Args& args) {
             << " frames=" << rec.frames.size() << std::endl;
 }
 
-const std::map<std::string, void (*)(const Args&)>& Scenarios() {
-  static const std::map<std::string, void (*)(const Args&)> scenarios = {
-      {"stream", ScenarioStream},   {"freerun", ScenarioFreeRun},
-      {"decode", ScenarioDecode},   {"unauthenticated", ScenarioUnauthenticated},
-      {"restart", ScenarioRestart}, {"latency", ScenarioLatency},
-  };
-  return scenarios;
-}
-
-int Usage(const std::string& problem) {
-  std::cerr << "helios_world_harness: " << problem << "\n"
-            << "usage: helios_world_harness --target HOST:PORT --token TOKEN --scenario "
-               "stream|freerun|decode|unauthenticated|restart|latency [--encoding rgb24|jpeg|h264] "
-               "[--format rgb|rgba|bgra] [--width 64] [--height 64] [--seed 7] [--chunks 2] "
-               "[--timeout 240] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key C.key]\n";
-  return 2;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Args args;
-  for (int i = 1; i < argc; ++i) {
-    const std::string key = argv[i];
-    if (i + 1 >= argc) return Usage("missing a value after " + key);
-    const std::string value = argv[++i];
-    if (key == "--target") {
-      args.target = value;
-    } else if (key == "--token") {
-      args.token = value;
-    } else if (key == "--scenario") {
-      args.scenario = value;
-    } else if (key == "--encoding") {
-      if (!hw::ParseEncoding(value, &args.encoding)) return Usage("unknown encoding " + value);
+  auto parse = [&args](const std::string& key, const std::string& value) {
+    if (key == "--encoding") {
+      if (!hw::ParseEncoding(value, &args.encoding)) throw std::invalid_argument("unknown encoding");
     } else if (key == "--format") {
       if (value == "rgb") {
         args.format = hw::PixelFormat::kRgb8;
@@ -535,7 +464,7 @@ int main(int argc, char** argv) {
       } else if (value == "bgra") {
         args.format = hw::PixelFormat::kBgra8;
       } else {
-        return Usage("unknown pixel format " + value);
+        throw std::invalid_argument("unknown pixel format");
       }
     } else if (key == "--width") {
       args.width = static_cast<uint32_t>(std::stoul(value));
@@ -547,26 +476,28 @@ int main(int argc, char** argv) {
       args.chunks = std::stoi(value);
     } else if (key == "--timeout") {
       args.timeout = std::stod(value);
-    } else if (key == "--tls-ca") {
-      args.tls_ca = value;
-    } else if (key == "--tls-cert") {
-      args.tls_cert = value;
-    } else if (key == "--tls-key") {
-      args.tls_key = value;
     } else {
-      return Usage("unknown option " + key);
+      return false;
     }
-  }
-  if (args.target.empty()) return Usage("--target is required");
-  auto found = Scenarios().find(args.scenario);
-  if (found == Scenarios().end()) return Usage("unknown scenario '" + args.scenario + "'");
-  std::cout << "DECODERS rgb24=1 jpeg=" << hw::DecoderAvailable(hw::Encoding::kJpeg)
-            << " h264=" << hw::DecoderAvailable(hw::Encoding::kH264) << std::endl;
-  try {
-    found->second(args);
-  } catch (const Failure& failure) {
-    std::cout << "FAIL scenario=" << args.scenario << " reason=" << failure.what() << std::endl;
-    std::_Exit(1);  // a client thread may still be blocked in a call: do not wait for it
-  }
-  return 0;
+    return true;
+  };
+  // Every scenario first says which decoders this build has.
+  auto run = [&args](void (*scenario)(const Args&)) {
+    return [&args, scenario] {
+      std::cout << "DECODERS rgb24=1 jpeg=" << hw::DecoderAvailable(hw::Encoding::kJpeg)
+                << " h264=" << hw::DecoderAvailable(hw::Encoding::kH264) << std::endl;
+      scenario(args);
+    };
+  };
+  const kit::Scenarios scenarios = {
+      {"stream", run(ScenarioStream)},   {"freerun", run(ScenarioFreeRun)},
+      {"decode", run(ScenarioDecode)},   {"unauthenticated", run(ScenarioUnauthenticated)},
+      {"restart", run(ScenarioRestart)}, {"latency", run(ScenarioLatency)},
+  };
+  return kit::Main(argc, argv, "helios_world_harness",
+                   "--target HOST:PORT --token TOKEN --scenario "
+                   "stream|freerun|decode|unauthenticated|restart|latency [--encoding rgb24|jpeg|h264] "
+                   "[--format rgb|rgba|bgra] [--width 64] [--height 64] [--seed 7] [--chunks 2] "
+                   "[--timeout 240] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key C.key]",
+                   &args, parse, scenarios);
 }

@@ -1,4 +1,5 @@
-// helios_interop: drives a live helios server through helios_client_core, one scenario per run.
+// helios_interop: drives a live helios server through the lower layer of the C++ client core
+// (helios_world::Connection, integrations/unreal/.../HeliosWorldCore), one scenario per run.
 //
 //   helios_interop --target 127.0.0.1:50051 --token T --scenario stream|unauthenticated|errors|restart
 //                  [--tls-ca CA.pem [--tls-cert CLIENT.pem --tls-key CLIENT.key]]
@@ -11,6 +12,7 @@
 // `OK scenario=NAME ...` (exit 0) or `FAIL scenario=NAME reason=...` (exit 1). Every check compares
 // what the contract (proto/helios/v1/world.proto) promises with what arrived. docs/interop.md lists
 // what each scenario verifies.
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -23,93 +25,60 @@
 #include <stdexcept>
 #include <string>
 
-#include "helios_client_core.h"
+#include "harness_kit.h"
+#include "helios_world/connection.h"
 
-namespace hc = helios_client;
+namespace hw = helios_world;
+namespace kit = helios_harness;
+using kit::Crc32;
+using kit::Expect;
+using kit::ExpectEq;
+using kit::Fail;
+using kit::Hex;
 
 namespace {
 
-struct Args {
-  std::string target;
-  std::string token;
-  std::string scenario;
+struct Args : kit::CommonArgs {
   uint32_t width = 64;
   uint32_t height = 64;
   uint64_t seed = 7;
   std::string prompt = "a lighthouse on a cliff above a calm sea, golden hour";
   std::string switch_prompt = "the same lighthouse in a night storm, lightning";
   double retry_seconds = 120.0;
-  std::string tls_ca;  // PEM files; --tls-ca turns TLS on
-  std::string tls_cert;
-  std::string tls_key;
 };
 
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
-template <typename... Parts>
-[[noreturn]] void Fail(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  throw Failure(out.str());
-}
-
-void Expect(bool condition, const std::string& what) {
-  if (!condition) Fail(what);
-}
-
-template <typename A, typename B>
-void ExpectEq(const A& got, const B& want, const std::string& what) {
-  if (!(got == want)) Fail(what, ": expected ", want, ", got ", got);
-}
-
-void ExpectOk(const hc::Status& status, const std::string& call) {
+void ExpectOk(const hw::Status& status, const std::string& call) {
   if (!status.ok()) Fail(call, " failed: ", status.ToString());
 }
 
-void ExpectCode(const hc::Status& status, hc::StatusCode want, const std::string& check) {
-  std::cout << "CHECK name=" << check << " want=" << hc::StatusCodeName(want)
-            << " got=" << hc::StatusCodeName(status.code) << std::endl;
+void ExpectCode(const hw::Status& status, hw::StatusCode want, const std::string& check) {
+  std::cout << "CHECK name=" << check << " want=" << hw::StatusCodeName(want)
+            << " got=" << hw::StatusCodeName(status.code) << std::endl;
   if (status.code != want) {
-    Fail(check, ": expected ", hc::StatusCodeName(want), ", got ", status.ToString());
+    Fail(check, ": expected ", hw::StatusCodeName(want), ", got ", status.ToString());
   }
 }
 
-uint32_t Crc32(const std::string& data) {
-  uint32_t crc = 0xFFFFFFFFu;
-  for (unsigned char byte : data) {
-    crc ^= byte;
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-  }
-  return crc ^ 0xFFFFFFFFu;
+// The proto's name of an encoding (FRAME_ENCODING_RGB24 -> "RGB24"), as the checks print it.
+std::string WireName(hw::Encoding encoding) {
+  std::string name = hw::EncodingName(encoding);
+  for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
 }
 
-std::string Hex(uint32_t value) {
-  char buffer[9];
-  std::snprintf(buffer, sizeof buffer, "%08x", value);
-  return buffer;
+// Streams send every frame as RGB24, the bytes the checks hash.
+hw::FrameOptions RawFrames() {
+  hw::FrameOptions frames;
+  frames.encoding = hw::Encoding::kRgb24;
+  return frames;
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) Fail("cannot read ", path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
-hc::Client MakeClient(const Args& args, const std::string& token) {
-  hc::ClientOptions options;
-  options.target = args.target;
-  options.token = token;
-  if (!args.tls_ca.empty()) {
-    options.tls = true;
-    options.tls_root_certs_pem = ReadFile(args.tls_ca);
-  }
-  if (!args.tls_cert.empty()) options.tls_client_cert_pem = ReadFile(args.tls_cert);
-  if (!args.tls_key.empty()) options.tls_client_key_pem = ReadFile(args.tls_key);
-  return hc::Client(options);
+hw::Connection MakeClient(const Args& args, const std::string& token) {
+  hw::ConnectionOptions options;
+  kit::Connect(args, token, &options);
+  return hw::Connection(options);
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -123,7 +92,7 @@ struct Geometry {
 };
 
 // One frame of chunk `chunk` at position `index_in_chunk`, RGB24 of the session's size.
-void CheckFrame(const hc::Frame& f, const Geometry& g, uint64_t chunk, uint32_t index_in_chunk,
+void CheckFrame(const hw::EncodedFrame& f, const Geometry& g, uint64_t chunk, uint32_t index_in_chunk,
                 uint64_t action_seq, const std::string& where) {
   ExpectEq(f.chunk_index, chunk, where + " chunk_index");
   ExpectEq(f.index_in_chunk, index_in_chunk, where + " index_in_chunk");
@@ -131,13 +100,13 @@ void CheckFrame(const hc::Frame& f, const Geometry& g, uint64_t chunk, uint32_t 
   ExpectEq(f.frame_index, chunk * g.frames_per_chunk + index_in_chunk, where + " frame_index");
   ExpectEq(f.width, g.width, where + " width");
   ExpectEq(f.height, g.height, where + " height");
-  ExpectEq(std::string(hc::FrameEncodingName(f.encoding)), std::string("RGB24"), where + " encoding");
+  ExpectEq(std::string(WireName(f.encoding)), std::string("RGB24"), where + " encoding");
   ExpectEq(f.data.size(), static_cast<size_t>(g.width) * g.height * 3, where + " RGB24 byte count");
   ExpectEq(f.action_seq, action_seq, where + " action_seq");
 }
 
 // A unary Reset / Step answer with FRAME_SELECTION_LAST: one frame, the chunk's last.
-void CheckLastFrameChunk(const hc::Chunk& c, const Geometry& g, uint64_t chunk,
+void CheckLastFrameChunk(const hw::Chunk& c, const Geometry& g, uint64_t chunk,
                          uint64_t action_seq, const std::string& where) {
   ExpectEq(c.chunk_index, chunk, where + " chunk.chunk_index");
   ExpectEq(c.frames.size(), size_t{1}, where + " frames with FRAME_SELECTION_LAST");
@@ -146,19 +115,19 @@ void CheckLastFrameChunk(const hc::Chunk& c, const Geometry& g, uint64_t chunk,
 
 // Streams one chunk for `action` (lockstep) and checks every frame as it arrives.
 // Returns the CRC-32 of the chunk's last frame.
-uint32_t StreamChunk(hc::WorldStream* stream, const Geometry& g, uint64_t chunk, uint64_t seq,
-                     const hc::Action& action, const std::string& where) {
+uint32_t StreamChunk(hw::WorldStream* stream, const Geometry& g, uint64_t chunk, uint64_t seq,
+                     const hw::Action& action, const std::string& where) {
   Expect(stream->SendAction(seq, action), where + ": the stream refused an action write");
   uint32_t next = 0;
   uint32_t last_crc = 0;
-  auto on_frame = [&](hc::Frame& f) {
+  auto on_frame = [&](hw::EncodedFrame& f) {
     CheckFrame(f, g, chunk, next, seq, where + " frame " + std::to_string(next));
     last_crc = Crc32(f.data);
     ++next;
     return true;
   };
-  auto on_event = [&](const hc::StreamEvent& e) {
-    Fail(where, ": unexpected ", hc::StreamEventTypeName(e.type), " event in lockstep (", e.message,
+  auto on_event = [&](const hw::StreamEvent& e) {
+    Fail(where, ": unexpected ", hw::StreamEventTypeName(e.type), " event in lockstep (", e.message,
          ")");
   };
   uint64_t done_index = 0;
@@ -171,15 +140,15 @@ uint32_t StreamChunk(hc::WorldStream* stream, const Geometry& g, uint64_t chunk,
 }
 
 // Handshake and a Reset 64x64 session; returns the session's geometry.
-Geometry OpenWorld(hc::Client* client, const Args& args, std::string* session_id,
+Geometry OpenWorld(hw::Connection* client, const Args& args, std::string* session_id,
                    uint32_t* reset_crc) {
-  hc::ServerInfo info;
+  hw::ServerInfo info;
   ExpectOk(client->GetServerInfo(&info), "GetServerInfo");
   std::string encodings;
   bool has_rgb24 = false;
   for (auto e : info.encodings) {
-    encodings += (encodings.empty() ? "" : ",") + std::string(hc::FrameEncodingName(e));
-    has_rgb24 = has_rgb24 || e == hc::FrameEncoding::kRgb24;
+    encodings += (encodings.empty() ? "" : ",") + std::string(WireName(e));
+    has_rgb24 = has_rgb24 || e == hw::Encoding::kRgb24;
   }
   std::cout << "INFO api_version=" << info.api_version << " model=" << info.model_name
             << " frames_per_chunk=" << info.frames_per_chunk << " fps=" << info.fps
@@ -198,8 +167,8 @@ Geometry OpenWorld(hc::Client* client, const Args& args, std::string* session_id
             << std::endl;
   Geometry g{width, height, info.frames_per_chunk};
 
-  hc::FrameOptions last{hc::FrameEncoding::kRgb24, hc::FrameSelection::kLast, 0};
-  hc::Chunk chunk;
+  hw::FrameOptions last{hw::Encoding::kRgb24, hw::FrameSelection::kLast, 0};
+  hw::Chunk chunk;
   ExpectOk(client->Reset(*session_id, args.prompt, args.seed, last, &chunk), "Reset");
   CheckLastFrameChunk(chunk, g, 0, 0, "Reset");
   *reset_crc = Crc32(chunk.frames[0].data);
@@ -215,28 +184,28 @@ Geometry OpenWorld(hc::Client* client, const Args& args, std::string* session_id
 // Reset, a unary Step with a prompt, then a lockstep Stream: 2 chunks as they are, a 3rd after a
 // prompt switch sent as a stream action.
 void ScenarioStream(const Args& args) {
-  hc::Client client = MakeClient(args, args.token);
+  hw::Connection client = MakeClient(args, args.token);
   std::string session;
   uint32_t reset_crc = 0;
   Geometry g = OpenWorld(&client, args, &session, &reset_crc);
 
-  hc::FrameOptions last{hc::FrameEncoding::kRgb24, hc::FrameSelection::kLast, 0};
-  hc::Chunk chunk;
-  ExpectOk(client.Step(session, hc::Action::Prompt(args.prompt + ", seen from the sea"), 1, last,
+  hw::FrameOptions last{hw::Encoding::kRgb24, hw::FrameSelection::kLast, 0};
+  hw::Chunk chunk;
+  ExpectOk(client.Step(session, hw::Action::Prompt(args.prompt + ", seen from the sea"), 1, last,
                        &chunk),
            "Step");
   CheckLastFrameChunk(chunk, g, 1, 1, "Step");
   std::cout << "STEP chunk=1 frames=1 action_seq=1 crc32=" << Hex(Crc32(chunk.frames[0].data))
             << std::endl;
 
-  std::unique_ptr<hc::WorldStream> stream;
-  ExpectOk(client.OpenStream(session, hc::StreamMode::kLockstep, hc::FrameEncoding::kRgb24, &stream),
+  std::unique_ptr<hw::WorldStream> stream;
+  ExpectOk(client.OpenStream(session, hw::StreamMode::kLockstep, RawFrames(), &stream),
            "OpenStream");
   std::cout << "STREAM started mode=LOCKSTEP" << std::endl;
-  StreamChunk(stream.get(), g, 2, 2, hc::Action::Continue(), "lockstep chunk 2");
-  StreamChunk(stream.get(), g, 3, 3, hc::Action::Continue(), "lockstep chunk 3");
+  StreamChunk(stream.get(), g, 2, 2, hw::Action::Continue(), "lockstep chunk 2");
+  StreamChunk(stream.get(), g, 3, 3, hw::Action::Continue(), "lockstep chunk 3");
   std::cout << "LOCKSTEP frames=" << 2 * g.frames_per_chunk << " chunks=2" << std::endl;
-  StreamChunk(stream.get(), g, 4, 4, hc::Action::Prompt(args.switch_prompt), "prompt switch chunk 4");
+  StreamChunk(stream.get(), g, 4, 4, hw::Action::Prompt(args.switch_prompt), "prompt switch chunk 4");
   std::cout << "PROMPT_SWITCH chunk=4 frames=" << g.frames_per_chunk << " action_seq=4" << std::endl;
   ExpectOk(stream->Finish(), "Stream half-close");
   std::cout << "STREAM_END status=OK" << std::endl;
@@ -246,54 +215,54 @@ void ScenarioStream(const Args& args) {
 
 // A wrong token and a missing token are refused on unary calls and on the stream.
 void ScenarioUnauthenticated(const Args& args) {
-  hc::ServerInfo info;
+  hw::ServerInfo info;
   std::string session;
-  hc::Client wrong = MakeClient(args, args.token + "-wrong");
-  ExpectCode(wrong.GetServerInfo(&info), hc::StatusCode::kUnauthenticated, "wrong_token_info");
+  hw::Connection wrong = MakeClient(args, args.token + "-wrong");
+  ExpectCode(wrong.GetServerInfo(&info), hw::StatusCode::kUnauthenticated, "wrong_token_info");
   ExpectCode(wrong.CreateSession(args.width, args.height, &session),
-             hc::StatusCode::kUnauthenticated, "wrong_token_create");
-  std::unique_ptr<hc::WorldStream> stream;
-  ExpectCode(wrong.OpenStream("no-such-session", hc::StreamMode::kLockstep,
-                              hc::FrameEncoding::kRgb24, &stream),
-             hc::StatusCode::kUnauthenticated, "wrong_token_stream");
-  hc::Client missing = MakeClient(args, "");
-  ExpectCode(missing.GetServerInfo(&info), hc::StatusCode::kUnauthenticated, "missing_token_info");
+             hw::StatusCode::kUnauthenticated, "wrong_token_create");
+  std::unique_ptr<hw::WorldStream> stream;
+  ExpectCode(wrong.OpenStream("no-such-session", hw::StreamMode::kLockstep,
+                              RawFrames(), &stream),
+             hw::StatusCode::kUnauthenticated, "wrong_token_stream");
+  hw::Connection missing = MakeClient(args, "");
+  ExpectCode(missing.GetServerInfo(&info), hw::StatusCode::kUnauthenticated, "missing_token_info");
   // Health is exempt from auth (load balancers and probes carry no token).
   bool serving = false;
-  hc::Status health = missing.CheckHealth(&serving);
+  hw::Status health = missing.CheckHealth(&serving);
   const std::string got =
-      health.ok() ? (serving ? "SERVING" : "NOT_SERVING") : hc::StatusCodeName(health.code);
+      health.ok() ? (serving ? "SERVING" : "NOT_SERVING") : hw::StatusCodeName(health.code);
   std::cout << "CHECK name=missing_token_health want=SERVING got=" << got << std::endl;
   ExpectEq(got, std::string("SERVING"), "grpc.health.v1 Check without a token");
   // The right token still works on the same server.
-  hc::Client right = MakeClient(args, args.token);
+  hw::Connection right = MakeClient(args, args.token);
   ExpectOk(right.GetServerInfo(&info), "GetServerInfo with the right token");
   std::cout << "OK scenario=unauthenticated checks=5" << std::endl;
 }
 
 // Status codes a client can act on: NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION.
 void ScenarioErrors(const Args& args) {
-  hc::Client client = MakeClient(args, args.token);
-  hc::FrameOptions none{hc::FrameEncoding::kRgb24, hc::FrameSelection::kNone, 0};
-  hc::Chunk chunk;
-  ExpectCode(client.Step("no-such-session", hc::Action::Continue(), 0, none, &chunk),
-             hc::StatusCode::kNotFound, "step_unknown_session");
+  hw::Connection client = MakeClient(args, args.token);
+  hw::FrameOptions none{hw::Encoding::kRgb24, hw::FrameSelection::kNone, 0};
+  hw::Chunk chunk;
+  ExpectCode(client.Step("no-such-session", hw::Action::Continue(), 0, none, &chunk),
+             hw::StatusCode::kNotFound, "step_unknown_session");
   ExpectCode(client.Reset("no-such-session", args.prompt, args.seed, none, &chunk),
-             hc::StatusCode::kNotFound, "reset_unknown_session");
+             hw::StatusCode::kNotFound, "reset_unknown_session");
   std::string session;
   ExpectCode(client.CreateSession(args.width + 1, args.height, &session),
-             hc::StatusCode::kInvalidArgument, "create_bad_size");
+             hw::StatusCode::kInvalidArgument, "create_bad_size");
 
   uint32_t reset_crc = 0;
   Geometry g = OpenWorld(&client, args, &session, &reset_crc);
   (void)g;
   // TransitionAction.chunks must be 1..64 (0: default).
-  ExpectCode(client.Step(session, hc::Action::Transition("a desert", 1000), 0, none, &chunk),
-             hc::StatusCode::kInvalidArgument, "step_bad_action");
+  ExpectCode(client.Step(session, hw::Action::Transition("a desert", 1000), 0, none, &chunk),
+             hw::StatusCode::kInvalidArgument, "step_bad_action");
   ExpectOk(client.CloseSession(session), "CloseSession");
-  ExpectCode(client.Step(session, hc::Action::Continue(), 0, none, &chunk),
-             hc::StatusCode::kFailedPrecondition, "step_after_close");
-  ExpectCode(client.CloseSession(session), hc::StatusCode::kOk, "close_twice");
+  ExpectCode(client.Step(session, hw::Action::Continue(), 0, none, &chunk),
+             hw::StatusCode::kFailedPrecondition, "step_after_close");
+  ExpectCode(client.CloseSession(session), hw::StatusCode::kOk, "close_twice");
   std::cout << "OK scenario=errors checks=6" << std::endl;
 }
 
@@ -301,8 +270,8 @@ void ScenarioErrors(const Args& args) {
 // or EOF) the client keeps the same channel, probes health with backoff until the server is
 // SERVING again, and streams one chunk on a new session.
 void ScenarioRestart(const Args& args) {
-  hc::Client client = MakeClient(args, args.token);
-  hc::ServerInfo info;
+  hw::Connection client = MakeClient(args, args.token);
+  hw::ServerInfo info;
   int attempts = 0;
   ExpectOk(client.WaitForServer(args.retry_seconds, &info, &attempts), "first handshake");
   std::string session;
@@ -313,10 +282,10 @@ void ScenarioRestart(const Args& args) {
   std::string line;
   std::getline(std::cin, line);  // the driver restarts the server, then writes a line
 
-  hc::FrameOptions none{hc::FrameEncoding::kRgb24, hc::FrameSelection::kNone, 0};
-  hc::Chunk chunk;
-  hc::Status outage = client.Step(session, hc::Action::Continue(), 0, none, &chunk);
-  std::cout << "OUTAGE status=" << hc::StatusCodeName(outage.code) << std::endl;
+  hw::FrameOptions none{hw::Encoding::kRgb24, hw::FrameSelection::kNone, 0};
+  hw::Chunk chunk;
+  hw::Status outage = client.Step(session, hw::Action::Continue(), 0, none, &chunk);
+  std::cout << "OUTAGE status=" << hw::StatusCodeName(outage.code) << std::endl;
 
   const auto t0 = std::chrono::steady_clock::now();
   ExpectOk(client.WaitForServer(args.retry_seconds, &info, &attempts), "handshake after restart");
@@ -324,16 +293,16 @@ void ScenarioRestart(const Args& args) {
   std::cout << "RECOVERED attempts=" << attempts << " seconds=" << waited << std::endl;
 
   // Sessions live in the server's memory: the new server does not know the old one.
-  hc::Status old = client.Step(session, hc::Action::Continue(), 0, none, &chunk);
-  std::cout << "OLD_SESSION status=" << hc::StatusCodeName(old.code) << std::endl;
+  hw::Status old = client.Step(session, hw::Action::Continue(), 0, none, &chunk);
+  std::cout << "OLD_SESSION status=" << hw::StatusCodeName(old.code) << std::endl;
   Expect(!old.ok(), "a session of the previous server process still answers");
 
   std::string fresh;
   Geometry g = OpenWorld(&client, args, &fresh, &reset_crc);
-  std::unique_ptr<hc::WorldStream> stream;
-  ExpectOk(client.OpenStream(fresh, hc::StreamMode::kLockstep, hc::FrameEncoding::kRgb24, &stream),
+  std::unique_ptr<hw::WorldStream> stream;
+  ExpectOk(client.OpenStream(fresh, hw::StreamMode::kLockstep, RawFrames(), &stream),
            "OpenStream");
-  StreamChunk(stream.get(), g, 1, 1, hc::Action::Continue(), "after restart chunk 1");
+  StreamChunk(stream.get(), g, 1, 1, hw::Action::Continue(), "after restart chunk 1");
   ExpectOk(stream->Finish(), "Stream half-close");
   ExpectOk(client.CloseSession(fresh), "CloseSession");
   std::cout << "OK scenario=restart attempts=" << attempts << " frames=" << g.frames_per_chunk
@@ -342,10 +311,10 @@ void ScenarioRestart(const Args& args) {
 
 // One GetServerInfo: over TLS when --tls-ca is given. Prints its status either way.
 void ScenarioHandshake(const Args& args) {
-  hc::Client client = MakeClient(args, args.token);
-  hc::ServerInfo info;
-  hc::Status status = client.GetServerInfo(&info);
-  std::cout << "HANDSHAKE status=" << hc::StatusCodeName(status.code) << std::endl;
+  hw::Connection client = MakeClient(args, args.token);
+  hw::ServerInfo info;
+  hw::Status status = client.GetServerInfo(&info);
+  std::cout << "HANDSHAKE status=" << hw::StatusCodeName(status.code) << std::endl;
   ExpectOk(status, "GetServerInfo");
   std::cout << "OK scenario=handshake api_version=" << info.api_version << std::endl;
 }
@@ -355,53 +324,27 @@ void ScenarioHandshake(const Args& args) {
 // (ABORTED: the session is lost, never retried), CreateSession (UNAVAILABLE: not retried, it would
 // make a second session). The driver counts the attempts that reached the server.
 void ScenarioRetry(const Args& args) {
-  hc::Client client = MakeClient(args, args.token);
-  hc::ServerInfo info;
+  hw::Connection client = MakeClient(args, args.token);
+  hw::ServerInfo info;
   ExpectOk(client.GetServerInfo(&info), "GetServerInfo");
-  hc::FrameOptions none{hc::FrameEncoding::kRgb24, hc::FrameSelection::kNone, 0};
-  hc::Chunk chunk;
-  ExpectOk(client.Step("s1", hc::Action::Continue(), 0, none, &chunk), "Step through UNAVAILABLE");
+  hw::FrameOptions none{hw::Encoding::kRgb24, hw::FrameSelection::kNone, 0};
+  hw::Chunk chunk;
+  ExpectOk(client.Step("s1", hw::Action::Continue(), 0, none, &chunk), "Step through UNAVAILABLE");
   std::cout << "STEP chunk=" << chunk.chunk_index << std::endl;
-  hc::Status lost = client.Step("s1", hc::Action::Continue(), 0, none, &chunk);
-  std::cout << "LOST status=" << hc::StatusCodeName(lost.code) << std::endl;
+  hw::Status lost = client.Step("s1", hw::Action::Continue(), 0, none, &chunk);
+  std::cout << "LOST status=" << hw::StatusCodeName(lost.code) << std::endl;
   std::string session;
-  hc::Status create = client.CreateSession(64, 64, &session);
-  std::cout << "CREATE status=" << hc::StatusCodeName(create.code) << std::endl;
+  hw::Status create = client.CreateSession(64, 64, &session);
+  std::cout << "CREATE status=" << hw::StatusCodeName(create.code) << std::endl;
   std::cout << "OK scenario=retry" << std::endl;
-}
-
-const std::map<std::string, void (*)(const Args&)>& Scenarios() {
-  static const std::map<std::string, void (*)(const Args&)> scenarios = {
-      {"stream", ScenarioStream},   {"unauthenticated", ScenarioUnauthenticated},
-      {"errors", ScenarioErrors},   {"restart", ScenarioRestart},
-      {"handshake", ScenarioHandshake}, {"retry", ScenarioRetry},
-  };
-  return scenarios;
-}
-
-int Usage(const std::string& problem) {
-  std::cerr << "helios_interop: " << problem << "\n"
-            << "usage: helios_interop --target HOST:PORT --token TOKEN --scenario "
-               "stream|unauthenticated|errors|restart|handshake|retry [--width 64] [--height 64] "
-               "[--seed 7] [--retry-seconds 120] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key C.key]\n";
-  return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Args args;
-  for (int i = 1; i < argc; ++i) {
-    const std::string key = argv[i];
-    if (i + 1 >= argc) return Usage("missing a value after " + key);
-    const std::string value = argv[++i];
-    if (key == "--target") {
-      args.target = value;
-    } else if (key == "--token") {
-      args.token = value;
-    } else if (key == "--scenario") {
-      args.scenario = value;
-    } else if (key == "--width") {
+  auto parse = [&args](const std::string& key, const std::string& value) {
+    if (key == "--width") {
       args.width = static_cast<uint32_t>(std::stoul(value));
     } else if (key == "--height") {
       args.height = static_cast<uint32_t>(std::stoul(value));
@@ -409,24 +352,20 @@ int main(int argc, char** argv) {
       args.seed = std::stoull(value);
     } else if (key == "--retry-seconds") {
       args.retry_seconds = std::stod(value);
-    } else if (key == "--tls-ca") {
-      args.tls_ca = value;
-    } else if (key == "--tls-cert") {
-      args.tls_cert = value;
-    } else if (key == "--tls-key") {
-      args.tls_key = value;
     } else {
-      return Usage("unknown option " + key);
+      return false;
     }
-  }
-  if (args.target.empty()) return Usage("--target is required");
-  auto found = Scenarios().find(args.scenario);
-  if (found == Scenarios().end()) return Usage("unknown scenario '" + args.scenario + "'");
-  try {
-    found->second(args);
-  } catch (const Failure& failure) {
-    std::cout << "FAIL scenario=" << args.scenario << " reason=" << failure.what() << std::endl;
-    return 1;
-  }
-  return 0;
+    return true;
+  };
+  auto run = [&args](void (*scenario)(const Args&)) { return [&args, scenario] { scenario(args); }; };
+  const kit::Scenarios scenarios = {
+      {"stream", run(ScenarioStream)},   {"unauthenticated", run(ScenarioUnauthenticated)},
+      {"errors", run(ScenarioErrors)},   {"restart", run(ScenarioRestart)},
+      {"handshake", run(ScenarioHandshake)}, {"retry", run(ScenarioRetry)},
+  };
+  return kit::Main(argc, argv, "helios_interop",
+                   "--target HOST:PORT --token TOKEN --scenario "
+                   "stream|unauthenticated|errors|restart|handshake|retry [--width 64] [--height 64] "
+                   "[--seed 7] [--retry-seconds 120] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key C.key]",
+                   &args, parse, scenarios);
 }

@@ -71,15 +71,18 @@ public:
 	bool bAutoConnect = true;
 
 	// --- World ---------------------------------------------------------------------------------------
-	/** Frame size; multiples of the server's size_multiple (64). */
+	/** Frame size; multiples of the server's size_multiple. 0: the server's default size (160x96 for
+	 *  the default toy world, 640x384 for Helios). */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|World")
-	int32 Width = 640;
+	int32 Width = 0;
 
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|World")
-	int32 Height = 384;
+	int32 Height = 0;
 
+	/** The default toy world knows prompts of its grammar ('a BIOME at TIME [in WEATHER] [with
+	 *  OBJECTS]', docs/eval.md); Helios itself takes free text. */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|World", meta = (MultiLine = true))
-	FString Prompt = TEXT("a quiet harbour town at dusk, boats on the water");
+	FString Prompt = TEXT("a meadow at noon with trees and sheep");
 
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|World")
 	int64 Seed = 0;

@@ -1,82 +1,21 @@
-// helios_world::WorldClient: the grpc++ side of the client core (see include/helios_world/client.h).
+// helios_world::WorldClient: a world that reconnects, on top of helios_world::Connection (see
+// include/helios_world/client.h).
 //
-// Run() is a loop of three phases: Connect (a fresh channel, the health probe until SERVING, the
+// Run() is a loop of three phases: Connect (a fresh Connection, the health probe until SERVING, the
 // GetServerInfo handshake), StreamSession (CreateSession, Reset, Stream until it ends), and, when
-// the server or the session was lost, a backoff before the next Connect. Everything grpc- and
-// protobuf-specific lives in this file.
+// the server or the session was lost, a backoff before the next Connect. No grpc or protobuf here:
+// every call goes through the Connection.
 #include "helios_world/client.h"
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <utility>
 
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
-
 #include "decoder.h"
-#include "helios/v1/world.grpc.pb.h"
-#include "retry_policy.h"
 
 namespace helios_world {
 
-namespace pb = ::helios::v1;
 using Clock = std::chrono::steady_clock;
-
-// -------------------------------------------------------------------------------------------------
-// Names and small types
-// -------------------------------------------------------------------------------------------------
-
-const char* StatusCodeName(StatusCode code) {
-  switch (code) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kCancelled: return "CANCELLED";
-    case StatusCode::kUnknown: return "UNKNOWN";
-    case StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case StatusCode::kNotFound: return "NOT_FOUND";
-    case StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
-    case StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
-    case StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case StatusCode::kAborted: return "ABORTED";
-    case StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case StatusCode::kInternal: return "INTERNAL";
-    case StatusCode::kUnavailable: return "UNAVAILABLE";
-    case StatusCode::kDataLoss: return "DATA_LOSS";
-    case StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
-  }
-  return "UNKNOWN";
-}
-
-std::string Status::ToString() const {
-  std::string out = StatusCodeName(code);
-  if (!message.empty()) out += ": " + message;
-  return out;
-}
-
-const char* EncodingName(Encoding encoding) {
-  switch (encoding) {
-    case Encoding::kRgb24: return "rgb24";
-    case Encoding::kJpeg: return "jpeg";
-    case Encoding::kH264: return "h264";
-  }
-  return "unknown";
-}
-
-bool ParseEncoding(const std::string& name, Encoding* encoding) {
-  if (name == "rgb24" || name == "raw") {
-    *encoding = Encoding::kRgb24;
-  } else if (name == "jpeg") {
-    *encoding = Encoding::kJpeg;
-  } else if (name == "h264") {
-    *encoding = Encoding::kH264;
-  } else {
-    return false;
-  }
-  return true;
-}
 
 int BytesPerPixel(PixelFormat format) { return format == PixelFormat::kRgb8 ? 3 : 4; }
 
@@ -95,33 +34,7 @@ const char* EventTypeName(Event::Type type) {
   return "UNKNOWN";
 }
 
-Action Action::Prompt(std::string text) {
-  Action a;
-  a.kind = Kind::kPrompt;
-  a.text = std::move(text);
-  return a;
-}
-
-Action Action::Transition(std::string text, uint32_t chunks) {
-  Action a;
-  a.kind = Kind::kTransition;
-  a.text = std::move(text);
-  a.transition_chunks = chunks;
-  return a;
-}
-
-Action Action::Control(ControlInput control) {
-  Action a;
-  a.kind = Kind::kControl;
-  a.control = std::move(control);
-  return a;
-}
-
 namespace {
-
-Status FromGrpc(const grpc::Status& s) {
-  return Status{static_cast<StatusCode>(s.error_code()), s.error_message()};
-}
 
 Status Make(StatusCode code, std::string message) { return Status{code, std::move(message)}; }
 
@@ -151,67 +64,6 @@ Status Explain(Status s) {
   return s;
 }
 
-void ToProto(const Action& a, pb::Action* out) {
-  switch (a.kind) {
-    case Action::Kind::kContinue:
-      break;  // no member of the oneof: "continue as before"
-    case Action::Kind::kPrompt:
-      out->mutable_prompt()->set_text(a.text);
-      break;
-    case Action::Kind::kTransition: {
-      auto* t = out->mutable_transition();
-      t->set_text(a.text);
-      t->set_chunks(a.transition_chunks);
-      break;
-    }
-    case Action::Kind::kControl: {
-      auto* c = out->mutable_control();
-      for (const auto& key : a.control.keys) c->add_keys(key);
-      c->set_mouse_dx(a.control.mouse_dx);
-      c->set_mouse_dy(a.control.mouse_dy);
-      c->set_camera_yaw(a.control.camera_yaw);
-      c->set_camera_pitch(a.control.camera_pitch);
-      c->set_camera_zoom(a.control.camera_zoom);
-      break;
-    }
-  }
-}
-
-// Reads field 1 (ServingStatus, a varint) of a grpc.health.v1.HealthCheckResponse. The health
-// check goes through the generic stub, so no health.proto is compiled into the library (and none
-// can clash with a copy the game links for itself).
-int HealthStatus(const grpc::ByteBuffer& buffer) {
-  grpc::Slice slice;
-  if (!buffer.DumpToSingleSlice(&slice).ok()) return -1;
-  const uint8_t* p = slice.begin();
-  const uint8_t* end = slice.end();
-  auto varint = [&](uint64_t* value) {
-    *value = 0;
-    for (int shift = 0; p < end && shift < 64; shift += 7) {
-      const uint8_t byte = *p++;
-      *value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if ((byte & 0x80) == 0) return true;
-    }
-    return false;
-  };
-  int status = 0;  // absent field: UNKNOWN
-  while (p < end) {
-    uint64_t tag = 0, value = 0;
-    if (!varint(&tag)) return -1;
-    const int wire_type = static_cast<int>(tag & 7);
-    if (wire_type == 0) {
-      if (!varint(&value)) return -1;
-      if ((tag >> 3) == 1) status = static_cast<int>(value);
-    } else if (wire_type == 2) {  // a length-delimited field of a newer server: skip it
-      if (!varint(&value) || value > static_cast<uint64_t>(end - p)) return -1;
-      p += value;
-    } else {
-      return -1;
-    }
-  }
-  return status;
-}
-
 Event MakeEvent(Event::Type type, Status status = Status{}) {
   Event event;
   event.type = type;
@@ -219,84 +71,33 @@ Event MakeEvent(Event::Type type, Status status = Status{}) {
   return event;
 }
 
-constexpr int kHealthServing = 1;
+// The decoded frame of an encoded one (pixels left to the caller).
+Frame Describe(const EncodedFrame& f, const std::string& session, PixelFormat format) {
+  Frame frame;
+  frame.session_id = session;
+  frame.chunk_index = f.chunk_index;
+  frame.frame_index = f.frame_index;
+  frame.index_in_chunk = f.index_in_chunk;
+  frame.action_seq = f.action_seq;
+  frame.width = f.width;
+  frame.height = f.height;
+  frame.format = format;
+  frame.encoding = f.encoding;
+  frame.encoded_bytes = f.data.size();
+  frame.keyframe = f.keyframe;
+  frame.server_timestamp_ns = f.timestamp_ns;
+  return frame;
+}
+
 constexpr size_t kMaxPendingActions = 16;  // the server queues at most 16 lockstep actions
+constexpr double kHandshakeTimeoutSeconds = 10.0;
+constexpr double kCloseTimeoutSeconds = 2.0;
 
 }  // namespace
 
 // -------------------------------------------------------------------------------------------------
-// Connection and outbox
+// Outbox
 // -------------------------------------------------------------------------------------------------
-
-// One channel with its stubs. A new one is made for every reconnect attempt: a channel that saw
-// its server die sits in its own reconnect backoff, which a fresh channel does not have.
-struct WorldClient::Connection {
-  Connection(const ClientOptions& options, int max_receive_bytes)
-      : token(options.token), unary_timeout(options.unary_timeout_seconds),
-        max_receive(max_receive_bytes) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(max_receive_bytes);
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
-    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // keep pinging an idle connection
-    args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.retries ? 1 : 0);
-    if (options.retries) args.SetServiceConfigJSON(kRetryPolicyJson);
-    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-    if (options.tls || !options.tls_root_certs_pem.empty() || !options.tls_client_cert_pem.empty()) {
-      grpc::SslCredentialsOptions ssl;
-      ssl.pem_root_certs = options.tls_root_certs_pem;
-      ssl.pem_cert_chain = options.tls_client_cert_pem;
-      ssl.pem_private_key = options.tls_client_key_pem;
-      credentials = grpc::SslCredentials(ssl);
-    }
-    channel = grpc::CreateCustomChannel(options.target, credentials, args);
-    stub = pb::WorldService::NewStub(channel);
-    generic = std::make_unique<grpc::GenericStub>(channel);
-  }
-
-  // Metadata and a deadline for a unary call (0: the configured unary timeout).
-  void Prepare(grpc::ClientContext* context, double timeout_seconds = 0.0) const {
-    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
-    if (timeout_seconds <= 0.0) timeout_seconds = unary_timeout;
-    context->set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::duration_cast<std::chrono::milliseconds>(
-                              std::chrono::duration<double>(timeout_seconds)));
-  }
-
-  // grpc.health.v1.Health/Check of the whole server; no token needed. `serving`: SERVING.
-  Status CheckHealth(grpc::ClientContext* context, bool* serving) {
-    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    grpc::Slice empty;  // HealthCheckRequest{service: ""}: zero bytes on the wire
-    grpc::ByteBuffer request(&empty, 1);
-    grpc::ByteBuffer response;
-    std::mutex mu;
-    std::condition_variable done;
-    bool finished = false;
-    grpc::Status result;
-    generic->UnaryCall(context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                       &response, [&](grpc::Status s) {
-                         std::lock_guard<std::mutex> lock(mu);
-                         result = std::move(s);
-                         finished = true;
-                         done.notify_one();
-                       });
-    std::unique_lock<std::mutex> lock(mu);
-    done.wait(lock, [&] { return finished; });
-    *serving = result.ok() && HealthStatus(response) == kHealthServing;
-    return FromGrpc(result);
-  }
-
-  const std::string token;
-  const double unary_timeout;
-  const int max_receive;
-  std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<pb::WorldService::Stub> stub;
-  std::unique_ptr<grpc::GenericStub> generic;
-};
 
 // Actions waiting for the stream's writer thread.
 struct WorldClient::Outbox {
@@ -349,11 +150,11 @@ Status WorldClient::Join() {
 
 void WorldClient::Stop() {
   {
-    // Under the lock: the context behind cancel_ lives until its CancelScope takes the lock.
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
     if (outbox_) outbox_->Close();
-    if (cancel_) cancel_();
+    // Every call in flight ends CANCELLED (the stream's too), and so does every later call.
+    if (connection_) connection_->Cancel();
   }
   wake_.notify_all();
 }
@@ -396,25 +197,6 @@ bool WorldClient::WaitBackoff(double seconds) {
   return !wake_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return stop_.load(); });
 }
 
-// Registers `context` so that Stop() can cancel the call it carries; unregisters on destruction.
-class WorldClient::CancelScope {
- public:
-  CancelScope(WorldClient* client, grpc::ClientContext* context) : client_(client) {
-    std::lock_guard<std::mutex> lock(client_->mu_);
-    client_->cancel_ = [context] { context->TryCancel(); };
-    if (client_->stop_) context->TryCancel();
-  }
-  ~CancelScope() {
-    std::lock_guard<std::mutex> lock(client_->mu_);
-    client_->cancel_ = nullptr;
-  }
-  CancelScope(const CancelScope&) = delete;
-  CancelScope& operator=(const CancelScope&) = delete;
-
- private:
-  WorldClient* client_;
-};
-
 Status WorldClient::Run() {
   if (!DecoderAvailable(options_.encoding)) {
     Status status;
@@ -452,6 +234,15 @@ Status WorldClient::Run() {
   return Status{};
 }
 
+// A new Connection for `options` with a receive limit of `max_receive` bytes, made current; it
+// starts cancelled if Stop() came first. A channel that saw its server die sits in its own
+// reconnect backoff, which a fresh one does not have: every reconnect attempt makes a new one.
+static std::shared_ptr<Connection> Reconnect(const ClientOptions& options, int max_receive) {
+  ConnectionOptions o = options;
+  o.max_receive_message_bytes = max_receive;
+  return std::make_shared<Connection>(std::move(o));
+}
+
 Status WorldClient::Connect(int* attempt) {
   const auto outage_start = Clock::now();
   double backoff = options_.reconnect_min_backoff_seconds;
@@ -463,45 +254,16 @@ Status WorldClient::Connect(int* attempt) {
     std::shared_ptr<Connection> conn;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!connection_) {
-        connection_ = std::make_shared<Connection>(options_, options_.max_receive_message_bytes);
-      }
+      if (!connection_) connection_ = Reconnect(options_, options_.max_receive_message_bytes);
+      if (stop_) connection_->Cancel();
       conn = connection_;
     }
     bool serving = false;
-    Status status;
-    {
-      grpc::ClientContext context;
-      CancelScope scope(this, &context);
-      status = conn->CheckHealth(&context, &serving);
-    }
+    Status status = conn->CheckHealth(&serving);
     if (serving) {
-      pb::GetServerInfoResponse response;
-      {
-        grpc::ClientContext context;
-        CancelScope scope(this, &context);
-        conn->Prepare(&context, 10.0);
-        status = FromGrpc(conn->stub->GetServerInfo(&context, pb::GetServerInfoRequest{}, &response));
-      }
+      ServerInfo info;
+      status = conn->GetServerInfo(&info, kHandshakeTimeoutSeconds);
       if (status.ok()) {
-        ServerInfo info;
-        info.api_version = response.api_version();
-        info.server_version = response.server_version();
-        info.model_name = response.model().name();
-        info.default_width = response.default_width();
-        info.default_height = response.default_height();
-        info.size_multiple = response.size_multiple();
-        info.frames_per_chunk = response.frames_per_chunk();
-        info.fps = response.fps();
-        info.max_message_bytes = response.max_message_bytes();
-        info.auth_required = response.auth_required();
-        for (int e : response.encodings()) info.encodings.push_back(static_cast<Encoding>(e));
-        const std::string& v = info.api_version;
-        if (v.empty() || std::atoi(v.substr(0, v.find('.')).c_str()) != kApiMajorVersion) {
-          return Make(StatusCode::kFailedPrecondition,
-                      "the server speaks helios API '" + v + "', this client speaks major version " +
-                          std::to_string(kApiMajorVersion));
-        }
         if (std::find(info.encodings.begin(), info.encodings.end(), options_.encoding) ==
             info.encodings.end()) {
           return Make(StatusCode::kFailedPrecondition,
@@ -511,10 +273,10 @@ Status WorldClient::Connect(int* attempt) {
         {
           std::lock_guard<std::mutex> lock(mu_);
           // The server may send messages up to max_message_bytes: accept as much.
-          if (info.max_message_bytes > static_cast<uint64_t>(conn->max_receive) &&
+          if (info.max_message_bytes > static_cast<uint64_t>(options_.max_receive_message_bytes) &&
               info.max_message_bytes <= static_cast<uint64_t>(INT32_MAX)) {
-            connection_ =
-                std::make_shared<Connection>(options_, static_cast<int>(info.max_message_bytes));
+            connection_ = Reconnect(options_, static_cast<int>(info.max_message_bytes));
+            if (stop_) connection_->Cancel();
           }
           info_ = std::move(info);
         }
@@ -551,18 +313,8 @@ Status WorldClient::StreamSession() {
   }
   // --- CreateSession and Reset -------------------------------------------------------------------
   std::string session;
-  {
-    grpc::ClientContext context;
-    CancelScope scope(this, &context);
-    conn->Prepare(&context);
-    pb::CreateSessionRequest request;
-    request.set_width(options_.width);
-    request.set_height(options_.height);
-    pb::CreateSessionResponse response;
-    Status s = FromGrpc(conn->stub->CreateSession(&context, request, &response));
-    if (!s.ok()) return s;
-    session = response.session_id();
-  }
+  Status created = conn->CreateSession(options_.width, options_.height, &session);
+  if (!created.ok()) return created;
   std::string prompt;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -581,100 +333,56 @@ Status WorldClient::StreamSession() {
     Emit(event);
     return why;
   };
-  auto close_quietly = [&] {
-    grpc::ClientContext context;
-    conn->Prepare(&context, 2.0);
-    pb::CloseSessionRequest request;
-    request.set_session_id(session);
-    pb::CloseSessionResponse response;
-    conn->stub->CloseSession(&context, request, &response);
+  // After Stop(): the connection is cancelled, so the session is closed over a fresh one.
+  auto stopped = [&] {
+    Reconnect(options_, options_.max_receive_message_bytes)->CloseSession(session, kCloseTimeoutSeconds);
     std::lock_guard<std::mutex> lock(mu_);
     session_id_.clear();
+    return Make(StatusCode::kCancelled, "stopped");
   };
   {
-    grpc::ClientContext context;
-    CancelScope scope(this, &context);
-    conn->Prepare(&context);
-    pb::ResetRequest request;
-    request.set_session_id(session);
-    request.set_prompt(prompt);
-    request.set_seed(options_.seed);
     // The Reset chunk's last frame, so the texture fills before the stream's first chunk. H.264
     // needs its stream's decoder state, so that frame comes as JPEG (or RGB24) instead.
-    Encoding reset_encoding = options_.encoding;
-    if (reset_encoding == Encoding::kH264) {
-      reset_encoding = DecoderAvailable(Encoding::kJpeg) ? Encoding::kJpeg : Encoding::kRgb24;
+    FrameOptions frames;
+    frames.encoding = options_.encoding;
+    if (frames.encoding == Encoding::kH264) {
+      frames.encoding = DecoderAvailable(Encoding::kJpeg) ? Encoding::kJpeg : Encoding::kRgb24;
     }
-    auto* frames = request.mutable_frames();
-    frames->set_selection(options_.deliver_reset_frame ? pb::FRAME_SELECTION_LAST
-                                                       : pb::FRAME_SELECTION_NONE);
-    frames->set_encoding(static_cast<pb::FrameEncoding>(reset_encoding));
-    frames->set_jpeg_quality(options_.jpeg_quality);
-    pb::ResetResponse response;
-    Status s = FromGrpc(conn->stub->Reset(&context, request, &response));
-    if (stop_) {
-      close_quietly();
-      return Make(StatusCode::kCancelled, "stopped");
-    }
+    frames.selection = options_.deliver_reset_frame ? FrameSelection::kLast : FrameSelection::kNone;
+    frames.jpeg_quality = options_.jpeg_quality;
+    Chunk chunk;
+    Status s = conn->Reset(session, prompt, options_.seed, frames, &chunk);
+    if (stop_) return stopped();
     if (!s.ok()) return lost(s);
-    for (int i = 0; i < response.chunk().frames_size(); ++i) {
-      const pb::Frame& f = response.chunk().frames(i);
+    for (const EncodedFrame& f : chunk.frames) {
       Status made;
-      auto decoder = internal::FrameDecoder::Create(reset_encoding, options_.pixel_format, &made);
-      Frame frame;
+      auto decoder = internal::FrameDecoder::Create(frames.encoding, options_.pixel_format, &made);
+      Frame frame = Describe(f, session, options_.pixel_format);
       const auto t0 = Clock::now();
-      if (decoder) made = decoder->Decode(f.data(), f.width(), f.height(), true, &frame.pixels);
+      if (decoder) made = decoder->Decode(f.data, f.width, f.height, true, &frame.pixels);
       if (!made.ok()) return lost(made);
       frame.decode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-      frame.session_id = session;
-      frame.chunk_index = f.chunk_index();
-      frame.frame_index = f.frame_index();
-      frame.index_in_chunk = f.index_in_chunk();
-      frame.action_seq = f.action_seq();
-      frame.width = f.width();
-      frame.height = f.height();
-      frame.format = options_.pixel_format;
-      frame.encoding = reset_encoding;
-      frame.encoded_bytes = f.data().size();
       frame.keyframe = true;
-      frame.server_timestamp_ns = f.timestamp_ns();
       frame.received_unix_ns = UnixNanos();
       if (on_frame_) on_frame_(std::move(frame));
     }
   }
 
   // --- the Stream ---------------------------------------------------------------------------------
-  grpc::ClientContext context;
-  if (!conn->token.empty()) context.AddMetadata("authorization", "Bearer " + conn->token);
-  CancelScope scope(this, &context);
-  auto stream = conn->stub->Stream(&context);
-  pb::StreamRequest start;
-  start.mutable_start()->set_session_id(session);
-  start.mutable_start()->set_mode(static_cast<pb::StreamMode>(options_.mode));
-  start.mutable_start()->mutable_frames()->set_encoding(
-      static_cast<pb::FrameEncoding>(options_.encoding));
-  start.mutable_start()->mutable_frames()->set_jpeg_quality(options_.jpeg_quality);
-  pb::StreamResponse response;
-  if (!stream->Write(start) || !stream->Read(&response)) {
-    stream->WritesDone();
-    Status s = FromGrpc(stream->Finish());
-    if (stop_) {
-      close_quietly();
-      return Make(StatusCode::kCancelled, "stopped");
-    }
-    if (s.ok()) s = Make(StatusCode::kUnavailable, "the stream ended before its STARTED event");
-    return lost(s);
-  }
-  if (!response.has_event() || response.event().type() != pb::SESSION_EVENT_TYPE_STARTED) {
-    context.TryCancel();
-    stream->Finish();
-    return lost(Make(StatusCode::kInternal,
-                     "expected a STARTED event first, got " + response.ShortDebugString()));
+  std::unique_ptr<WorldStream> stream;
+  {
+    FrameOptions frames;
+    frames.encoding = options_.encoding;
+    frames.jpeg_quality = options_.jpeg_quality;
+    Status s = conn->OpenStream(session, options_.mode, frames, &stream);
+    if (stop_) return stopped();
+    if (!s.ok()) return lost(s);
   }
 
   auto outbox = std::make_shared<Outbox>();
   const bool lockstep = options_.mode == StreamMode::kLockstep;
-  std::thread writer([&stream, outbox, lockstep] {
+  WorldStream* writing = stream.get();
+  std::thread writer([writing, outbox, lockstep] {
     while (true) {
       std::pair<uint64_t, Action> next;
       {
@@ -685,10 +393,7 @@ Status WorldClient::StreamSession() {
         outbox->actions.pop_front();
         if (lockstep) ++outbox->in_flight;
       }
-      pb::StreamRequest request;
-      request.mutable_action()->set_seq(next.first);
-      ToProto(next.second, request.mutable_action()->mutable_action());
-      if (!stream->Write(request)) return;  // the call is over; the reader sees why
+      if (!writing->SendAction(next.first, next.second)) return;  // the reader sees why
     }
   });
   {
@@ -720,57 +425,46 @@ Status WorldClient::StreamSession() {
       internal::FrameDecoder::Create(options_.encoding, options_.pixel_format, &decoder_status);
   std::string closed_reason;
   Status broken;
-  while (stream->Read(&response)) {
+  StreamMessage message;
+  while (stream->Read(&message)) {
     const int64_t received = UnixNanos();
-    if (response.has_frame()) {
-      pb::Frame* f = response.mutable_frame();
-      Frame frame;
+    if (message.is_frame) {
+      const EncodedFrame& f = message.frame;
+      Frame frame = Describe(f, session, options_.pixel_format);
       const auto t0 = Clock::now();
-      Status s = decoder->Decode(f->data(), f->width(), f->height(), f->keyframe(), &frame.pixels);
+      Status s = decoder->Decode(f.data, f.width, f.height, f.keyframe, &frame.pixels);
       frame.decode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       if (!s.ok()) {
         broken = s;
-        context.TryCancel();
+        stream->Cancel();
         break;
       }
-      frame.session_id = session;
-      frame.chunk_index = f->chunk_index();
-      frame.frame_index = f->frame_index();
-      frame.index_in_chunk = f->index_in_chunk();
-      frame.action_seq = f->action_seq();
-      frame.width = f->width();
-      frame.height = f->height();
-      frame.format = options_.pixel_format;
-      frame.encoding = static_cast<Encoding>(f->encoding());
-      frame.encoded_bytes = f->data().size();
-      frame.keyframe = f->keyframe();
-      frame.server_timestamp_ns = f->timestamp_ns();
       frame.received_unix_ns = received;
       if (on_frame_) on_frame_(std::move(frame));
       continue;
     }
-    const pb::SessionEvent& e = response.event();
+    const StreamEvent& e = message.event;
     Event event;
     event.session_id = session;
-    event.chunk_index = e.chunk_index();
-    event.action_seq = e.action_seq();
-    event.dropped_frames = e.dropped_frames();
-    event.message = e.message();
-    switch (e.type()) {
-      case pb::SESSION_EVENT_TYPE_CHUNK_DONE:
+    event.chunk_index = e.chunk_index;
+    event.action_seq = e.action_seq;
+    event.dropped_frames = e.dropped_frames;
+    event.message = e.message;
+    switch (e.type) {
+      case StreamEvent::Type::kChunkDone:
         event.type = Event::Type::kChunkDone;
-        event.denoise_seconds = e.timings().denoise_seconds();
-        event.decode_seconds = e.timings().decode_seconds();
-        event.encode_seconds = e.timings().encode_seconds();
+        event.denoise_seconds = e.denoise_seconds;
+        event.decode_seconds = e.decode_seconds;
+        event.encode_seconds = e.encode_seconds;
         break;
-      case pb::SESSION_EVENT_TYPE_FRAMES_DROPPED:
+      case StreamEvent::Type::kFramesDropped:
         event.type = Event::Type::kFramesDropped;
         break;
-      case pb::SESSION_EVENT_TYPE_ACTION_REJECTED:
+      case StreamEvent::Type::kActionRejected:
         event.type = Event::Type::kActionRejected;
         break;
-      case pb::SESSION_EVENT_TYPE_CLOSED:
-        closed_reason = e.message().empty() ? "the server closed the session" : e.message();
+      case StreamEvent::Type::kClosed:
+        closed_reason = e.message.empty() ? "the server closed the session" : e.message;
         continue;  // reported as SESSION_LOST once the call has ended
       default:
         continue;
@@ -791,12 +485,8 @@ Status WorldClient::StreamSession() {
   }
   outbox->Close();
   writer.join();
-  stream->WritesDone();
-  Status finished = FromGrpc(stream->Finish());
-  if (stop_) {
-    close_quietly();
-    return Make(StatusCode::kCancelled, "stopped");
-  }
+  Status finished = stream->Finish();
+  if (stop_) return stopped();
   if (!broken.ok()) return lost(broken);
   if (!closed_reason.empty()) {
     // A CLOSED event: the session was lost with its engine worker (ABORTED, as the unary calls

@@ -227,6 +227,8 @@ std::unique_ptr<FrameDecoder> FrameDecoder::Create(Encoding encoding, PixelForma
                       "libswscale (HELIOS_WITH_FFMPEG) or ask for JPEG / RGB24");
       return nullptr;
 #endif
+    case Encoding::kUnspecified:
+      break;  // a client decodes what it asked for, so it must name it
   }
   *status = Error(StatusCode::kInvalidArgument,
                   "unknown frame encoding " + std::to_string(static_cast<int>(encoding)));
@@ -251,6 +253,8 @@ bool DecoderAvailable(Encoding encoding) {
 #else
       return false;
 #endif
+    case Encoding::kUnspecified:
+      return false;
   }
   return false;
 }

@@ -1,8 +1,8 @@
 // The retry policy every helios client uses, as a gRPC service config, and the keepalive that goes
 // with it. The JSON is helios_sdk/retry_policy.json byte for byte (tests/sdk/test_retry_policy.py
 // compares the copies): grpc retries UNAVAILABLE, and only on GetServerInfo, Reset, Step (made
-// idempotent by its action_seq) and CloseSession; this core calls the first two and streams. ABORTED,
-// a session lost with its engine worker, is never retried. docs/clients.md says why.
+// idempotent by its action_seq, which Connection::Step sets on every call) and CloseSession.
+// ABORTED, a session lost with its engine worker, is never retried. docs/clients.md says why.
 #pragma once
 
 namespace helios_world {

@@ -1,4 +1,4 @@
-// helios_world: the engine-free C++17 client core of the Helios world plugins.
+// helios_world/client.h: the engine-free C++17 client core of the Helios world plugins, upper layer.
 //
 // One WorldClient is one world on a helios server (proto/helios/v1/world.proto): it connects with a
 // bearer token, handshakes (GetServerInfo), creates a session, resets it from a prompt and keeps a
@@ -10,6 +10,8 @@
 // repeated on the old session. A wrong or missing token (UNAUTHENTICATED) ends Run() at once with
 // that status. Single calls are retried by grpc itself, per the service config every helios client
 // shares (src/retry_policy.h: UNAVAILABLE on GetServerInfo and Reset here). TLS: ClientOptions.
+// It is built on the lower layer, helios_world/connection.h (one channel, one function a call),
+// which also holds the types both layers share (Status, Action, ServerInfo...).
 //
 // This header includes only the C++ standard library: grpc++, protobuf and the decoders
 // (libturbojpeg, libavcodec) stay inside the library, so an engine module (Unreal's HeliosWorld,
@@ -32,85 +34,18 @@
 #include <thread>
 #include <vector>
 
+#include "helios_world/connection.h"
+
 namespace helios_world {
 
-// gRPC status codes with their wire values (grpc/status.h).
-enum class StatusCode : int {
-  kOk = 0,
-  kCancelled = 1,
-  kUnknown = 2,
-  kInvalidArgument = 3,
-  kDeadlineExceeded = 4,
-  kNotFound = 5,
-  kAlreadyExists = 6,
-  kPermissionDenied = 7,
-  kResourceExhausted = 8,
-  kFailedPrecondition = 9,
-  kAborted = 10,
-  kOutOfRange = 11,
-  kUnimplemented = 12,
-  kInternal = 13,
-  kUnavailable = 14,
-  kDataLoss = 15,
-  kUnauthenticated = 16,
-};
-
-// "OK", "UNAUTHENTICATED", ... (the canonical names).
-const char* StatusCodeName(StatusCode code);
-
-struct Status {
-  StatusCode code = StatusCode::kOk;
-  std::string message;
-
-  bool ok() const { return code == StatusCode::kOk; }
-  // "UNAUTHENTICATED: missing or wrong bearer token".
-  std::string ToString() const;
-};
-
-// helios.v1.FrameEncoding: what travels on the wire.
-enum class Encoding : int { kRgb24 = 1, kJpeg = 2, kH264 = 3 };
-// "rgb24", "jpeg", "h264".
-const char* EncodingName(Encoding encoding);
-// Accepts the names above (and "raw" for rgb24); false for anything else.
-bool ParseEncoding(const std::string& name, Encoding* encoding);
 // Whether this build can decode the encoding: RGB24 always; JPEG with libturbojpeg
 // (HELIOS_WITH_TURBOJPEG), H.264 with libavcodec + libswscale (HELIOS_WITH_FFMPEG).
 bool DecoderAvailable(Encoding encoding);
-
-// helios.v1.StreamMode. Lockstep: one chunk per action (agents, tests). Free-run: the world keeps
-// generating and the newest action applies at the next chunk boundary (games).
-enum class StreamMode : int { kLockstep = 1, kFreeRun = 2 };
 
 // Layout of decoded pixels, rows top to bottom, tightly packed. RGBA/BGRA carry alpha 255.
 // Unreal's PF_B8G8R8A8 takes kBgra8; Unity's TextureFormat.RGBA32 takes kRgba8.
 enum class PixelFormat : int { kRgb8 = 0, kRgba8 = 1, kBgra8 = 2 };
 int BytesPerPixel(PixelFormat format);
-
-// Keyboard, mouse and camera input (helios.v1.ControlAction): keys among w a s d space shift;
-// mouse motion in pixels since the last action (x right, y down); camera in degrees.
-struct ControlInput {
-  std::vector<std::string> keys;
-  float mouse_dx = 0.0f;
-  float mouse_dy = 0.0f;
-  float camera_yaw = 0.0f;
-  float camera_pitch = 0.0f;
-  float camera_zoom = 0.0f;
-};
-
-// What an action does to the world (helios.v1.Action). kContinue changes nothing; in lockstep it
-// still advances the world by one chunk.
-struct Action {
-  enum class Kind { kContinue, kPrompt, kTransition, kControl };
-  Kind kind = Kind::kContinue;
-  std::string text;                // kPrompt, kTransition
-  uint32_t transition_chunks = 0;  // kTransition: 1..64, 0 = the server's default (3)
-  ControlInput control;            // kControl
-
-  static Action Continue() { return Action{}; }
-  static Action Prompt(std::string text);
-  static Action Transition(std::string text, uint32_t chunks);
-  static Action Control(ControlInput control);
-};
 
 // One frame, decoded. `pixels` holds width * height * BytesPerPixel(format) bytes.
 struct Frame {
@@ -130,20 +65,6 @@ struct Frame {
   int64_t server_timestamp_ns = 0;  // Frame.timestamp_ns: when the server built the message
   int64_t received_unix_ns = 0;     // when this client's Read() returned it
   double decode_seconds = 0.0;      // client-side decode into `pixels`
-};
-
-struct ServerInfo {
-  std::string api_version;  // "MAJOR.MINOR"
-  std::string server_version;
-  std::string model_name;
-  uint32_t default_width = 0;
-  uint32_t default_height = 0;
-  uint32_t size_multiple = 0;
-  uint32_t frames_per_chunk = 0;
-  uint32_t fps = 0;
-  uint64_t max_message_bytes = 0;
-  bool auth_required = false;
-  std::vector<Encoding> encodings;
 };
 
 // What happens to the connection and the session, in order, on the Run() thread.
@@ -175,31 +96,20 @@ struct Event {
 };
 const char* EventTypeName(Event::Type type);
 
-struct ClientOptions {
-  std::string target = "127.0.0.1:50051";  // any grpc target string
-  // Sent as `authorization: Bearer <token>`; empty sends none (a server without a token).
-  std::string token;
-  // TLS: on when `tls` is true or any PEM below is given (`helios serve --tls-cert ...`). Empty
-  // roots: grpc's default roots verify the server.
-  bool tls = false;
-  std::string tls_root_certs_pem;
-  // Mutual TLS (`helios serve --tls-client-ca`): this client's certificate chain and private key.
-  std::string tls_client_cert_pem;
-  std::string tls_client_key_pem;
-  // grpc's retries per the shared policy (src/retry_policy.h); false: every call is tried once.
-  bool retries = true;
-  uint32_t width = 640;  // 0: the server's default; multiples of size_multiple
-  uint32_t height = 384;
-  std::string prompt = "a quiet harbour town at dusk, boats on the water";
+// The connection's options (target, token, TLS, retries, receive limit, unary timeout) and the
+// world's. The receive limit applies before the handshake: after GetServerInfo the channel is
+// rebuilt with the server's max_message_bytes when that is larger.
+struct ClientOptions : ConnectionOptions {
+  uint32_t width = 0;  // 0: the server's default; multiples of size_multiple
+  uint32_t height = 0;
+  // The default world (`toy`) knows prompts of its grammar: 'a BIOME at TIME [in WEATHER]
+  // [with OBJECTS]'; a pretrained Helios takes free text.
+  std::string prompt = "a meadow at noon with trees and sheep";
   uint64_t seed = 0;
   StreamMode mode = StreamMode::kFreeRun;
   Encoding encoding = Encoding::kJpeg;
   uint32_t jpeg_quality = 0;  // 1..100; 0: the server's default (90)
   PixelFormat pixel_format = PixelFormat::kRgba8;
-  // Receive limit before the handshake. gRPC's default (4 MiB) is below one 1080p RGB24 frame; after
-  // GetServerInfo the channel is rebuilt with the server's max_message_bytes when that is larger.
-  int max_receive_message_bytes = 64 << 20;
-  double unary_timeout_seconds = 60.0;  // CreateSession / Reset (a first chunk on a cold server)
   // Lockstep only: keep one chunk in flight by sending an empty action whenever none is pending,
   // so a game sees frames without stepping by hand. Off: every Send() is one chunk.
   bool auto_advance = false;
@@ -243,9 +153,7 @@ class WorldClient {
   const ClientOptions& options() const { return options_; }
 
  private:
-  struct Connection;
   struct Outbox;
-  class CancelScope;
 
   Status Connect(int* attempt);
   Status StreamSession();
@@ -264,9 +172,8 @@ class WorldClient {
   std::string session_id_;
   std::string prompt_;              // the prompt a new session starts from (latest prompt action)
   ServerInfo info_;
-  std::shared_ptr<Connection> connection_;
-  std::shared_ptr<Outbox> outbox_;  // the open stream's writer queue
-  std::function<void()> cancel_;    // cancels the call in progress (Stop())
+  std::shared_ptr<Connection> connection_;  // Stop() cancels its calls
+  std::shared_ptr<Outbox> outbox_;          // the open stream's writer queue
   std::deque<std::pair<uint64_t, Action>> pending_;  // actions sent while no stream was open
   std::thread thread_;
   Status thread_status_;
@@ -297,8 +204,5 @@ class FrameQueue {
   uint64_t dropped_ = 0;
   bool closed_ = false;
 };
-
-// The API major version this client speaks; GetServerInfo with another major is fatal.
-constexpr int kApiMajorVersion = 1;
 
 }  // namespace helios_world
