@@ -465,6 +465,31 @@ def test_sockets_from_other_origins_are_refused(gateway):
     assert WebGateway(ServerSettings(web_origins="*"), None).origin_ok("https://any.example", request)
 
 
+def test_one_address_cannot_take_every_socket(gateway):
+    """Sockets past WebLimits.max_sockets_per_address from one address get HTTP 429; one more is
+    accepted as soon as one of them closes."""
+    cap = WebLimits().max_sockets_per_address
+
+    async def body():
+        async with aiohttp.ClientSession() as http:
+            held = [await http.ws_connect(url(gateway), protocols=["helios.v1"]) for _ in range(cap)]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(url(gateway), protocols=["helios.v1"])
+            assert refused.value.status == 429
+            await held.pop().close()
+            for _ in range(100):  # the server counts the close when its handler returns
+                try:
+                    held.append(await http.ws_connect(url(gateway), protocols=["helios.v1"]))
+                    break
+                except aiohttp.WSServerHandshakeError:
+                    await asyncio.sleep(0.05)
+            assert len(held) == cap
+            for ws in held:
+                await ws.close()
+
+    run(body())
+
+
 def test_the_page_and_its_files_are_served(gateway):
     async def body():
         async with aiohttp.ClientSession() as http:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import hmac
 import json
@@ -65,6 +66,9 @@ class WebLimits:
     messages_per_second: float = 20.0  # sustained, per socket (a held key resent 4 times a second is 4)
     burst: int = 40
     max_sockets: int = 64
+    # One address may not take every socket: the rest get HTTP 429. (Behind a reverse proxy every
+    # client has the proxy's address: raise this there, or limit per client at the proxy.)
+    max_sockets_per_address: int = 16
     auth_timeout_s: float = 10.0  # a socket that has not authenticated by then is closed
     heartbeat_s: float = 30.0  # pings find a peer that vanished without closing
 
@@ -542,6 +546,7 @@ class WebGateway:
         self.limits = limits or WebLimits()
         self.origins = {o.strip().rstrip("/").lower() for o in settings.web_origins.split(",") if o.strip()}
         self.connections: set[Connection] = set()
+        self.per_address: collections.Counter[str] = collections.Counter()
         self.closing = False
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -592,6 +597,12 @@ class WebGateway:
             return web.Response(status=503, text="the server is shutting down")
         if len(self.connections) >= self.limits.max_sockets:
             return web.Response(status=503, text=f"at most {self.limits.max_sockets} sockets; retry later")
+        address = request.remote or "?"
+        if self.per_address[address] >= self.limits.max_sockets_per_address:
+            return web.Response(
+                status=429,
+                text=f"at most {self.limits.max_sockets_per_address} sockets from one address; retry later",
+            )
         origin = request.headers.get("Origin")
         if origin is not None and not self.origin_ok(origin, request):
             log.warning("refused a socket from origin %r", origin[:100])
@@ -612,6 +623,7 @@ class WebGateway:
         authed, refusal = self.handshake_auth(request)
         connection = Connection(self, ws, authed)
         self.connections.add(connection)
+        self.per_address[address] += 1
         try:
             if refusal is not None:
                 await connection.fatal("UNAUTHENTICATED", refusal)
@@ -619,6 +631,9 @@ class WebGateway:
                 await connection.run()
         finally:
             self.connections.discard(connection)
+            self.per_address[address] -= 1
+            if self.per_address[address] <= 0:
+                del self.per_address[address]
         return ws
 
     def app(self) -> web.Application:
