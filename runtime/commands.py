@@ -315,7 +315,7 @@ async def _play(settings, open_browser: bool) -> None:
         async with serve(settings) as server:
             ticker.cancel()
             host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-            url = f"http://{host}:{server.web.port}/"
+            url = f"{server.web.scheme}://{host}:{server.web.port}/"
             print(f"ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
             print(f"play at {url}", flush=True)
             print(

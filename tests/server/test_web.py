@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from helios_runtime.server.front.encoding import decode_image
 from helios_runtime.server.front.settings import ServerSettings
 from helios_runtime.server.front.web import WebGateway, WebLimits
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
+from tests.tls_files import make_pki
 
 from .conftest import Handle, start_server
 
@@ -566,3 +568,43 @@ def test_frame_header_round_trip():
         "timestamp_ms": pytest.approx(1_796_000_000_123.4568, abs=1e-3),
     }
     assert np.frombuffer(message[:4], np.uint8).tolist() == [1, 2, 1, 32]
+
+
+def test_with_tls_the_page_and_socket_are_https_and_wss(tmp_path):
+    """--tls-cert / --tls-key cover the gateway too: the page over HTTPS, the socket over WSS, both
+    verified against the test CA; plain HTTP gets no page."""
+    pki = make_pki(tmp_path)
+    settings = ServerSettings(
+        model="tiny",
+        port=0,
+        web_port=0,
+        token=TOKEN,
+        warm_up=False,
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+    )
+    handle = next(servers := start_server(settings))
+    trusted = ssl.create_default_context(cafile=str(pki.ca))
+    port = handle.server.web.port
+
+    async def body():
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"https://127.0.0.1:{port}/", ssl=trusted) as page:
+                assert page.status == 200 and "/static/page.js" in await page.text()
+            async with http.ws_connect(
+                f"wss://127.0.0.1:{port}/v1/realtime/world", protocols=["helios.v1"], ssl=trusted
+            ) as ws:
+                await ws.send_str(json.dumps({"type": "server.info", "token": TOKEN}))
+                assert json.loads((await ws.receive(timeout=60)).data)["type"] == "server.info"
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/") as plain:
+                    await plain.read()
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):  # a CA it does not trust
+                await http.get(
+                    f"https://127.0.0.1:{port}/", ssl=ssl.create_default_context(cafile=str(pki.other_ca))
+                )
+
+    try:
+        run(body())
+    finally:
+        next(servers, None)

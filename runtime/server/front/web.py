@@ -22,6 +22,7 @@ import contextlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -643,10 +644,29 @@ class WebGateway:
         app.router.add_get(SOCKET_PATH, self._socket)
         return app
 
+    def tls(self) -> ssl.SSLContext | None:
+        """With --tls-cert / --tls-key the page and its socket are served over HTTPS / WSS with the
+        gRPC port's certificate (--tls-client-ca: browsers must present a client certificate too);
+        None: plain HTTP, for localhost."""
+        st = self.settings
+        if st.tls_cert is None or st.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(st.tls_cert, st.tls_key)
+        if st.tls_client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(st.tls_client_ca)
+        return context
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.settings.tls_cert is not None else "http"
+
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.host, self.settings.web_port)
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.web_port, ssl_context=self.tls())
         await site.start()
         self.port = self.runner.addresses[0][1]  # the port picked when web_port is 0
 
@@ -669,5 +689,5 @@ async def start_web(settings: ServerSettings, service: WorldService) -> WebGatew
         return None
     gateway = WebGateway(settings, service)
     await gateway.start()
-    log.info("web page at http://%s:%d/", settings.host, gateway.port)
+    log.info("web page at %s://%s:%d/", gateway.scheme, settings.host, gateway.port)
     return gateway
