@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from helios_runtime.engine.errors import (
@@ -12,6 +14,7 @@ from helios_runtime.engine.errors import (
     SessionNotFound,
 )
 from helios_runtime.engine.snapshot import SnapshotError
+from helios_runtime.server.protocol.client import EngineClient, WorkerError, WorkerHandle
 from helios_runtime.server.protocol.messages import (
     Cancel,
     Close,
@@ -92,3 +95,71 @@ def test_engine_errors_carry_the_status_the_sdk_raises():
     }
     for engine_cls, sdk_cls in expected.items():
         assert sdk_errors.error_class(engine_cls.code) is sdk_cls
+
+
+# ---------------------------------------------------------------------------------------------------
+# EngineClient: a session made for a caller that had gone is closed
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Recorder(EngineClient):
+    """A transport that records what leaves; the test delivers the worker's replies by hand."""
+
+    def __init__(self):
+        super().__init__([WorkerHandle(0, "cpu", b"w0")])
+        self.workers[0].ready.set()
+        self.sent: list = []
+        self.cancelled: list[int] = []
+
+    async def _send(self, worker, request):
+        self.sent.append(request)
+
+    async def _cancel(self, worker, rid):
+        self.cancelled.append(rid)
+
+
+@pytest.mark.parametrize("how", ["deadline", "caller cancelled"])
+def test_a_fork_committed_after_its_caller_left_is_closed(how):
+    async def body():
+        client = _Recorder()
+        worker = client.workers[0]
+        if how == "deadline":
+            with pytest.raises(WorkerError) as failed:
+                await client.call(worker, Fork("s1"), timeout=0.05)
+            assert failed.value.code == "DEADLINE_EXCEEDED"
+        else:
+            call = asyncio.ensure_future(client.call(worker, Fork("s1")))
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        fork = client.sent[0]
+        assert client.cancelled == [fork.id]
+        # The worker had made the twin before the cancel reached it: its result comes late.
+        client._deliver(Result(fork.id, session_id="s2"), worker)
+        await asyncio.sleep(0.05)
+        close = client.sent[-1]
+        assert isinstance(close, Close) and close.session_id == "s2"
+        client._deliver(Result(close.id), worker)
+        await asyncio.sleep(0.05)
+        assert not client.abandoned and not client.pending and not client.background
+
+    asyncio.run(body())
+
+
+def test_an_abandoned_restore_that_failed_or_whose_worker_died_leaves_nothing_behind():
+    async def body():
+        client = _Recorder()
+        worker = client.workers[0]
+        for _ in range(2):
+            with pytest.raises(WorkerError):
+                await client.call(worker, Restore(b"x"), timeout=0.01)
+        first, second = client.sent
+        client._deliver(Error(first.id, "CANCELLED", "cancelled"), worker)  # the cancel won: no session
+        assert list(client.abandoned) == [second.id]
+        client._lose(worker, "the worker died")  # its sessions died with it
+        client._deliver(Result(second.id, session_id="s9"), worker)
+        await asyncio.sleep(0.01)
+        assert client.sent == [first, second] and not client.abandoned
+
+    asyncio.run(body())

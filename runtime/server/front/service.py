@@ -27,7 +27,7 @@ from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
 from ...chunk import FPS, FRAMES_PER_CHUNK
 from ..protocol.client import EngineClient, WorkerError, WorkerHandle
-from ..protocol.messages import Close, Fork, Frame, Reset, Restore, Result, Snapshot, Step
+from ..protocol.messages import Close, Fork, Frame, Reset, Restore, Snapshot, Step
 from . import codec, metrics
 from .codec import RpcError, invalid, lost, shown
 from .encoding import FrameEncoder, InputLimits, decode_image, decode_video
@@ -105,7 +105,6 @@ class WorldService(pb_grpc.WorldServiceServicer):
         self.ended: OrderedDict[str, str] = OrderedDict()  # closed / lost id -> why, bounded
         self.admitting = 0  # sessions admitted whose worker call has not answered yet
         self.limits = InputLimits()
-        self.background: set[asyncio.Future] = set()  # clean-ups nobody awaits
         self.snapshots = SnapshotStore(settings.snapshot_store_bytes)
         self.draining = False
         self.stream_stops: set[asyncio.Event] = set()
@@ -477,35 +476,12 @@ class WorldService(pb_grpc.WorldServiceServicer):
         async def body():
             s = self._session(request.session_id)
             with self._admit():
-                reply = await self._make_on_worker(s.worker, Fork(s.id))
+                reply = await self.pool.call(s.worker, Fork(s.id))
                 twin = self._add_session(s.worker, s.width, s.height, reply.session_id)
             twin.live, twin.chunk = True, s.chunk
             return pb.ForkResponse(session_id=twin.id)
 
         return await self._run(context, body())
-
-    async def _make_on_worker(self, worker: WorkerHandle, request: Fork | Restore) -> Result:
-        """A call that makes a session on the worker, finished even if the RPC is cancelled: a
-        session made for a caller that went away is closed again, so it never holds a slot unseen."""
-        work = asyncio.ensure_future(self.pool.call(worker, request))
-
-        def cleanup(done: asyncio.Future) -> None:
-            if not done.cancelled() and done.exception() is None:
-                task = asyncio.ensure_future(self._close_orphan(worker, done.result().session_id))
-                self.background.add(task)
-                task.add_done_callback(self.background.discard)
-
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            work.add_done_callback(cleanup)
-            raise
-
-    async def _close_orphan(self, worker: WorkerHandle, session_id: str) -> None:
-        try:
-            await self.pool.call(worker, Close(session_id))
-        except WorkerError as exc:
-            log.warning("closing orphaned session %s failed: %s", session_id, exc.message)
 
     async def Snapshot(self, request, context):
         async def body():
@@ -544,7 +520,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
             else:
                 raise invalid("Restore needs a snapshot_id or data")
             with self._admit() as worker:
-                reply = await self._make_on_worker(worker, Restore(blob))
+                reply = await self.pool.call(worker, Restore(blob))
                 s = self._add_session(worker, reply.width, reply.height, reply.session_id)
             s.live, s.chunk = True, reply.chunk_index
             return pb.RestoreResponse(session_id=s.id, chunk_index=reply.chunk_index)

@@ -11,7 +11,8 @@ A subclass says only how a request leaves (`_send`), how a cancel leaves (`_canc
 matters, what to release after a request (`_done`); it hands each reply to `_deliver` and reports a
 worker that died with `_lose`. Everything else — request ids, routing replies back to the caller,
 turning an `Error` into `WorkerError`, cancelling the work of a caller that went away, failing the
-requests of a lost worker with UNAVAILABLE, bounding the cheap calls in time — is written here once.
+requests of a lost worker with UNAVAILABLE, bounding the cheap calls in time, closing a session a
+Fork or Restore made for a caller that had gone (cancelled, or out of time) — is written here once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .messages import Close, Error, Frame, Reply, Request, Result
+from .messages import Close, Error, Fork, Frame, Reply, Request, Restore, Result
 
 log = logging.getLogger("helios.front")
 
@@ -69,6 +70,11 @@ class EngineClient:
         self.on_lost = on_lost
         self.pending: dict[int, tuple[WorkerHandle, asyncio.Queue[Reply]]] = {}
         self.ids = itertools.count(1)
+        # Fork / Restore requests whose caller left before the result: should the worker have made
+        # the session anyway (it committed before the cancel reached it), it is closed on arrival,
+        # so no session lives on a worker unseen by the front, holding memory and a slot.
+        self.abandoned: dict[int, WorkerHandle] = {}
+        self.background: set[asyncio.Task] = set()
 
     # --- what a transport provides ------------------------------------------------------------------
 
@@ -123,6 +129,8 @@ class EngineClient:
                 yield reply  # type: ignore[misc]
         finally:
             self.pending.pop(rid, None)
+            if not finished and isinstance(request, (Fork, Restore)):
+                self.abandoned[rid] = worker
             try:
                 if not finished and cancel_on_exit:  # the caller went away: stop the work nobody waits for
                     await self._cancel(worker, rid)
@@ -161,6 +169,9 @@ class EngineClient:
         `worker` (the sender), a reply to a request another worker holds is refused (False)."""
         entry = self.pending.get(reply.id)
         if entry is None:
+            owner = self.abandoned.pop(reply.id, None)
+            if owner is not None and (worker is None or worker is owner) and isinstance(reply, Result):
+                self._close_orphan(owner, reply.session_id)
             return True
         if worker is not None and entry[0] is not worker:
             log.warning(
@@ -173,10 +184,28 @@ class EngineClient:
         entry[1].put_nowait(reply)
         return True
 
+    def _close_orphan(self, worker: WorkerHandle, session_id: str) -> None:
+        """Close `session_id`, made on `worker` by a Fork / Restore whose caller had gone."""
+        if not session_id:
+            return
+
+        async def close() -> None:
+            log.info("closing session %s, made for a caller that had gone", session_id)
+            try:
+                await self.call(worker, Close(session_id))
+            except WorkerError as exc:
+                log.warning("closing orphaned session %s failed: %s", session_id, exc.message)
+
+        task = asyncio.ensure_future(close())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def _lose(self, worker: WorkerHandle, message: str) -> None:
         """`worker` died: bump its generation, fail its pending requests (UNAVAILABLE), tell `on_lost`."""
         worker.generation += 1
         worker.load = 0
+        for rid in [rid for rid, owner in self.abandoned.items() if owner is worker]:
+            del self.abandoned[rid]  # its sessions died with it
         for rid, (owner, queue) in list(self.pending.items()):
             if owner is worker:
                 queue.put_nowait(Error(rid, "UNAVAILABLE", message))
