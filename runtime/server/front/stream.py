@@ -64,6 +64,7 @@ class StreamSession:
         self.latest: tuple[int, Action] | None = None  # free-run: the newest action wins
         self.dropped = 0
         self.events_waiting = 0
+        self.frames_waiting = 0
         self.room = asyncio.Event()  # set by the writer whenever it takes an event
         self.applied = 0  # free-run: the seq of the action applied last
 
@@ -71,14 +72,15 @@ class StreamSession:
 
     def push(self, kind: str, item: Any) -> None:
         if kind == "frame":
-            waiting = sum(1 for k, _ in self.outbox if k == "frame")
-            if waiting >= self.limit:  # drop the oldest waiting frame: latest frame wins
+            if self.frames_waiting >= self.limit:  # drop the oldest waiting frame: latest frame wins
                 for i, (k, _) in enumerate(self.outbox):
                     if k == "frame":
                         del self.outbox[i]
+                        self.frames_waiting -= 1
                         self.dropped += 1
                         metrics.FRAMES_DROPPED.inc()
                         break
+            self.frames_waiting += 1
         elif kind == "event":
             self.events_waiting += 1
         self.outbox.append((kind, item))
@@ -204,6 +206,8 @@ class StreamSession:
             while True:
                 while self.outbox:
                     kind, item = self.outbox.popleft()
+                    if kind == "frame":
+                        self.frames_waiting -= 1
                     if kind == "event":
                         self.events_waiting -= 1
                         self.room.set()
