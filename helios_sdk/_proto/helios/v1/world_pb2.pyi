@@ -113,16 +113,18 @@ class Chunk(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., chunk_index: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., timings: _Optional[_Union[ChunkTimings, _Mapping]] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("prompt", "blend", "transition", "control")
+    __slots__ = ("prompt", "blend", "transition", "control", "move")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     BLEND_FIELD_NUMBER: _ClassVar[int]
     TRANSITION_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
+    MOVE_FIELD_NUMBER: _ClassVar[int]
     prompt: PromptAction
     blend: BlendAction
     transition: TransitionAction
     control: ControlAction
-    def __init__(self, prompt: _Optional[_Union[PromptAction, _Mapping]] = ..., blend: _Optional[_Union[BlendAction, _Mapping]] = ..., transition: _Optional[_Union[TransitionAction, _Mapping]] = ..., control: _Optional[_Union[ControlAction, _Mapping]] = ...) -> None: ...
+    move: MoveAction
+    def __init__(self, prompt: _Optional[_Union[PromptAction, _Mapping]] = ..., blend: _Optional[_Union[BlendAction, _Mapping]] = ..., transition: _Optional[_Union[TransitionAction, _Mapping]] = ..., control: _Optional[_Union[ControlAction, _Mapping]] = ..., move: _Optional[_Union[MoveAction, _Mapping]] = ...) -> None: ...
 
 class PromptAction(_message.Message):
     __slots__ = ("text",)
@@ -168,21 +170,43 @@ class ControlAction(_message.Message):
     camera_zoom: float
     def __init__(self, keys: _Optional[_Iterable[str]] = ..., mouse_dx: _Optional[float] = ..., mouse_dy: _Optional[float] = ..., camera_yaw: _Optional[float] = ..., camera_pitch: _Optional[float] = ..., camera_zoom: _Optional[float] = ...) -> None: ...
 
+class MoveAction(_message.Message):
+    __slots__ = ("move", "pan")
+    MOVE_FIELD_NUMBER: _ClassVar[int]
+    PAN_FIELD_NUMBER: _ClassVar[int]
+    move: str
+    pan: str
+    def __init__(self, move: _Optional[str] = ..., pan: _Optional[str] = ...) -> None: ...
+
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "parameters", "sampler", "steps_per_stage")
+    __slots__ = ("name", "parameters", "sampler", "steps_per_stage", "actions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     STEPS_PER_STAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     parameters: int
     sampler: str
     steps_per_stage: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., parameters: _Optional[int] = ..., sampler: _Optional[str] = ..., steps_per_stage: _Optional[_Iterable[int]] = ...) -> None: ...
+    actions: ActionSpace
+    def __init__(self, name: _Optional[str] = ..., parameters: _Optional[int] = ..., sampler: _Optional[str] = ..., steps_per_stage: _Optional[_Iterable[int]] = ..., actions: _Optional[_Union[ActionSpace, _Mapping]] = ...) -> None: ...
+
+class ActionSpace(_message.Message):
+    __slots__ = ("keys", "axes", "moves", "pans")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    AXES_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    PANS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    axes: _containers.RepeatedScalarFieldContainer[str]
+    moves: _containers.RepeatedScalarFieldContainer[str]
+    pans: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., axes: _Optional[_Iterable[str]] = ..., moves: _Optional[_Iterable[str]] = ..., pans: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("api_version", "server_version", "model", "default_width", "default_height", "size_multiple", "max_width", "max_height", "encodings", "frames_per_chunk", "fps", "max_sessions", "active_sessions", "max_message_bytes", "session_idle_timeout_seconds", "auth_required", "workers")

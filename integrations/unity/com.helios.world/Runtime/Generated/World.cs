@@ -37,102 +37,107 @@ namespace Helios.V1 {
             "Cg5kZWNvZGVfc2Vjb25kcxgCIAEoARIWCg5lbmNvZGVfc2Vjb25kcxgDIAEo",
             "ASJ8CgVDaHVuaxISCgpzZXNzaW9uX2lkGAEgASgJEhMKC2NodW5rX2luZGV4",
             "GAIgASgEEiAKBmZyYW1lcxgDIAMoCzIQLmhlbGlvcy52MS5GcmFtZRIoCgd0",
-            "aW1pbmdzGAQgASgLMhcuaGVsaW9zLnYxLkNodW5rVGltaW5ncyLEAQoGQWN0",
+            "aW1pbmdzGAQgASgLMhcuaGVsaW9zLnYxLkNodW5rVGltaW5ncyLrAQoGQWN0",
             "aW9uEikKBnByb21wdBgBIAEoCzIXLmhlbGlvcy52MS5Qcm9tcHRBY3Rpb25I",
             "ABInCgVibGVuZBgCIAEoCzIWLmhlbGlvcy52MS5CbGVuZEFjdGlvbkgAEjEK",
             "CnRyYW5zaXRpb24YAyABKAsyGy5oZWxpb3MudjEuVHJhbnNpdGlvbkFjdGlv",
             "bkgAEisKB2NvbnRyb2wYBCABKAsyGC5oZWxpb3MudjEuQ29udHJvbEFjdGlv",
-            "bkgAQgYKBGtpbmQiHAoMUHJvbXB0QWN0aW9uEgwKBHRleHQYASABKAkiLgoO",
-            "V2VpZ2h0ZWRQcm9tcHQSDAoEdGV4dBgBIAEoCRIOCgZ3ZWlnaHQYAiABKAIi",
-            "OQoLQmxlbmRBY3Rpb24SKgoHcHJvbXB0cxgBIAMoCzIZLmhlbGlvcy52MS5X",
-            "ZWlnaHRlZFByb21wdCIwChBUcmFuc2l0aW9uQWN0aW9uEgwKBHRleHQYASAB",
-            "KAkSDgoGY2h1bmtzGAIgASgNIoABCg1Db250cm9sQWN0aW9uEgwKBGtleXMY",
-            "ASADKAkSEAoIbW91c2VfZHgYAiABKAISEAoIbW91c2VfZHkYAyABKAISEgoK",
-            "Y2FtZXJhX3lhdxgEIAEoAhIUCgxjYW1lcmFfcGl0Y2gYBSABKAISEwoLY2Ft",
-            "ZXJhX3pvb20YBiABKAIiFgoUR2V0U2VydmVySW5mb1JlcXVlc3QiVwoJTW9k",
-            "ZWxJbmZvEgwKBG5hbWUYASABKAkSEgoKcGFyYW1ldGVycxgCIAEoBBIPCgdz",
-            "YW1wbGVyGAMgASgJEhcKD3N0ZXBzX3Blcl9zdGFnZRgEIAMoDSLZAwoVR2V0",
-            "U2VydmVySW5mb1Jlc3BvbnNlEhMKC2FwaV92ZXJzaW9uGAEgASgJEhYKDnNl",
-            "cnZlcl92ZXJzaW9uGAIgASgJEiMKBW1vZGVsGAMgASgLMhQuaGVsaW9zLnYx",
-            "Lk1vZGVsSW5mbxIVCg1kZWZhdWx0X3dpZHRoGAQgASgNEhYKDmRlZmF1bHRf",
-            "aGVpZ2h0GAUgASgNEhUKDXNpemVfbXVsdGlwbGUYBiABKA0SEQoJbWF4X3dp",
-            "ZHRoGAcgASgNEhIKCm1heF9oZWlnaHQYCCABKA0SKwoJZW5jb2RpbmdzGAkg",
-            "AygOMhguaGVsaW9zLnYxLkZyYW1lRW5jb2RpbmcSGAoQZnJhbWVzX3Blcl9j",
-            "aHVuaxgKIAEoDRILCgNmcHMYCyABKA0SFAoMbWF4X3Nlc3Npb25zGAwgASgN",
-            "EhcKD2FjdGl2ZV9zZXNzaW9ucxgNIAEoDRIZChFtYXhfbWVzc2FnZV9ieXRl",
-            "cxgOIAEoBBIkChxzZXNzaW9uX2lkbGVfdGltZW91dF9zZWNvbmRzGA8gASgN",
-            "EhUKDWF1dGhfcmVxdWlyZWQYECABKAgSJgoHd29ya2VycxgRIAMoCzIVLmhl",
-            "bGlvcy52MS5Xb3JrZXJJbmZvIowBCgpXb3JrZXJJbmZvEg0KBWluZGV4GAEg",
-            "ASgNEgwKBG5hbWUYAiABKAkSDgoGZGV2aWNlGAMgASgJEgwKBGhvc3QYBCAB",
-            "KAkSDQoFcmVhZHkYBSABKAgSEAoIc2Vzc2lvbnMYBiABKA0SEAoIY2FwYWNp",
-            "dHkYByABKA0SEAoIcmVzdGFydHMYCCABKA0iNQoUQ3JlYXRlU2Vzc2lvblJl",
-            "cXVlc3QSDQoFd2lkdGgYASABKA0SDgoGaGVpZ2h0GAIgASgNIkoKFUNyZWF0",
-            "ZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEg0KBXdpZHRo",
-            "GAIgASgNEg4KBmhlaWdodBgDIAEoDSI0CgVJbWFnZRIMCgRkYXRhGAEgASgM",
-            "Eg0KBXdpZHRoGAIgASgNEg4KBmhlaWdodBgDIAEoDSI3CgVWaWRlbxIMCgRk",
-            "YXRhGAEgASgMEiAKBmZyYW1lcxgCIAMoCzIQLmhlbGlvcy52MS5JbWFnZSLS",
-            "AQoMUmVzZXRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGcHJvbXB0",
-            "GAIgASgJEiEKBWltYWdlGAMgASgLMhAuaGVsaW9zLnYxLkltYWdlSAASIQoF",
-            "dmlkZW8YBCABKAsyEC5oZWxpb3MudjEuVmlkZW9IABIMCgRzZWVkGAUgASgE",
-            "EhcKD25lZ2F0aXZlX3Byb21wdBgGIAEoCRInCgZmcmFtZXMYByABKAsyFy5o",
-            "ZWxpb3MudjEuRnJhbWVPcHRpb25zQggKBnNvdXJjZSIwCg1SZXNldFJlc3Bv",
-            "bnNlEh8KBWNodW5rGAEgASgLMhAuaGVsaW9zLnYxLkNodW5rIoEBCgtTdGVw",
-            "UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEiEKBmFjdGlvbhgCIAEoCzIR",
-            "LmhlbGlvcy52MS5BY3Rpb24SJwoGZnJhbWVzGAMgASgLMhcuaGVsaW9zLnYx",
-            "LkZyYW1lT3B0aW9ucxISCgphY3Rpb25fc2VxGAQgASgEIi8KDFN0ZXBSZXNw",
-            "b25zZRIfCgVjaHVuaxgBIAEoCzIQLmhlbGlvcy52MS5DaHVuayIhCgtGb3Jr",
-            "UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIiIKDEZvcmtSZXNwb25zZRIS",
-            "CgpzZXNzaW9uX2lkGAEgASgJIjsKD1NuYXBzaG90UmVxdWVzdBISCgpzZXNz",
-            "aW9uX2lkGAEgASgJEhQKDGluY2x1ZGVfZGF0YRgCIAEoCCJZChBTbmFwc2hv",
-            "dFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEhIKCnNpemVfYnl0ZXMY",
-            "AiABKAQSDgoGc2hhMjU2GAMgASgJEgwKBGRhdGEYBCABKAwiQQoOUmVzdG9y",
-            "ZVJlcXVlc3QSFQoLc25hcHNob3RfaWQYASABKAlIABIOCgRkYXRhGAIgASgM",
-            "SABCCAoGc291cmNlIjoKD1Jlc3RvcmVSZXNwb25zZRISCgpzZXNzaW9uX2lk",
-            "GAEgASgJEhMKC2NodW5rX2luZGV4GAIgASgEIikKE0Nsb3NlU2Vzc2lvblJl",
-            "cXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIWChRDbG9zZVNlc3Npb25SZXNw",
-            "b25zZSJvCgtTdHJlYW1TdGFydBISCgpzZXNzaW9uX2lkGAEgASgJEiMKBG1v",
-            "ZGUYAiABKA4yFS5oZWxpb3MudjEuU3RyZWFtTW9kZRInCgZmcmFtZXMYAyAB",
-            "KAsyFy5oZWxpb3MudjEuRnJhbWVPcHRpb25zIj4KDFN0cmVhbUFjdGlvbhIL",
-            "CgNzZXEYASABKAQSIQoGYWN0aW9uGAIgASgLMhEuaGVsaW9zLnYxLkFjdGlv",
-            "biJrCg1TdHJlYW1SZXF1ZXN0EicKBXN0YXJ0GAEgASgLMhYuaGVsaW9zLnYx",
-            "LlN0cmVhbVN0YXJ0SAASKQoGYWN0aW9uGAIgASgLMhcuaGVsaW9zLnYxLlN0",
-            "cmVhbUFjdGlvbkgAQgYKBGtpbmQiyQEKDFNlc3Npb25FdmVudBIpCgR0eXBl",
-            "GAEgASgOMhsuaGVsaW9zLnYxLlNlc3Npb25FdmVudFR5cGUSEgoKc2Vzc2lv",
-            "bl9pZBgCIAEoCRITCgtjaHVua19pbmRleBgDIAEoBBISCgphY3Rpb25fc2Vx",
-            "GAQgASgEEhYKDmRyb3BwZWRfZnJhbWVzGAUgASgEEg8KB21lc3NhZ2UYBiAB",
-            "KAkSKAoHdGltaW5ncxgHIAEoCzIXLmhlbGlvcy52MS5DaHVua1RpbWluZ3Mi",
-            "ZQoOU3RyZWFtUmVzcG9uc2USIQoFZnJhbWUYASABKAsyEC5oZWxpb3MudjEu",
-            "RnJhbWVIABIoCgVldmVudBgCIAEoCzIXLmhlbGlvcy52MS5TZXNzaW9uRXZl",
-            "bnRIAEIGCgRraW5kKnsKDUZyYW1lRW5jb2RpbmcSHgoaRlJBTUVfRU5DT0RJ",
-            "TkdfVU5TUEVDSUZJRUQQABIYChRGUkFNRV9FTkNPRElOR19SR0IyNBABEhcK",
-            "E0ZSQU1FX0VOQ09ESU5HX0pQRUcQAhIXChNGUkFNRV9FTkNPRElOR19IMjY0",
-            "EAMqfgoORnJhbWVTZWxlY3Rpb24SHwobRlJBTUVfU0VMRUNUSU9OX1VOU1BF",
-            "Q0lGSUVEEAASFwoTRlJBTUVfU0VMRUNUSU9OX0FMTBABEhgKFEZSQU1FX1NF",
-            "TEVDVElPTl9MQVNUEAISGAoURlJBTUVfU0VMRUNUSU9OX05PTkUQAypdCgpT",
-            "dHJlYW1Nb2RlEhsKF1NUUkVBTV9NT0RFX1VOU1BFQ0lGSUVEEAASGAoUU1RS",
-            "RUFNX01PREVfTE9DS1NURVAQARIYChRTVFJFQU1fTU9ERV9GUkVFX1JVThAC",
-            "KucBChBTZXNzaW9uRXZlbnRUeXBlEiIKHlNFU1NJT05fRVZFTlRfVFlQRV9V",
-            "TlNQRUNJRklFRBAAEh4KGlNFU1NJT05fRVZFTlRfVFlQRV9TVEFSVEVEEAES",
-            "IQodU0VTU0lPTl9FVkVOVF9UWVBFX0NIVU5LX0RPTkUQAhIlCiFTRVNTSU9O",
-            "X0VWRU5UX1RZUEVfRlJBTUVTX0RST1BQRUQQAxImCiJTRVNTSU9OX0VWRU5U",
-            "X1RZUEVfQUNUSU9OX1JFSkVDVEVEEAQSHQoZU0VTU0lPTl9FVkVOVF9UWVBF",
-            "X0NMT1NFRBAFMv8ECgxXb3JsZFNlcnZpY2USUgoNR2V0U2VydmVySW5mbxIf",
-            "LmhlbGlvcy52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBogLmhlbGlvcy52MS5H",
-            "ZXRTZXJ2ZXJJbmZvUmVzcG9uc2USUgoNQ3JlYXRlU2Vzc2lvbhIfLmhlbGlv",
-            "cy52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBogLmhlbGlvcy52MS5DcmVhdGVT",
-            "ZXNzaW9uUmVzcG9uc2USOgoFUmVzZXQSFy5oZWxpb3MudjEuUmVzZXRSZXF1",
-            "ZXN0GhguaGVsaW9zLnYxLlJlc2V0UmVzcG9uc2USNwoEU3RlcBIWLmhlbGlv",
-            "cy52MS5TdGVwUmVxdWVzdBoXLmhlbGlvcy52MS5TdGVwUmVzcG9uc2USNwoE",
-            "Rm9yaxIWLmhlbGlvcy52MS5Gb3JrUmVxdWVzdBoXLmhlbGlvcy52MS5Gb3Jr",
-            "UmVzcG9uc2USQwoIU25hcHNob3QSGi5oZWxpb3MudjEuU25hcHNob3RSZXF1",
-            "ZXN0GhsuaGVsaW9zLnYxLlNuYXBzaG90UmVzcG9uc2USQAoHUmVzdG9yZRIZ",
-            "LmhlbGlvcy52MS5SZXN0b3JlUmVxdWVzdBoaLmhlbGlvcy52MS5SZXN0b3Jl",
-            "UmVzcG9uc2USTwoMQ2xvc2VTZXNzaW9uEh4uaGVsaW9zLnYxLkNsb3NlU2Vz",
-            "c2lvblJlcXVlc3QaHy5oZWxpb3MudjEuQ2xvc2VTZXNzaW9uUmVzcG9uc2US",
-            "QQoGU3RyZWFtEhguaGVsaW9zLnYxLlN0cmVhbVJlcXVlc3QaGS5oZWxpb3Mu",
-            "djEuU3RyZWFtUmVzcG9uc2UoATABQmAKD3dvcmxkLmhlbGlvcy52MVABWjxn",
-            "aXRodWIuY29tL2hlbGlvcy13b3JsZC9oZWxpb3Mtc2RrL2dlbi9nby9oZWxp",
-            "b3MvdjE7aGVsaW9zdjH4AQGqAglIZWxpb3MuVjFiBnByb3RvMw=="));
+            "bkgAEiUKBG1vdmUYBSABKAsyFS5oZWxpb3MudjEuTW92ZUFjdGlvbkgAQgYK",
+            "BGtpbmQiHAoMUHJvbXB0QWN0aW9uEgwKBHRleHQYASABKAkiLgoOV2VpZ2h0",
+            "ZWRQcm9tcHQSDAoEdGV4dBgBIAEoCRIOCgZ3ZWlnaHQYAiABKAIiOQoLQmxl",
+            "bmRBY3Rpb24SKgoHcHJvbXB0cxgBIAMoCzIZLmhlbGlvcy52MS5XZWlnaHRl",
+            "ZFByb21wdCIwChBUcmFuc2l0aW9uQWN0aW9uEgwKBHRleHQYASABKAkSDgoG",
+            "Y2h1bmtzGAIgASgNIoABCg1Db250cm9sQWN0aW9uEgwKBGtleXMYASADKAkS",
+            "EAoIbW91c2VfZHgYAiABKAISEAoIbW91c2VfZHkYAyABKAISEgoKY2FtZXJh",
+            "X3lhdxgEIAEoAhIUCgxjYW1lcmFfcGl0Y2gYBSABKAISEwoLY2FtZXJhX3pv",
+            "b20YBiABKAIiJwoKTW92ZUFjdGlvbhIMCgRtb3ZlGAEgASgJEgsKA3BhbhgC",
+            "IAEoCSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCKAAQoJTW9kZWxJbmZvEgwK",
+            "BG5hbWUYASABKAkSEgoKcGFyYW1ldGVycxgCIAEoBBIPCgdzYW1wbGVyGAMg",
+            "ASgJEhcKD3N0ZXBzX3Blcl9zdGFnZRgEIAMoDRInCgdhY3Rpb25zGAUgASgL",
+            "MhYuaGVsaW9zLnYxLkFjdGlvblNwYWNlIkYKC0FjdGlvblNwYWNlEgwKBGtl",
+            "eXMYASADKAkSDAoEYXhlcxgCIAMoCRINCgVtb3ZlcxgDIAMoCRIMCgRwYW5z",
+            "GAQgAygJItkDChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USEwoLYXBpX3ZlcnNp",
+            "b24YASABKAkSFgoOc2VydmVyX3ZlcnNpb24YAiABKAkSIwoFbW9kZWwYAyAB",
+            "KAsyFC5oZWxpb3MudjEuTW9kZWxJbmZvEhUKDWRlZmF1bHRfd2lkdGgYBCAB",
+            "KA0SFgoOZGVmYXVsdF9oZWlnaHQYBSABKA0SFQoNc2l6ZV9tdWx0aXBsZRgG",
+            "IAEoDRIRCgltYXhfd2lkdGgYByABKA0SEgoKbWF4X2hlaWdodBgIIAEoDRIr",
+            "CgllbmNvZGluZ3MYCSADKA4yGC5oZWxpb3MudjEuRnJhbWVFbmNvZGluZxIY",
+            "ChBmcmFtZXNfcGVyX2NodW5rGAogASgNEgsKA2ZwcxgLIAEoDRIUCgxtYXhf",
+            "c2Vzc2lvbnMYDCABKA0SFwoPYWN0aXZlX3Nlc3Npb25zGA0gASgNEhkKEW1h",
+            "eF9tZXNzYWdlX2J5dGVzGA4gASgEEiQKHHNlc3Npb25faWRsZV90aW1lb3V0",
+            "X3NlY29uZHMYDyABKA0SFQoNYXV0aF9yZXF1aXJlZBgQIAEoCBImCgd3b3Jr",
+            "ZXJzGBEgAygLMhUuaGVsaW9zLnYxLldvcmtlckluZm8ijAEKCldvcmtlcklu",
+            "Zm8SDQoFaW5kZXgYASABKA0SDAoEbmFtZRgCIAEoCRIOCgZkZXZpY2UYAyAB",
+            "KAkSDAoEaG9zdBgEIAEoCRINCgVyZWFkeRgFIAEoCBIQCghzZXNzaW9ucxgG",
+            "IAEoDRIQCghjYXBhY2l0eRgHIAEoDRIQCghyZXN0YXJ0cxgIIAEoDSI1ChRD",
+            "cmVhdGVTZXNzaW9uUmVxdWVzdBINCgV3aWR0aBgBIAEoDRIOCgZoZWlnaHQY",
+            "AiABKA0iSgoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQY",
+            "ASABKAkSDQoFd2lkdGgYAiABKA0SDgoGaGVpZ2h0GAMgASgNIjQKBUltYWdl",
+            "EgwKBGRhdGEYASABKAwSDQoFd2lkdGgYAiABKA0SDgoGaGVpZ2h0GAMgASgN",
+            "IjcKBVZpZGVvEgwKBGRhdGEYASABKAwSIAoGZnJhbWVzGAIgAygLMhAuaGVs",
+            "aW9zLnYxLkltYWdlItIBCgxSZXNldFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgB",
+            "IAEoCRIOCgZwcm9tcHQYAiABKAkSIQoFaW1hZ2UYAyABKAsyEC5oZWxpb3Mu",
+            "djEuSW1hZ2VIABIhCgV2aWRlbxgEIAEoCzIQLmhlbGlvcy52MS5WaWRlb0gA",
+            "EgwKBHNlZWQYBSABKAQSFwoPbmVnYXRpdmVfcHJvbXB0GAYgASgJEicKBmZy",
+            "YW1lcxgHIAEoCzIXLmhlbGlvcy52MS5GcmFtZU9wdGlvbnNCCAoGc291cmNl",
+            "IjAKDVJlc2V0UmVzcG9uc2USHwoFY2h1bmsYASABKAsyEC5oZWxpb3MudjEu",
+            "Q2h1bmsigQEKC1N0ZXBSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSIQoG",
+            "YWN0aW9uGAIgASgLMhEuaGVsaW9zLnYxLkFjdGlvbhInCgZmcmFtZXMYAyAB",
+            "KAsyFy5oZWxpb3MudjEuRnJhbWVPcHRpb25zEhIKCmFjdGlvbl9zZXEYBCAB",
+            "KAQiLwoMU3RlcFJlc3BvbnNlEh8KBWNodW5rGAEgASgLMhAuaGVsaW9zLnYx",
+            "LkNodW5rIiEKC0ZvcmtSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiIgoM",
+            "Rm9ya1Jlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkiOwoPU25hcHNob3RS",
+            "ZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSFAoMaW5jbHVkZV9kYXRhGAIg",
+            "ASgIIlkKEFNuYXBzaG90UmVzcG9uc2USEwoLc25hcHNob3RfaWQYASABKAkS",
+            "EgoKc2l6ZV9ieXRlcxgCIAEoBBIOCgZzaGEyNTYYAyABKAkSDAoEZGF0YRgE",
+            "IAEoDCJBCg5SZXN0b3JlUmVxdWVzdBIVCgtzbmFwc2hvdF9pZBgBIAEoCUgA",
+            "Eg4KBGRhdGEYAiABKAxIAEIICgZzb3VyY2UiOgoPUmVzdG9yZVJlc3BvbnNl",
+            "EhIKCnNlc3Npb25faWQYASABKAkSEwoLY2h1bmtfaW5kZXgYAiABKAQiKQoT",
+            "Q2xvc2VTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIhYKFENs",
+            "b3NlU2Vzc2lvblJlc3BvbnNlIm8KC1N0cmVhbVN0YXJ0EhIKCnNlc3Npb25f",
+            "aWQYASABKAkSIwoEbW9kZRgCIAEoDjIVLmhlbGlvcy52MS5TdHJlYW1Nb2Rl",
+            "EicKBmZyYW1lcxgDIAEoCzIXLmhlbGlvcy52MS5GcmFtZU9wdGlvbnMiPgoM",
+            "U3RyZWFtQWN0aW9uEgsKA3NlcRgBIAEoBBIhCgZhY3Rpb24YAiABKAsyES5o",
+            "ZWxpb3MudjEuQWN0aW9uImsKDVN0cmVhbVJlcXVlc3QSJwoFc3RhcnQYASAB",
+            "KAsyFi5oZWxpb3MudjEuU3RyZWFtU3RhcnRIABIpCgZhY3Rpb24YAiABKAsy",
+            "Fy5oZWxpb3MudjEuU3RyZWFtQWN0aW9uSABCBgoEa2luZCLJAQoMU2Vzc2lv",
+            "bkV2ZW50EikKBHR5cGUYASABKA4yGy5oZWxpb3MudjEuU2Vzc2lvbkV2ZW50",
+            "VHlwZRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2NodW5rX2luZGV4GAMgASgE",
+            "EhIKCmFjdGlvbl9zZXEYBCABKAQSFgoOZHJvcHBlZF9mcmFtZXMYBSABKAQS",
+            "DwoHbWVzc2FnZRgGIAEoCRIoCgd0aW1pbmdzGAcgASgLMhcuaGVsaW9zLnYx",
+            "LkNodW5rVGltaW5ncyJlCg5TdHJlYW1SZXNwb25zZRIhCgVmcmFtZRgBIAEo",
+            "CzIQLmhlbGlvcy52MS5GcmFtZUgAEigKBWV2ZW50GAIgASgLMhcuaGVsaW9z",
+            "LnYxLlNlc3Npb25FdmVudEgAQgYKBGtpbmQqewoNRnJhbWVFbmNvZGluZxIe",
+            "ChpGUkFNRV9FTkNPRElOR19VTlNQRUNJRklFRBAAEhgKFEZSQU1FX0VOQ09E",
+            "SU5HX1JHQjI0EAESFwoTRlJBTUVfRU5DT0RJTkdfSlBFRxACEhcKE0ZSQU1F",
+            "X0VOQ09ESU5HX0gyNjQQAyp+Cg5GcmFtZVNlbGVjdGlvbhIfChtGUkFNRV9T",
+            "RUxFQ1RJT05fVU5TUEVDSUZJRUQQABIXChNGUkFNRV9TRUxFQ1RJT05fQUxM",
+            "EAESGAoURlJBTUVfU0VMRUNUSU9OX0xBU1QQAhIYChRGUkFNRV9TRUxFQ1RJ",
+            "T05fTk9ORRADKl0KClN0cmVhbU1vZGUSGwoXU1RSRUFNX01PREVfVU5TUEVD",
+            "SUZJRUQQABIYChRTVFJFQU1fTU9ERV9MT0NLU1RFUBABEhgKFFNUUkVBTV9N",
+            "T0RFX0ZSRUVfUlVOEAIq5wEKEFNlc3Npb25FdmVudFR5cGUSIgoeU0VTU0lP",
+            "Tl9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHgoaU0VTU0lPTl9FVkVOVF9U",
+            "WVBFX1NUQVJURUQQARIhCh1TRVNTSU9OX0VWRU5UX1RZUEVfQ0hVTktfRE9O",
+            "RRACEiUKIVNFU1NJT05fRVZFTlRfVFlQRV9GUkFNRVNfRFJPUFBFRBADEiYK",
+            "IlNFU1NJT05fRVZFTlRfVFlQRV9BQ1RJT05fUkVKRUNURUQQBBIdChlTRVNT",
+            "SU9OX0VWRU5UX1RZUEVfQ0xPU0VEEAUy/wQKDFdvcmxkU2VydmljZRJSCg1H",
+            "ZXRTZXJ2ZXJJbmZvEh8uaGVsaW9zLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0",
+            "GiAuaGVsaW9zLnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJSCg1DcmVhdGVT",
+            "ZXNzaW9uEh8uaGVsaW9zLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiAuaGVs",
+            "aW9zLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRI6CgVSZXNldBIXLmhlbGlv",
+            "cy52MS5SZXNldFJlcXVlc3QaGC5oZWxpb3MudjEuUmVzZXRSZXNwb25zZRI3",
+            "CgRTdGVwEhYuaGVsaW9zLnYxLlN0ZXBSZXF1ZXN0GhcuaGVsaW9zLnYxLlN0",
+            "ZXBSZXNwb25zZRI3CgRGb3JrEhYuaGVsaW9zLnYxLkZvcmtSZXF1ZXN0Ghcu",
+            "aGVsaW9zLnYxLkZvcmtSZXNwb25zZRJDCghTbmFwc2hvdBIaLmhlbGlvcy52",
+            "MS5TbmFwc2hvdFJlcXVlc3QaGy5oZWxpb3MudjEuU25hcHNob3RSZXNwb25z",
+            "ZRJACgdSZXN0b3JlEhkuaGVsaW9zLnYxLlJlc3RvcmVSZXF1ZXN0GhouaGVs",
+            "aW9zLnYxLlJlc3RvcmVSZXNwb25zZRJPCgxDbG9zZVNlc3Npb24SHi5oZWxp",
+            "b3MudjEuQ2xvc2VTZXNzaW9uUmVxdWVzdBofLmhlbGlvcy52MS5DbG9zZVNl",
+            "c3Npb25SZXNwb25zZRJBCgZTdHJlYW0SGC5oZWxpb3MudjEuU3RyZWFtUmVx",
+            "dWVzdBoZLmhlbGlvcy52MS5TdHJlYW1SZXNwb25zZSgBMAFCYAoPd29ybGQu",
+            "aGVsaW9zLnYxUAFaPGdpdGh1Yi5jb20vaGVsaW9zLXdvcmxkL2hlbGlvcy1z",
+            "ZGsvZ2VuL2dvL2hlbGlvcy92MTtoZWxpb3N2MfgBAaoCCUhlbGlvcy5WMWIG",
+            "cHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Helios.V1.FrameEncoding), typeof(global::Helios.V1.FrameSelection), typeof(global::Helios.V1.StreamMode), typeof(global::Helios.V1.SessionEventType), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -140,14 +145,16 @@ namespace Helios.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.Frame), global::Helios.V1.Frame.Parser, new[]{ "SessionId", "ChunkIndex", "FrameIndex", "IndexInChunk", "TimestampNs", "Width", "Height", "Encoding", "Data", "Keyframe", "ActionSeq" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ChunkTimings), global::Helios.V1.ChunkTimings.Parser, new[]{ "DenoiseSeconds", "DecodeSeconds", "EncodeSeconds" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.Chunk), global::Helios.V1.Chunk.Parser, new[]{ "SessionId", "ChunkIndex", "Frames", "Timings" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.Action), global::Helios.V1.Action.Parser, new[]{ "Prompt", "Blend", "Transition", "Control" }, new[]{ "Kind" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.Action), global::Helios.V1.Action.Parser, new[]{ "Prompt", "Blend", "Transition", "Control", "Move" }, new[]{ "Kind" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.PromptAction), global::Helios.V1.PromptAction.Parser, new[]{ "Text" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.WeightedPrompt), global::Helios.V1.WeightedPrompt.Parser, new[]{ "Text", "Weight" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.BlendAction), global::Helios.V1.BlendAction.Parser, new[]{ "Prompts" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.TransitionAction), global::Helios.V1.TransitionAction.Parser, new[]{ "Text", "Chunks" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ControlAction), global::Helios.V1.ControlAction.Parser, new[]{ "Keys", "MouseDx", "MouseDy", "CameraYaw", "CameraPitch", "CameraZoom" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.MoveAction), global::Helios.V1.MoveAction.Parser, new[]{ "Move", "Pan" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.GetServerInfoRequest), global::Helios.V1.GetServerInfoRequest.Parser, null, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ModelInfo), global::Helios.V1.ModelInfo.Parser, new[]{ "Name", "Parameters", "Sampler", "StepsPerStage" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ModelInfo), global::Helios.V1.ModelInfo.Parser, new[]{ "Name", "Parameters", "Sampler", "StepsPerStage", "Actions" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ActionSpace), global::Helios.V1.ActionSpace.Parser, new[]{ "Keys", "Axes", "Moves", "Pans" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.GetServerInfoResponse), global::Helios.V1.GetServerInfoResponse.Parser, new[]{ "ApiVersion", "ServerVersion", "Model", "DefaultWidth", "DefaultHeight", "SizeMultiple", "MaxWidth", "MaxHeight", "Encodings", "FramesPerChunk", "Fps", "MaxSessions", "ActiveSessions", "MaxMessageBytes", "SessionIdleTimeoutSeconds", "AuthRequired", "Workers" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.WorkerInfo), global::Helios.V1.WorkerInfo.Parser, new[]{ "Index", "Name", "Device", "Host", "Ready", "Sessions", "Capacity", "Restarts" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.CreateSessionRequest), global::Helios.V1.CreateSessionRequest.Parser, new[]{ "Width", "Height" }, null, null, null, null),
@@ -1717,6 +1724,9 @@ namespace Helios.V1 {
         case KindOneofCase.Control:
           Control = other.Control.Clone();
           break;
+        case KindOneofCase.Move:
+          Move = other.Move.Clone();
+          break;
       }
 
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
@@ -1776,6 +1786,18 @@ namespace Helios.V1 {
       }
     }
 
+    /// <summary>Field number for the "move" field.</summary>
+    public const int MoveFieldNumber = 5;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Helios.V1.MoveAction Move {
+      get { return kindCase_ == KindOneofCase.Move ? (global::Helios.V1.MoveAction) kind_ : null; }
+      set {
+        kind_ = value;
+        kindCase_ = value == null ? KindOneofCase.None : KindOneofCase.Move;
+      }
+    }
+
     private object kind_;
     /// <summary>Enum of possible cases for the "kind" oneof.</summary>
     public enum KindOneofCase {
@@ -1784,6 +1806,7 @@ namespace Helios.V1 {
       Blend = 2,
       Transition = 3,
       Control = 4,
+      Move = 5,
     }
     private KindOneofCase kindCase_ = KindOneofCase.None;
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1818,6 +1841,7 @@ namespace Helios.V1 {
       if (!object.Equals(Blend, other.Blend)) return false;
       if (!object.Equals(Transition, other.Transition)) return false;
       if (!object.Equals(Control, other.Control)) return false;
+      if (!object.Equals(Move, other.Move)) return false;
       if (KindCase != other.KindCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -1830,6 +1854,7 @@ namespace Helios.V1 {
       if (kindCase_ == KindOneofCase.Blend) hash ^= Blend.GetHashCode();
       if (kindCase_ == KindOneofCase.Transition) hash ^= Transition.GetHashCode();
       if (kindCase_ == KindOneofCase.Control) hash ^= Control.GetHashCode();
+      if (kindCase_ == KindOneofCase.Move) hash ^= Move.GetHashCode();
       hash ^= (int) kindCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -1865,6 +1890,10 @@ namespace Helios.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Control);
       }
+      if (kindCase_ == KindOneofCase.Move) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Move);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -1891,6 +1920,10 @@ namespace Helios.V1 {
         output.WriteRawTag(34);
         output.WriteMessage(Control);
       }
+      if (kindCase_ == KindOneofCase.Move) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Move);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -1912,6 +1945,9 @@ namespace Helios.V1 {
       }
       if (kindCase_ == KindOneofCase.Control) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Control);
+      }
+      if (kindCase_ == KindOneofCase.Move) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Move);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -1949,6 +1985,12 @@ namespace Helios.V1 {
             Control = new global::Helios.V1.ControlAction();
           }
           Control.MergeFrom(other.Control);
+          break;
+        case KindOneofCase.Move:
+          if (Move == null) {
+            Move = new global::Helios.V1.MoveAction();
+          }
+          Move.MergeFrom(other.Move);
           break;
       }
 
@@ -2003,6 +2045,15 @@ namespace Helios.V1 {
             Control = subBuilder;
             break;
           }
+          case 42: {
+            global::Helios.V1.MoveAction subBuilder = new global::Helios.V1.MoveAction();
+            if (kindCase_ == KindOneofCase.Move) {
+              subBuilder.MergeFrom(Move);
+            }
+            input.ReadMessage(subBuilder);
+            Move = subBuilder;
+            break;
+          }
         }
       }
     #endif
@@ -2052,6 +2103,15 @@ namespace Helios.V1 {
             }
             input.ReadMessage(subBuilder);
             Control = subBuilder;
+            break;
+          }
+          case 42: {
+            global::Helios.V1.MoveAction subBuilder = new global::Helios.V1.MoveAction();
+            if (kindCase_ == KindOneofCase.Move) {
+              subBuilder.MergeFrom(Move);
+            }
+            input.ReadMessage(subBuilder);
+            Move = subBuilder;
             break;
           }
         }
@@ -2893,7 +2953,9 @@ namespace Helios.V1 {
   }
 
   /// <summary>
-  /// Keyboard, mouse and camera input, mapped by the server's action adapter (prompt templates).
+  /// Keyboard, mouse and camera input, mapped by the server's action adapter (prompt phrases, or a
+  /// model's learned actions). Only what ModelInfo.actions lists is accepted: another key, or a non-zero
+  /// value in a field the model does not read, is INVALID_ARGUMENT.
   /// </summary>
   public sealed partial class ControlAction : pb::IMessage<ControlAction>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
@@ -2950,7 +3012,7 @@ namespace Helios.V1 {
         = pb::FieldCodec.ForString(10);
     private readonly pbc::RepeatedField<string> keys_ = new pbc::RepeatedField<string>();
     /// <summary>
-    /// Pressed keys: w a s d space shift.
+    /// Pressed keys, from ModelInfo.actions.keys (prompt-template models: w a s d space shift).
     /// </summary>
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
@@ -3267,6 +3329,237 @@ namespace Helios.V1 {
 
   }
 
+  /// <summary>
+  /// One of the model's own discrete actions, by name: a move of the agent and a pan of the camera
+  /// (ModelInfo.actions.moves / pans; the toy world's learned action space). Empty means the list's
+  /// first name, its "no move" ("stay" in the toy world). A model without moves refuses it.
+  /// </summary>
+  public sealed partial class MoveAction : pb::IMessage<MoveAction>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<MoveAction> _parser = new pb::MessageParser<MoveAction>(() => new MoveAction());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<MoveAction> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[10]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public MoveAction() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public MoveAction(MoveAction other) : this() {
+      move_ = other.move_;
+      pan_ = other.pan_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public MoveAction Clone() {
+      return new MoveAction(this);
+    }
+
+    /// <summary>Field number for the "move" field.</summary>
+    public const int MoveFieldNumber = 1;
+    private string move_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Move {
+      get { return move_; }
+      set {
+        move_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "pan" field.</summary>
+    public const int PanFieldNumber = 2;
+    private string pan_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Pan {
+      get { return pan_; }
+      set {
+        pan_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as MoveAction);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(MoveAction other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Move != other.Move) return false;
+      if (Pan != other.Pan) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Move.Length != 0) hash ^= Move.GetHashCode();
+      if (Pan.Length != 0) hash ^= Pan.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Move.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Move);
+      }
+      if (Pan.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Pan);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Move.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Move);
+      }
+      if (Pan.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Pan);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Move.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Move);
+      }
+      if (Pan.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Pan);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(MoveAction other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Move.Length != 0) {
+        Move = other.Move;
+      }
+      if (other.Pan.Length != 0) {
+        Pan = other.Pan;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            Move = input.ReadString();
+            break;
+          }
+          case 18: {
+            Pan = input.ReadString();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            Move = input.ReadString();
+            break;
+          }
+          case 18: {
+            Pan = input.ReadString();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
   public sealed partial class GetServerInfoRequest : pb::IMessage<GetServerInfoRequest>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
       , pb::IBufferMessage
@@ -3281,7 +3574,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[10]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[11]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3433,7 +3726,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[11]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[12]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3457,6 +3750,7 @@ namespace Helios.V1 {
       parameters_ = other.parameters_;
       sampler_ = other.sampler_;
       stepsPerStage_ = other.stepsPerStage_.Clone();
+      actions_ = other.actions_ != null ? other.actions_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -3519,6 +3813,21 @@ namespace Helios.V1 {
       get { return stepsPerStage_; }
     }
 
+    /// <summary>Field number for the "actions" field.</summary>
+    public const int ActionsFieldNumber = 5;
+    private global::Helios.V1.ActionSpace actions_;
+    /// <summary>
+    /// The structured actions the model understands (since API 1.1; empty from older servers).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Helios.V1.ActionSpace Actions {
+      get { return actions_; }
+      set {
+        actions_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -3538,6 +3847,7 @@ namespace Helios.V1 {
       if (Parameters != other.Parameters) return false;
       if (Sampler != other.Sampler) return false;
       if(!stepsPerStage_.Equals(other.stepsPerStage_)) return false;
+      if (!object.Equals(Actions, other.Actions)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -3549,6 +3859,7 @@ namespace Helios.V1 {
       if (Parameters != 0UL) hash ^= Parameters.GetHashCode();
       if (Sampler.Length != 0) hash ^= Sampler.GetHashCode();
       hash ^= stepsPerStage_.GetHashCode();
+      if (actions_ != null) hash ^= Actions.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -3580,6 +3891,10 @@ namespace Helios.V1 {
         output.WriteString(Sampler);
       }
       stepsPerStage_.WriteTo(output, _repeated_stepsPerStage_codec);
+      if (actions_ != null) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Actions);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -3603,6 +3918,10 @@ namespace Helios.V1 {
         output.WriteString(Sampler);
       }
       stepsPerStage_.WriteTo(ref output, _repeated_stepsPerStage_codec);
+      if (actions_ != null) {
+        output.WriteRawTag(42);
+        output.WriteMessage(Actions);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -3623,6 +3942,9 @@ namespace Helios.V1 {
         size += 1 + pb::CodedOutputStream.ComputeStringSize(Sampler);
       }
       size += stepsPerStage_.CalculateSize(_repeated_stepsPerStage_codec);
+      if (actions_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Actions);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -3645,6 +3967,12 @@ namespace Helios.V1 {
         Sampler = other.Sampler;
       }
       stepsPerStage_.Add(other.stepsPerStage_);
+      if (other.actions_ != null) {
+        if (actions_ == null) {
+          Actions = new global::Helios.V1.ActionSpace();
+        }
+        Actions.MergeFrom(other.Actions);
+      }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -3675,6 +4003,13 @@ namespace Helios.V1 {
           case 34:
           case 32: {
             stepsPerStage_.AddEntriesFrom(input, _repeated_stepsPerStage_codec);
+            break;
+          }
+          case 42: {
+            if (actions_ == null) {
+              Actions = new global::Helios.V1.ActionSpace();
+            }
+            input.ReadMessage(Actions);
             break;
           }
         }
@@ -3709,6 +4044,288 @@ namespace Helios.V1 {
             stepsPerStage_.AddEntriesFrom(ref input, _repeated_stepsPerStage_codec);
             break;
           }
+          case 42: {
+            if (actions_ == null) {
+              Actions = new global::Helios.V1.ActionSpace();
+            }
+            input.ReadMessage(Actions);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// What a model does with structured actions, as the engine's action adapter describes itself.
+  /// Prompt, blend and transition actions are understood by every model; a ControlAction or MoveAction
+  /// outside this description is refused with INVALID_ARGUMENT, never silently ignored.
+  /// </summary>
+  public sealed partial class ActionSpace : pb::IMessage<ActionSpace>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ActionSpace> _parser = new pb::MessageParser<ActionSpace>(() => new ActionSpace());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ActionSpace> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[13]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionSpace() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionSpace(ActionSpace other) : this() {
+      keys_ = other.keys_.Clone();
+      axes_ = other.axes_.Clone();
+      moves_ = other.moves_.Clone();
+      pans_ = other.pans_.Clone();
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ActionSpace Clone() {
+      return new ActionSpace(this);
+    }
+
+    /// <summary>Field number for the "keys" field.</summary>
+    public const int KeysFieldNumber = 1;
+    private static readonly pb::FieldCodec<string> _repeated_keys_codec
+        = pb::FieldCodec.ForString(10);
+    private readonly pbc::RepeatedField<string> keys_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// Key names a ControlAction may press (lower case; "arrowup" is read as "up").
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> Keys {
+      get { return keys_; }
+    }
+
+    /// <summary>Field number for the "axes" field.</summary>
+    public const int AxesFieldNumber = 2;
+    private static readonly pb::FieldCodec<string> _repeated_axes_codec
+        = pb::FieldCodec.ForString(18);
+    private readonly pbc::RepeatedField<string> axes_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// The ControlAction number fields the model reads, by field name ("mouse_dx", "mouse_dy",
+    /// "camera_yaw", "camera_pitch", "camera_zoom"); the others must be 0.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> Axes {
+      get { return axes_; }
+    }
+
+    /// <summary>Field number for the "moves" field.</summary>
+    public const int MovesFieldNumber = 3;
+    private static readonly pb::FieldCodec<string> _repeated_moves_codec
+        = pb::FieldCodec.ForString(26);
+    private readonly pbc::RepeatedField<string> moves_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// MoveAction.move names in the order of the model's action ids (the first: no move); empty when
+    /// the model has no discrete actions.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> Moves {
+      get { return moves_; }
+    }
+
+    /// <summary>Field number for the "pans" field.</summary>
+    public const int PansFieldNumber = 4;
+    private static readonly pb::FieldCodec<string> _repeated_pans_codec
+        = pb::FieldCodec.ForString(34);
+    private readonly pbc::RepeatedField<string> pans_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// MoveAction.pan names, likewise.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> Pans {
+      get { return pans_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ActionSpace);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ActionSpace other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if(!keys_.Equals(other.keys_)) return false;
+      if(!axes_.Equals(other.axes_)) return false;
+      if(!moves_.Equals(other.moves_)) return false;
+      if(!pans_.Equals(other.pans_)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      hash ^= keys_.GetHashCode();
+      hash ^= axes_.GetHashCode();
+      hash ^= moves_.GetHashCode();
+      hash ^= pans_.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      keys_.WriteTo(output, _repeated_keys_codec);
+      axes_.WriteTo(output, _repeated_axes_codec);
+      moves_.WriteTo(output, _repeated_moves_codec);
+      pans_.WriteTo(output, _repeated_pans_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      keys_.WriteTo(ref output, _repeated_keys_codec);
+      axes_.WriteTo(ref output, _repeated_axes_codec);
+      moves_.WriteTo(ref output, _repeated_moves_codec);
+      pans_.WriteTo(ref output, _repeated_pans_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      size += keys_.CalculateSize(_repeated_keys_codec);
+      size += axes_.CalculateSize(_repeated_axes_codec);
+      size += moves_.CalculateSize(_repeated_moves_codec);
+      size += pans_.CalculateSize(_repeated_pans_codec);
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ActionSpace other) {
+      if (other == null) {
+        return;
+      }
+      keys_.Add(other.keys_);
+      axes_.Add(other.axes_);
+      moves_.Add(other.moves_);
+      pans_.Add(other.pans_);
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            keys_.AddEntriesFrom(input, _repeated_keys_codec);
+            break;
+          }
+          case 18: {
+            axes_.AddEntriesFrom(input, _repeated_axes_codec);
+            break;
+          }
+          case 26: {
+            moves_.AddEntriesFrom(input, _repeated_moves_codec);
+            break;
+          }
+          case 34: {
+            pans_.AddEntriesFrom(input, _repeated_pans_codec);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            keys_.AddEntriesFrom(ref input, _repeated_keys_codec);
+            break;
+          }
+          case 18: {
+            axes_.AddEntriesFrom(ref input, _repeated_axes_codec);
+            break;
+          }
+          case 26: {
+            moves_.AddEntriesFrom(ref input, _repeated_moves_codec);
+            break;
+          }
+          case 34: {
+            pans_.AddEntriesFrom(ref input, _repeated_pans_codec);
+            break;
+          }
         }
       }
     }
@@ -3730,7 +4347,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[12]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[14]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4522,7 +5139,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[13]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[15]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4991,7 +5608,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[14]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[16]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5220,7 +5837,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[15]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[17]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5486,7 +6103,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[16]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[18]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5752,7 +6369,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[17]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[19]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5967,7 +6584,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[18]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[20]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -6452,7 +7069,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[19]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[21]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -6650,7 +7267,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[20]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[22]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -6971,7 +7588,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[21]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[23]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -7169,7 +7786,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[22]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[24]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -7358,7 +7975,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[23]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[25]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -7547,7 +8164,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[24]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[26]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -7776,7 +8393,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[25]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[27]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -8079,7 +8696,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[26]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[28]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -8338,7 +8955,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[27]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[29]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -8564,7 +9181,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[28]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[30]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -8753,7 +9370,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[29]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[31]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -8905,7 +9522,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[30]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[32]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -9183,7 +9800,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[31]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[33]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -9418,7 +10035,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[32]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[34]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -9703,7 +10320,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[33]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[35]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -10123,7 +10740,7 @@ namespace Helios.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[34]; }
+      get { return global::Helios.V1.WorldReflection.Descriptor.MessageTypes[36]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
