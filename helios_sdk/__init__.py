@@ -2,7 +2,10 @@
 
 - `HeliosClient` / `AsyncHeliosClient` (client.py, aio.py): helios.v1 over gRPC, frames as numpy;
 - `HeliosEnv` / `HeliosVectorEnv` (env.py, vector.py): a world as a Gymnasium env, registered as
-  `helios/World-v0`, on a server (`address=`) or in-process (`backend="local"`);
+  `helios/World-v0` (`gymnasium.make("helios_sdk:helios/World-v0")` imports this package first), on
+  a server (`address=`) or in-process (`backend="local"`);
+- actions (actions.py): `Prompt`, `Blend`, `Transition`, `Control`, `Move`, and `ActionSpace`, the
+  structured actions a world's model understands as its server describes them;
 - `RecordEpisode` / `replay` (recording.py): an episode to mp4 + JSON, replayed deterministically;
 - the `helios` command line (cli.py).
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .actions import Blend, Control, Prompt, Transition
+from .actions import ActionSpace, Blend, Control, Move, Prompt, Transition
 from .errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -88,6 +91,7 @@ _register()
 
 __all__ = [
     "ENV_ID",
+    "ActionSpace",
     "AsyncHeliosClient",
     "Blend",
     "Control",
@@ -98,6 +102,7 @@ __all__ = [
     "HeliosError",
     "HeliosVectorEnv",
     "InvalidArgument",
+    "Move",
     "NotFound",
     "Prompt",
     "RecordEpisode",

@@ -9,12 +9,17 @@ the client, the env and the engine):
   uses 3 chunks: (0, 0.5, 1.0), so the first chunk after the change still shows the old prompt;
 - `None`: keep going with the current conditioning.
 
-Structured actions (keyboard, mouse, camera: a mapping, or helios_sdk's `Control`) go through the
-engine's `ActionAdapter`, which makes of them conditioning and/or learned action ids (`Applied`):
+Structured actions (keyboard, mouse, camera: a mapping, or helios_sdk's `Control`; a model's own
+moves: `{"move", "pan"}` or `Move`) go through the engine's `ActionAdapter`, which makes of them
+conditioning and/or learned action ids (`Applied`):
 - `PromptTemplateAdapter` (models without an action space): each pressed key, mouse motion and
   camera move adds a phrase to the session's scene prompt;
 - `MovePanActions` (the toy world's learned action space): one of nine moves and one of nine pans
   (`moves.py`), as ids the transformer embeds.
+Each adapter describes what it understands (`space`, a helios_sdk `ActionSpace`): the one source the
+server reports in GetServerInfo and checks a client's actions against at its edge, and that
+`parse_action` checks in-process callers' actions against. Anything outside it (a key the adapter
+does not know, a camera zoom it would not read) is refused, never ignored.
 The engine uses the model's learned adapter when it has one (`WorldModel.actions`), else the prompt
 template one; `parse_action` is the one entry for every form of action.
 """
@@ -25,9 +30,20 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from helios_sdk.actions import Blend, Control, Prompt, Transition, check
+from helios_sdk.actions import (
+    AXES,
+    ActionSpace,
+    Blend,
+    Control,
+    Move,
+    Prompt,
+    Transition,
+    check,
+    key_name,
+    normalize,
+)
 
 from ..moves import DIRECTIONS, MOVE_NAMES
 from .errors import InvalidInput
@@ -58,7 +74,12 @@ class Applied:
 
 class ActionAdapter(ABC):
     """Turns a structured action (a mapping) into conditioning and/or action ids, given the
-    session's scene prompt."""
+    session's scene prompt. `space` is what it understands; `parse_action` refuses anything else
+    before `apply` sees it."""
+
+    @property
+    @abstractmethod
+    def space(self) -> ActionSpace: ...
 
     @abstractmethod
     def apply(self, action: Mapping[str, Any], scene: str) -> Applied: ...
@@ -97,6 +118,11 @@ class PromptTemplateAdapter(ActionAdapter):
     template: str = "{scene}, {motion}"
     transition_chunks: int = 1
 
+    @property
+    def space(self) -> ActionSpace:
+        """Its keys, and every Control field (each adds a phrase); no moves."""
+        return ActionSpace(keys=tuple(self.keys), axes=AXES)
+
     def to_conditioning(self, action: Mapping[str, Any], scene: str) -> Conditioning | None:
         unknown = set(action) - {"keys", "mouse", "camera"}
         if unknown:
@@ -108,7 +134,7 @@ class PromptTemplateAdapter(ActionAdapter):
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
             raise InvalidInput(f"'keys' must be a list of key names, got {type(keys).__name__}")
         for key in keys:
-            name = str(key).lower()
+            name = key_name(str(key))
             if name not in self.keys:
                 raise InvalidInput(f"unknown key {key!r}; known keys: {sorted(self.keys)}")
             phrases.append(self.keys[name])
@@ -141,26 +167,27 @@ class PromptTemplateAdapter(ActionAdapter):
 
 
 def parse_action(action: Any, adapter: ActionAdapter | None, scene: str) -> Applied:
-    """Whatever a caller passed to `step` -> what it does (`Applied()`: no change, "stay")."""
+    """Whatever a caller passed to `step` -> what it does (`Applied()`: no change, "stay").
+    A structured action (a mapping, Control or Move) must lie in the adapter's `space`."""
     if action is None:
         return Applied()
     if isinstance(action, str):
         return Applied(conditioning=validate(Prompt(action)))
     if isinstance(action, (Prompt, Blend, Transition)):
         return Applied(conditioning=validate(action))
-    if isinstance(action, Control):
-        try:
-            check(action)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
-        action = action.to_dict()
-    if isinstance(action, Mapping):
+    if isinstance(action, (Mapping, Control, Move)):
         if adapter is None:
             raise InvalidInput("structured actions need an action adapter; this engine has none")
-        return adapter.apply(action, scene)
+        try:
+            structured = cast("Control | Move", normalize(action))
+            check(structured)
+            adapter.space.check(structured)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        return adapter.apply(structured.to_dict(), scene)
     raise InvalidInput(
-        "an action is None, a prompt str, Prompt, Blend, Transition, Control or a mapping for the action "
-        f"adapter; got {type(action).__name__}"
+        "an action is None, a prompt str, Prompt, Blend, Transition, Control, Move or a mapping for the "
+        f"action adapter; got {type(action).__name__}"
     )
 
 
@@ -186,11 +213,12 @@ class MovePanActions(ActionAdapter):
     the agent makes one of nine moves and the camera one of nine pans (`moves.py`). Ids: move i in
     `MOVE_NAMES` order is i, pan j is 9 + j; the transformer sums the two embeddings (num_actions = 18).
 
-    A step's action (a mapping) is either the world's own form, {"move": "ne", "pan": "stay"}, or
-    a game controller's: {"keys": [...], "mouse": {"dx", "dy"}, "camera": {"yaw", "pitch"}} —
-    w/a/s/d or the arrow keys move the agent (two keys: a diagonal; opposite keys cancel), camera
-    yaw/pitch (degrees) or mouse motion (pixels) beyond a threshold pan the camera. A step without
-    an action (or with only a prompt) is "stay"/"stay": the world goes on, the agent waits.
+    A step's action (a mapping) is either the world's own form, {"move": "ne", "pan": "stay"} ("" or
+    left out: "stay"), or a game controller's: {"keys": [...], "mouse": {"dx", "dy"}, "camera":
+    {"yaw", "pitch"}} — w/a/s/d or the arrow keys move the agent (two keys: a diagonal; opposite keys
+    cancel), camera yaw/pitch (degrees) or mouse motion (pixels) beyond a threshold pan the camera;
+    camera zoom has no meaning here (refused unless 0). A step without an action (or with only a
+    prompt) is "stay"/"stay": the world goes on, the agent waits.
     """
 
     mouse_threshold: float = 4.0
@@ -198,6 +226,16 @@ class MovePanActions(ActionAdapter):
 
     num_ids = 2 * len(MOVE_NAMES)
     STAY = (0, len(MOVE_NAMES))
+
+    @property
+    def space(self) -> ActionSpace:
+        """Nine moves and nine pans by name; the keys and the Control fields that make them."""
+        return ActionSpace(
+            keys=tuple(_KEY_AXES),
+            axes=tuple(a for a in AXES if a != "camera_zoom"),
+            moves=MOVE_NAMES,
+            pans=MOVE_NAMES,
+        )
 
     def apply(self, action: Mapping[str, Any], scene: str) -> Applied:
         return Applied(ids=self.ids(action))
@@ -210,7 +248,7 @@ class MovePanActions(ActionAdapter):
             unknown = fields - {"move", "pan"}
             if unknown:
                 raise InvalidInput(f"a move/pan action takes only 'move' and 'pan', got {sorted(unknown)}")
-            move, pan = action.get("move", "stay"), action.get("pan", "stay")
+            move, pan = action.get("move") or "stay", action.get("pan") or "stay"
         else:
             unknown = fields - {"keys", "mouse", "camera"}
             if unknown:
@@ -228,7 +266,7 @@ class MovePanActions(ActionAdapter):
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
             raise InvalidInput(f"'keys' must be a list of key names, got {type(keys).__name__}")
         dx = dy = 0
-        for key in {str(k).lower().removeprefix("arrow") for k in keys}:
+        for key in {key_name(str(k)) for k in keys}:
             if key not in _KEY_AXES:
                 raise InvalidInput(
                     f"unknown key {key!r} for this world; known keys: {sorted(_KEY_AXES)} "

@@ -44,6 +44,7 @@ from .actions import (
     Blend,
     Conditioning,
     Control,
+    Move,
     Prompt,
     PromptTemplateAdapter,
     Transition,
@@ -671,7 +672,7 @@ class WorldEngine:
 def _scene_after(scene: str, action: Any, cond: Conditioning | None) -> str:
     """An explicit prompt or transition replaces the scene prompt; blends and structured actions
     (whose prompts are the scene plus motion phrases) keep it."""
-    if isinstance(cond, (Prompt, Transition)) and not isinstance(action, (Mapping, Control)):
+    if isinstance(cond, (Prompt, Transition)) and not isinstance(action, (Mapping, Control, Move)):
         return cond.text
     return scene
 

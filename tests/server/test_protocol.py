@@ -32,7 +32,7 @@ from helios_runtime.server.protocol.messages import (
     encode,
 )
 from helios_sdk import errors as sdk_errors
-from helios_sdk.actions import Blend, Control, Prompt, Transition
+from helios_sdk.actions import Blend, Control, Move, Prompt, Transition
 
 MESSAGES = [
     Reset("s", "a harbour", 3, 64, 64, "blur", "last", "image", (1, 2, 2, 3), bytes(range(12)), id=5),
@@ -42,12 +42,13 @@ MESSAGES = [
     Step("c", Prompt("rain")),
     Step("d", None),
     Step("e", Control(("w", "shift"), 1.0, -2.0, 3.0, 4.0, 0.5)),
+    Step("f", Move("ne", "")),
     Fork("a", 1),
     Snapshot("a", 2),
     Restore(b"snapshot bytes", 3),
     Close("z", 4),
     Cancel(9),
-    Ready({"name": "tiny", "steps": [2, 2, 2]}),
+    Ready({"name": "tiny", "steps": [2, 2, 2], "actions": {"keys": ["w"], "axes": [], "moves": ["stay"]}}),
     Heartbeat(0.25),
     Frame(1, 2, 3, 160, 96, b"\x00\x01\x02"),
     Result(1, 2, {"denoise": 0.1, "decode": 0.2}, "s", 64, 64, b"snap"),

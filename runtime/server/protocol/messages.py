@@ -12,8 +12,8 @@ Replies, worker -> front:
   Result    id, chunk_index, timings, session_id, width, height, data (snapshot bytes)
   Error     id, code (a grpc.StatusCode name), message
 `frames` says which decoded frames to send: "all", "last" or "none". An action is one of
-`helios_sdk.actions`' dataclasses (Prompt, Blend, Transition, Control) or, for a model with a learned
-action space, a move/pan mapping; it is checked where it enters (the front for gRPC) and travels as is.
+`helios_sdk.actions`' dataclasses (Prompt, Blend, Transition, Control, Move) or a structured mapping
+(in-process callers); it is checked where it enters (the front for gRPC) and travels as is.
 
 On ZeroMQ a message is the multipart `[header, *blobs]`: the header a msgpack array
 `[tag, field, ...]` (the fields in declaration order, no names), the blobs the message's bytes fields
@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from helios_sdk.actions import Action, Blend, Control, Prompt, Transition
+from helios_sdk.actions import Action, Blend, Control, Move, Prompt, Transition
 
 SELECTIONS = ("all", "last", "none")
 HEARTBEAT_S = 1.0  # a worker's I/O thread sends a Heartbeat this often (the front's watchdog reads them)
@@ -242,6 +242,8 @@ def _action_to_wire(action: Action) -> Any:
     if isinstance(action, Control):
         c = action
         return ["control", list(c.keys), c.mouse_dx, c.mouse_dy, c.camera_yaw, c.camera_pitch, c.camera_zoom]
+    if isinstance(action, Move):
+        return ["move", action.move, action.pan]
     raise TypeError(f"no wire form for an action of type {type(action).__name__}")
 
 
@@ -257,4 +259,6 @@ def _action_from_wire(wire: Any) -> Action:
         return Transition(*fields)
     if kind == "control":
         return Control(tuple(fields[0]), *fields[1:])
+    if kind == "move":
+        return Move(*fields)
     raise ValueError(f"unknown action kind {kind!r}")
