@@ -54,7 +54,7 @@ from .messages import (
     video_proto,
 )
 
-API_MAJOR, API_MINOR = 1, 0
+API_MAJOR, API_MINOR = 1, 1  # the helios.v1 version this client speaks (1.1: ModelInfo.actions)
 T = TypeVar("T")
 
 

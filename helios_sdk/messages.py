@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._proto.helios.v1 import world_pb2 as pb
+from .actions import ActionSpace
 from .errors import DecodeError
 from .video import VIDEO_HINT
 
@@ -104,6 +105,9 @@ class ServerInfo:
     max_message_bytes: int
     session_idle_timeout_s: int
     auth_required: bool
+    # The structured actions the model understands (Control keys and fields, Move names); None from
+    # a server before API 1.1, which does not describe them.
+    actions: ActionSpace | None = None
 
     @classmethod
     def from_proto(cls, m: pb.GetServerInfoResponse) -> ServerInfo:
@@ -126,6 +130,7 @@ class ServerInfo:
             max_message_bytes=m.max_message_bytes,
             session_idle_timeout_s=m.session_idle_timeout_seconds,
             auth_required=m.auth_required,
+            actions=ActionSpace.from_proto(m.model.actions) if m.model.HasField("actions") else None,
         )
 
 

@@ -106,8 +106,8 @@ class PromptTemplateAdapter(ActionAdapter):
     keys: Mapping[str, str] = field(
         default_factory=lambda: {
             "w": "moving forward",
-            "s": "moving backward",
             "a": "moving to the left",
+            "s": "moving backward",
             "d": "moving to the right",
             "space": "jumping",
             "shift": "running",

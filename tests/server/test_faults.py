@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from helios_runtime.server.front.settings import ServerSettings
+from helios_runtime.server.front.settings import API_VERSION, ServerSettings
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
 
 from .conftest import AUTH, TOKEN, new_world, start_server
@@ -65,7 +65,7 @@ def test_killed_worker_fails_only_its_sessions_and_comes_back(fresh_server):
 
     # The front kept serving; the lost sessions say ABORTED (not retryable: UNAVAILABLE would make
     # clients retry what cannot succeed); a new world works once the worker is back.
-    assert stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=AUTH).api_version == "1.0"
+    assert stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=AUTH).api_version == API_VERSION
     for sid in (victim, other):
         with pytest.raises(grpc.RpcError) as info:
             stub.Step(pb.StepRequest(session_id=sid), metadata=AUTH)

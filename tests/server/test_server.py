@@ -13,7 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from helios_runtime.server.front.settings import API_VERSION
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
+from helios_sdk.actions import PROMPT_TEMPLATE_SPACE, ActionSpace
 
 from .conftest import AUTH, new_world
 
@@ -34,8 +36,10 @@ def code_of(call) -> grpc.StatusCode:
 
 def test_server_info(running):
     info = running.stub().GetServerInfo(pb.GetServerInfoRequest(), metadata=AUTH)
-    assert info.api_version == "1.0"
+    assert info.api_version == API_VERSION == "1.1"
     assert info.model.name == "tiny" and info.model.sampler == "distilled"
+    # tiny reads structured actions as prompt phrases: the template's keys and every Control field
+    assert ActionSpace.from_proto(info.model.actions) == PROMPT_TEMPLATE_SPACE
     assert list(info.model.steps_per_stage) == [2, 2, 2]
     assert info.frames_per_chunk == 33 and info.fps == 16 and info.size_multiple == 64
     assert (info.default_width, info.default_height) == (320, 192)
@@ -221,6 +225,13 @@ def test_bad_requests_get_their_status_codes(running):
         "unknown key": (
             lambda: stub.Step(
                 pb.StepRequest(session_id=good, action=pb.Action(control=pb.ControlAction(keys=["F13"]))),
+                metadata=AUTH,
+            ),
+            S.INVALID_ARGUMENT,
+        ),
+        "a move for a model without moves": (
+            lambda: stub.Step(
+                pb.StepRequest(session_id=good, action=pb.Action(move=pb.MoveAction(move="n"))),
                 metadata=AUTH,
             ),
             S.INVALID_ARGUMENT,

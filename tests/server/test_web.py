@@ -31,6 +31,7 @@ from helios_runtime.server.front.encoding import decode_image
 from helios_runtime.server.front.settings import ServerSettings
 from helios_runtime.server.front.web import WebGateway, WebLimits
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
+from helios_sdk.actions import PROMPT_TEMPLATE_SPACE
 from tests.tls_files import make_pki
 
 from .conftest import Handle, start_server
@@ -65,7 +66,8 @@ class Client:
         client = cls(http, ws)
         if token is not None:
             await client.send("server.info", token=token)
-            assert (await client.expect("server.info"))["model"]["name"] == "tiny"
+            model = (await client.expect("server.info"))["model"]
+            assert model["name"] == "tiny" and model["actions"] == PROMPT_TEMPLATE_SPACE.to_dict()
         return client
 
     async def close(self) -> None:

@@ -1,21 +1,33 @@
 """The front's codec: helios.v1 protobuf <-> the engine protocol, and the input checks made there.
 
 This is where a client's input enters the server, so it is checked here, once: action fields by
-`helios_sdk.actions.check` (the rules the engine applies to in-process callers), text length and
-sizes by the server's own limits. Everything past this point is a typed protocol message.
+`helios_sdk.actions.check` (the rules the engine applies to in-process callers), a ControlAction or
+MoveAction against the action space the worker's model reported (`ActionSpace.check`: an unknown
+key, a field the model does not read), text length and sizes by the server's own limits.
+Everything past this point is a typed protocol message.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
-from helios_sdk.actions import MAX_PROMPT_CHARS, Action, Blend, Control, Prompt, Transition, check
+from helios_sdk.actions import (
+    MAX_PROMPT_CHARS,
+    Action,
+    ActionSpace,
+    Blend,
+    Control,
+    Move,
+    Prompt,
+    Transition,
+    check,
+)
 
 from ...chunk import FRAMES_PER_CHUNK
 from ..protocol.messages import Frame
@@ -99,13 +111,21 @@ def selection(options: pb.FrameOptions) -> str:
     return found
 
 
-def action(proto: pb.Action) -> Action:
-    """A proto Action -> the protocol's (None: continue), checked."""
+def action_space(info: Mapping[str, Any]) -> ActionSpace | None:
+    """The structured actions a worker's model understands, from its ready message (the engine's
+    action adapter describes itself: `describe_model`); None when the worker did not say."""
+    data = info.get("actions")
+    return ActionSpace.from_dict(data) if data else None
+
+
+def action(proto: pb.Action, space: ActionSpace | None = None) -> Action:
+    """A proto Action -> the protocol's (None: continue), checked; a ControlAction or MoveAction
+    also against `space`, the model's (refused, never ignored, when the model would not read it)."""
     kind = proto.WhichOneof("kind")
     if kind is None:
         return None
     if kind == "prompt":
-        out: Prompt | Blend | Transition | Control = Prompt(text(proto.prompt.text, "prompt.text"))
+        out: Prompt | Blend | Transition | Control | Move = Prompt(text(proto.prompt.text, "prompt.text"))
     elif kind == "blend":
         if len(proto.blend.prompts) > MAX_BLEND_PROMPTS:
             raise invalid(f"a blend has at most {MAX_BLEND_PROMPTS} prompts, got {len(proto.blend.prompts)}")
@@ -114,11 +134,15 @@ def action(proto: pb.Action) -> Action:
     elif kind == "transition":
         t = proto.transition
         out = Transition(text(t.text, "transition.text"), t.chunks or DEFAULT_TRANSITION_CHUNKS)
+    elif kind == "move":
+        out = Move(proto.move.move, proto.move.pan)
     else:
         c = proto.control
         out = Control(tuple(c.keys), c.mouse_dx, c.mouse_dy, c.camera_yaw, c.camera_pitch, c.camera_zoom)
     try:
         check(out)
+        if space is not None and isinstance(out, (Control, Move)):
+            space.check(out)
     except ValueError as exc:
         raise invalid(str(exc)) from None
     return out

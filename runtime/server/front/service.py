@@ -334,6 +334,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
                     parameters=info.get("parameters", 0),
                     sampler=info.get("sampler", ""),
                     steps_per_stage=info.get("steps", []),
+                    actions=space.to_proto() if (space := codec.action_space(info)) else None,
                 ),
                 default_width=info.get("default_width", 0),
                 default_height=info.get("default_height", 0),
@@ -446,7 +447,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
                     f"action_seq {seq} is older than this session's last step ({last.seq}); "
                     "sequence numbers must grow",
                 )
-            step = Step(s.id, codec.action(request.action))
+            step = Step(s.id, codec.action(request.action, codec.action_space(s.worker.info)))
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise RpcError(

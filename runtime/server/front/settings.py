@@ -10,7 +10,7 @@ from typing import Any
 from ... import DEFAULT_MODEL, __version__
 from ...engine.fastpath import PRECISIONS
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"  # helios.v1 "MAJOR.MINOR"; 1.1 added ModelInfo.actions and MoveAction
 SERVER_VERSION = __version__
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from helios_sdk._proto.helios.v1 import world_pb2 as pb
+from helios_sdk.actions import ActionSpace
 
 from ...chunk import FRAMES_PER_CHUNK
 from ...moves import MOVES
@@ -314,6 +315,7 @@ def server_info(info: pb.GetServerInfoResponse, limits: dict[str, Any]) -> dict[
             "parameters": info.model.parameters,
             "sampler": info.model.sampler,
             "steps_per_stage": list(info.model.steps_per_stage),
+            "actions": ActionSpace.from_proto(info.model.actions).to_dict(),
         },
         "default_width": info.default_width,
         "default_height": info.default_height,

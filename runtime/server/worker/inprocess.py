@@ -99,7 +99,7 @@ class LocalClient:
         if info is None:
             from .main import describe_model
 
-            info = {**describe_model(engine.model, 0.0), "device": str(engine.device)}
+            info = {**describe_model(engine, 0.0), "device": str(engine.device)}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="helios-local", daemon=True)
         self._thread.start()

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = 0.0 if args.no_warm_up else warm_up(engine)
     transport = ZmqTransport(args.endpoint, (args.identity or f"worker-{os.getpid()}").encode(), keys)
     info = {
-        **describe_model(model, warm),
+        **describe_model(engine, warm),
         "pid": os.getpid(),
         "device": str(model.device) if len(devices) == 1 else ",".join(devices),
         "context_parallel": len(devices),
@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def describe_model(model: WorldModel, warm_up_seconds: float) -> dict[str, Any]:
-    """The model part of a worker's ready message, which GetServerInfo reports."""
+def describe_model(engine: Any, warm_up_seconds: float) -> dict[str, Any]:
+    """The model part of a worker's ready message, which GetServerInfo reports: the engine's model
+    and the structured actions its action adapter understands (`ActionSpace`, as a plain dict)."""
+    model: WorldModel = engine.model
     return {
         "name": model.name,
         "parameters": model.transformer.num_parameters(),
@@ -119,6 +121,7 @@ def describe_model(model: WorldModel, warm_up_seconds: float) -> dict[str, Any]:
         "default_height": model.default_size[0],
         "default_width": model.default_size[1],
         "size_multiple": model.pyramid_multiple(),
+        "actions": engine.action_adapter.space.to_dict(),
         "warm_up_seconds": warm_up_seconds,
         "transformer_path": (
             "kernels"

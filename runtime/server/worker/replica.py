@@ -90,7 +90,7 @@ class EngineReplica:
         warm = warm_up(self.engine) if config.warm_up else 0.0
         self.incarnation = uuid.uuid4().hex  # new for every replica Serve starts in this slot
         self.static = {
-            **describe_model(model, warm),
+            **describe_model(self.engine, warm),
             "pid": os.getpid(),
             "device": str(model.device),
             "host": _node_address(),
