@@ -31,6 +31,9 @@ class Backend(ABC):
     height: int
     fps: int = 16
     frames_per_chunk: int = FRAMES_PER_CHUNK
+    # The structured actions the model understands, as its engine describes them (a server before
+    # API 1.1 describes none: then the prompt-template adapter's, which such servers ran by default).
+    actions: _actions.ActionSpace = _actions.PROMPT_TEMPLATE_SPACE
 
     @abstractmethod
     def open(self) -> str:
@@ -83,6 +86,7 @@ class RemoteBackend(Backend):
         self.height = height or info.default_height
         self.fps = info.fps
         self.frames_per_chunk = info.frames_per_chunk
+        self.actions = info.actions or _actions.PROMPT_TEMPLATE_SPACE
         self.encoding, self.selection = encoding, selection
         self._sessions: dict[str, str] = {}  # handle -> server session id (created on first reset)
         self._pool: ThreadPoolExecutor | None = None
@@ -202,6 +206,8 @@ class LocalBackend(Backend):
             self.client = shared_client(model, device)
         info = self.client.info
         self.width, self.height = width or info["default_width"], height or info["default_height"]
+        if info.get("actions"):
+            self.actions = _actions.ActionSpace.from_dict(info["actions"])
         self._handles: set[str] = set()
         self._live: set[str] = set()
 

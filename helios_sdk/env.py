@@ -1,13 +1,17 @@
 """HeliosEnv: a helios world as a Gymnasium environment (ecosystem guide 2(b)).
 
-    env = helios_sdk.make("helios/World-v0", address="127.0.0.1:50051", width=64, height=64)
-    env = helios_sdk.make("helios/World-v0", backend="local", model="tiny", width=64, height=64)
-    obs, info = env.reset(seed=7, options={"prompt": "a harbour at dusk"})
-    obs, reward, terminated, truncated, info = env.step("a storm rolls in")
+    env = gymnasium.make("helios_sdk:helios/World-v0", address="127.0.0.1:50051")
+    env = helios_sdk.make("helios/World-v0", backend="local", width=64, height=64)  # the toy world
+    obs, info = env.reset(seed=7, options={"prompt": "a meadow at noon"})
+    obs, reward, terminated, truncated, info = env.step("a forest at dusk")
 
-- action_mode "prompt": the action is a prompt (`spaces.Text`); "control": a `spaces.Dict` of keys
-  (MultiBinary over w a s d space shift), mouse (dx, dy pixels) and camera (yaw, pitch degrees, zoom).
-  Either mode also accepts the SDK's typed actions (Prompt, Blend, Transition, Control) and None.
+- action_mode "prompt": the action is a prompt (`spaces.Text` over letters, digits, space and
+  punctuation); "control": the model's own structured actions, as its server describes them
+  (`ActionSpace`, `control_space`): `Dict(move=Discrete(9), pan=Discrete(9))` for the toy world;
+  for a model read through prompt phrases a `Dict` of keys (MultiBinary over its keys: w a s d space
+  shift), mouse (dx, dy pixels) and camera (yaw, pitch degrees, zoom) — only the fields it reads.
+  Either mode also accepts the SDK's typed actions (Prompt, Blend, Transition, Control, Move), their
+  dict forms and None; a key or field the model does not understand raises InvalidArgument.
 - obs_mode "chunk": the chunk's frames (33, H, W, 3) uint8; "last": its last frame (H, W, 3).
 - reward: `reward_fn(obs, action, info)` when given, else 0.0; `terminated` is always False;
   `truncated` once `max_chunks` steps have run since the reset.
@@ -18,7 +22,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import string
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -34,6 +39,11 @@ ACTION_MODES = ("prompt", "control")
 OBS_MODES = ("chunk", "last")
 MOUSE_RANGE = 64.0  # pixels per step, the control space's bound
 CAMERA_RANGE = 30.0  # degrees per step
+ZOOM_RANGE = 1.0
+# Gymnasium's Text defaults to letters and digits, which no prompt with a space is made of.
+PROMPT_CHARSET = string.ascii_letters + string.digits + " .,;:!?'\"-()&/"
+MOUSE_AXES = ("mouse_dx", "mouse_dy")
+CAMERA_AXES = ("camera_yaw", "camera_pitch", "camera_zoom")
 RESET_OPTIONS = {"prompt", "image", "video"}
 
 RewardFn = Callable[[np.ndarray, Any, dict[str, Any]], float]
@@ -62,22 +72,44 @@ def make_backend(
     raise ValueError(f"backend must be 'remote', 'local' or a Backend, got {backend!r}")
 
 
-def action_space(action_mode: str, max_prompt_length: int = 64) -> spaces.Space:
-    if action_mode == "prompt":
-        return spaces.Text(max_length=max_prompt_length, min_length=1)
-    if action_mode == "control":
-        return spaces.Dict(
-            {
-                "keys": spaces.MultiBinary(len(_actions.KEYS)),
-                "mouse": spaces.Box(-MOUSE_RANGE, MOUSE_RANGE, (2,), np.float32),
-                "camera": spaces.Box(
-                    np.array([-CAMERA_RANGE, -CAMERA_RANGE, -1.0], np.float32),
-                    np.array([CAMERA_RANGE, CAMERA_RANGE, 1.0], np.float32),
-                    dtype=np.float32,
-                ),
-            }
-        )
-    raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+def check_action_mode(action_mode: str) -> str:
+    if action_mode not in ACTION_MODES:
+        raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+    return action_mode
+
+
+def action_space(
+    action_mode: str,
+    actions: _actions.ActionSpace = _actions.PROMPT_TEMPLATE_SPACE,
+    max_prompt_length: int = 64,
+) -> spaces.Space:
+    """The env's action space: a prompt (`Text`), or the model's structured actions (`control_space`)."""
+    if check_action_mode(action_mode) == "prompt":
+        return spaces.Text(max_length=max_prompt_length, min_length=1, charset=PROMPT_CHARSET)
+    return control_space(actions)
+
+
+def control_space(actions: _actions.ActionSpace) -> spaces.Dict:
+    """A model's structured actions as a Gymnasium space. A model with discrete actions (the toy
+    world): `Dict(move=Discrete(len(moves)), pan=Discrete(len(pans)))`, indices into the names.
+    Otherwise only what the model reads: `keys` (MultiBinary over its keys), `mouse` (a Box over the
+    mouse fields it reads, pixels) and `camera` (yaw, pitch in degrees, zoom in [-1, 1])."""
+    if actions.moves:
+        named = {"move": actions.moves, "pan": actions.pans}
+        return spaces.Dict({k: spaces.Discrete(len(names)) for k, names in named.items() if names})
+    parts: dict[str, spaces.Space] = {}
+    if actions.keys:
+        parts["keys"] = spaces.MultiBinary(len(actions.keys))
+    mouse = [a for a in MOUSE_AXES if a in actions.axes]
+    if mouse:
+        parts["mouse"] = spaces.Box(-MOUSE_RANGE, MOUSE_RANGE, (len(mouse),), np.float32)
+    camera = [a for a in CAMERA_AXES if a in actions.axes]
+    if camera:
+        bound = np.array([ZOOM_RANGE if a == "camera_zoom" else CAMERA_RANGE for a in camera], np.float32)
+        parts["camera"] = spaces.Box(-bound, bound, dtype=np.float32)
+    if not parts:
+        raise ValueError("this model understands no structured action: use action_mode='prompt'")
+    return spaces.Dict(parts)
 
 
 def observation_space(obs_mode: str, frames: int, height: int, width: int) -> spaces.Box:
@@ -88,11 +120,37 @@ def observation_space(obs_mode: str, frames: int, height: int, width: int) -> sp
     raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
 
 
-def to_sdk_action(action: Any, action_mode: str) -> _actions.Action:
-    """A space's action (a prompt str, or the control Dict's arrays) -> an SDK action."""
-    if isinstance(action, dict) and action_mode == "control":
-        return _actions.Control.from_dict(action)
+def to_sdk_action(
+    action: Any, action_mode: str, actions: _actions.ActionSpace = _actions.PROMPT_TEMPLATE_SPACE
+) -> _actions.Action:
+    """A space's action (a prompt str, or a sample of `control_space(actions)`) -> an SDK action.
+    The control Dict's indices and vectors are read over `actions`' names; names pass as they are."""
+    if isinstance(action, Mapping) and action_mode == "control":
+        return from_sample(action, actions)
     return _actions.normalize(action)
+
+
+def from_sample(action: Mapping[str, Any], actions: _actions.ActionSpace) -> _actions.Control | _actions.Move:
+    """A `control_space(actions)` sample (or the dict form of a Control / Move) -> Control / Move."""
+    out = dict(action)
+    if "move" in out or "pan" in out:
+        for field, names in (("move", actions.moves), ("pan", actions.pans)):
+            value = out.get(field)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                if not 0 <= value < len(names):
+                    raise ValueError(f"{field} {value} is not one of the model's {len(names)}: {names}")
+                out[field] = names[int(value)]
+        return _actions.Move.from_dict(out)
+    for group, axes in (("mouse", MOUSE_AXES), ("camera", CAMERA_AXES)):
+        read = [a for a in axes if a in actions.axes]
+        value = out.get(group)
+        if value is None or isinstance(value, Mapping) or len(read) == len(axes):
+            continue
+        numbers = np.asarray(value, np.float64).reshape(-1)
+        if numbers.shape != (len(read),):
+            raise ValueError(f"'{group}' as a vector must hold {', '.join(read)}, got {value!r}")
+        out[group] = {a.split("_", 1)[1]: float(v) for a, v in zip(read, numbers, strict=True)}
+    return _actions.Control.from_dict(out, key_order=actions.keys)
 
 
 def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -134,7 +192,7 @@ class HeliosEnv(gym.Env[np.ndarray, Any]):
             )
         if not isinstance(max_chunks, int) or max_chunks < 1:
             raise ValueError(f"max_chunks must be a positive int, got {max_chunks!r}")
-        self.action_space = action_space(action_mode)  # validates action_mode
+        check_action_mode(action_mode)
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         self.backend = make_backend(
@@ -149,6 +207,8 @@ class HeliosEnv(gym.Env[np.ndarray, Any]):
             selection="last" if obs_mode == "last" else "all",
         )
         b = self.backend
+        self.actions = b.actions  # what the model understands: the control space is made from it
+        self.action_space = action_space(action_mode, b.actions)
         self.observation_space = observation_space(obs_mode, b.frames_per_chunk, b.height, b.width)
         self.metadata = {**self.metadata, "render_fps": b.fps}
         self.render_mode = render_mode
@@ -206,8 +266,8 @@ class HeliosEnv(gym.Env[np.ndarray, Any]):
     # --- helpers ------------------------------------------------------------------------------------
 
     def to_action(self, action: Any) -> _actions.Action:
-        """The space's action form (a prompt str, or the control Dict's arrays) -> an SDK action."""
-        return to_sdk_action(action, self.action_mode)
+        """The space's action form (a prompt str, or the control Dict's sample) -> an SDK action."""
+        return to_sdk_action(action, self.action_mode, self.actions)
 
     @property
     def session_id(self) -> str:

@@ -27,6 +27,7 @@ from .env import (
     OBS_MODES,
     RewardFn,
     action_space,
+    check_action_mode,
     check_options,
     make_backend,
     observation_space,
@@ -65,6 +66,7 @@ class HeliosVectorEnv(VectorEnv):
     ):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        check_action_mode(action_mode)
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if render_mode not in (None, "rgb_array"):
@@ -82,7 +84,8 @@ class HeliosVectorEnv(VectorEnv):
         )
         b = self.backend
         self.num_envs = num_envs
-        self.single_action_space = action_space(action_mode)
+        self.actions = b.actions
+        self.single_action_space = action_space(action_mode, b.actions)
         self.single_observation_space = observation_space(obs_mode, b.frames_per_chunk, b.height, b.width)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -123,7 +126,7 @@ class HeliosVectorEnv(VectorEnv):
         stepping = [i for i in range(self.num_envs) if not self._needs_reset[i]]
         chunks: list[Chunk | None] = [None] * self.num_envs
         results = self.backend.step_many(
-            [(self.handles[i], to_sdk_action(per_env[i], self.action_mode)) for i in stepping]
+            [(self.handles[i], to_sdk_action(per_env[i], self.action_mode, self.actions)) for i in stepping]
         )
         for i, chunk in zip(stepping, results, strict=True):
             chunks[i] = chunk

@@ -1,5 +1,6 @@
-"""Fixtures of the SDK tests: one real server for the package (the grpc.aio front in a thread, a real
-worker process with the tiny model, as tests/server does) and the in-process engine."""
+"""Fixtures of the SDK tests: real servers for the package (the grpc.aio front in a thread, a real
+worker process, as tests/server does) on the tiny model and on the default one (the toy world), and
+the in-process engine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tests.server.conftest import Handle, start_server
 
 TOKEN = "sdk-test-token"
 SIZE = {"width": 64, "height": 64}  # the tiny model's default 192×320 is slow on a CPU
+TOY_SIZE = {"width": 32, "height": 32}  # a toy chunk: 0.2 s (1.3 s at its 96×160) on one CPU thread
 
 
 @pytest.fixture(scope="package")
@@ -31,3 +33,12 @@ def client(address: str):
 
     with HeliosClient(address, TOKEN) as c:
         yield c
+
+
+@pytest.fixture(scope="package")
+def toy_address() -> Iterator[str]:
+    """A server on the default model, the toy world, as `helios serve` starts it (no model named)."""
+    from helios_runtime.server.front.settings import ServerSettings
+
+    for handle in start_server(ServerSettings(port=0, token=TOKEN, max_sessions=4, warm_up=False)):
+        yield handle.target

@@ -1,15 +1,21 @@
-"""HeliosEnv: gymnasium's check_env on both backends, the modes, reward, truncation, RecordVideo."""
+"""HeliosEnv: gymnasium's check_env on both backends and both action modes (the toy world, the
+default model, and tiny), the action space the server describes, the modes, reward, truncation,
+RecordVideo."""
 
 from __future__ import annotations
 
+import gymnasium
 import numpy as np
 import pytest
+from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RecordVideo
 
 import helios_sdk
+from helios_runtime.moves import MOVE_NAMES
+from helios_sdk import Control, Move
 
-from .conftest import SIZE, TOKEN
+from .conftest import SIZE, TOKEN, TOY_SIZE
 
 
 def local_env(**kw):
@@ -32,6 +38,54 @@ def test_check_env_remote(address):
     env.close()
 
 
+def toy_env(where: str, request: pytest.FixtureRequest, **kw):
+    """The toy world through `gymnasium.make("helios_sdk:helios/World-v0")`, no model named: the
+    default model, in this process or on a server started without --model."""
+    if where == "remote":
+        kw.update(address=request.getfixturevalue("toy_address"), token=TOKEN)
+    else:
+        kw.update(backend="local")
+    return gymnasium.make("helios_sdk:helios/World-v0", **TOY_SIZE, **kw)
+
+
+@pytest.mark.parametrize("action_mode", ["prompt", "control"])
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_check_env_on_the_toy_world(where, action_mode, request):
+    env = toy_env(where, request, action_mode=action_mode, render_mode="rgb_array", max_chunks=2)
+    assert env.unwrapped.backend.describe()["model"] == "toy", "the default model everywhere"
+    check_env(env.unwrapped)
+    env.close()
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_the_toy_worlds_actions_are_its_moves_and_pans(where, request):
+    env = toy_env(where, request, action_mode="control", obs_mode="last")
+    assert env.action_space == spaces.Dict(move=spaces.Discrete(9), pan=spaces.Discrete(9))
+    assert env.unwrapped.actions.moves == env.unwrapped.actions.pans == MOVE_NAMES
+    assert "camera_zoom" not in env.unwrapped.actions.axes
+
+    def after(action):
+        env.reset(seed=5)
+        return env.step(action)[0]
+
+    east = after({"move": MOVE_NAMES.index("e"), "pan": 0})  # a sample of the space: indices
+    assert np.array_equal(after({"move": "e"}), east), "by name, pan left out: stay"
+    assert np.array_equal(after(Move("e", pan="stay")), east)
+    assert np.array_equal(after({"keys": ["d"]}), east), "the key that makes the same move"
+    assert not np.array_equal(after(Move("w")), east), "the move conditions the chunk"
+    for bad, match in (
+        ({"keys": ["space"]}, "unknown key 'space'"),
+        (Control(camera_zoom=0.5), "does not read camera_zoom"),
+        ({"move": "up"}, "unknown move 'up'.*stay, n, ne"),
+    ):
+        with pytest.raises(helios_sdk.InvalidArgument, match=match):  # the server's (or engine's) word
+            env.step(bad)
+    with pytest.raises(ValueError, match="only 'move' and 'pan'"):  # no such action form at all
+        env.step({"move": "n", "keys": ["w"]})
+    assert env.step(None)[4]["chunk_index"] == 2, "refused actions moved nothing"
+    env.close()
+
+
 def test_control_actions_last_frame_reward_and_truncation():
     seen = []
 
@@ -40,6 +94,8 @@ def test_control_actions_last_frame_reward_and_truncation():
         return float(obs.mean())
 
     env = local_env(action_mode="control", obs_mode="last", max_chunks=1, reward_fn=reward_fn)
+    # tiny reads structured actions as prompt phrases: every key and field of a Control
+    assert set(env.action_space) == {"keys", "mouse", "camera"} and env.action_space["camera"].shape == (3,)
     obs, info = env.reset(seed=4, options={"prompt": "a corridor"})
     assert obs.shape == (64, 64, 3) and info == {"chunk_index": 0, "frame_index": 0}
     action = env.action_space.sample()
