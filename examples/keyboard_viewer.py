@@ -1,5 +1,6 @@
 """An interactive keyboard viewer (pygame): WASD / space / shift and the arrow keys (camera) become
-structured actions, one chunk per step.
+structured actions, one chunk per step. Keys the world's model does not know (its action space, as
+the env reports it: space and shift in the toy world) are left out rather than refused.
 
     python examples/keyboard_viewer.py --interactive    # a window; Esc quits
     python examples/keyboard_viewer.py --frames 1       # demo (the default): scripted keys, headless ok
@@ -35,16 +36,18 @@ CAMERA = {pygame.K_LEFT: (-15, 0), pygame.K_RIGHT: (15, 0), pygame.K_UP: (0, 10)
 def action_from(pressed) -> dict:
     yaw = sum(dy for k, (dy, _) in CAMERA.items() if pressed[k])
     pitch = sum(dp for k, (_, dp) in CAMERA.items() if pressed[k])
-    return {"keys": [name for k, name in KEYS.items() if pressed[k]], "camera": {"yaw": yaw, "pitch": pitch}}
+    keys = [name for k, name in KEYS.items() if pressed[k] and name in known]
+    return {"keys": keys, "camera": {"yaw": yaw, "pitch": pitch}}
 
 
 env = helios_sdk.make(
     "helios/World-v0", backend="local", width=64, height=64, action_mode="control", render_mode="rgb_array"
 )
+known = set(env.unwrapped.actions.keys)
 pygame.init()
 screen = pygame.display.set_mode((256, 256))
 obs, _ = env.reset(seed=2, options={"prompt": "a stone corridor"})
-demo = [{"keys": ["w"], "camera": {"yaw": 15.0}}, {"keys": ["d", "shift"]}]
+demo = [{"keys": ["w"], "camera": {"yaw": 15.0}}, {"keys": [k for k in ("d", "shift") if k in known]}]
 step, running = 0, True
 while running and (args.interactive or step < args.frames):
     for event in pygame.event.get():
