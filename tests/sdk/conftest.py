@@ -4,7 +4,9 @@ the in-process engine."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 
@@ -37,8 +39,13 @@ def client(address: str):
 
 @pytest.fixture(scope="package")
 def toy_address() -> Iterator[str]:
-    """A server on the default model, the toy world, as `helios serve` starts it (no model named)."""
+    """A server on the default model, the toy world, as `helios serve` starts it (no model named).
+    Its worker runs one torch thread: on a busy 2-core machine two threads made a 32×32 chunk take
+    2-7 s instead of 0.25 s (the worker inherits the environment when the server starts it)."""
     from helios_runtime.server.front.settings import ServerSettings
 
-    for handle in start_server(ServerSettings(port=0, token=TOKEN, max_sessions=4, warm_up=False)):
-        yield handle.target
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
+        server = start_server(ServerSettings(port=0, token=TOKEN, max_sessions=4, warm_up=False))
+        handle = next(server)
+    yield handle.target
+    next(server, None)  # stops it
