@@ -690,7 +690,9 @@ def _to_uint8(video: torch.Tensor) -> torch.Tensor:
 def _as_float_frames(x: Any, what: str) -> torch.Tensor:
     """uint8 (…, H, W, 3) in [0, 255] or float (…, 3, H, W) in [-1, 1] -> float32 channels-first."""
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        # A copy only when needed: a read-only array (e.g. np.frombuffer over a request's bytes, as
+        # the worker makes) would make torch warn on every reset.
+        x = torch.from_numpy(np.require(x, requirements=("C", "W")))
     if not isinstance(x, torch.Tensor):
         raise InvalidInput(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
     if x.dtype == torch.uint8:
