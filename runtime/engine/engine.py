@@ -185,6 +185,7 @@ class WorldEngine:
         self._check_size(height, width, settings)
         if not isinstance(prompt, str):
             raise InvalidInput(f"prompt must be a str, got {type(prompt).__name__}")
+        self.model.check_prompt(prompt)
         if image is not None and video is not None:
             raise InvalidInput("reset takes an image or a video, not both")
         if generator is None:
@@ -483,6 +484,8 @@ class WorldEngine:
         """The prompt state this chunk will use (the session is not changed here)."""
         if cond is None:
             return session.prompt
+        for text in cond.prompts if isinstance(cond, Blend) else (cond.text,):
+            self.model.check_prompt(text, "a blend's prompt" if isinstance(cond, Blend) else "the prompt")
         if isinstance(cond, Prompt):
             return session.prompt.switched(self._encode([cond.text]))
         if isinstance(cond, Blend):

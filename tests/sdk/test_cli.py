@@ -46,7 +46,7 @@ def test_rollout_writes_an_mp4(tmp_path):
         "--width",
         "64",
         "--switch",
-        "1=a desert",
+        "1=a desert at noon",
         "--out",
         str(out),
     )

@@ -17,7 +17,8 @@ def test_record_against_a_local_server(tmp_path):
 
     out = tmp_path / "w.mp4"
     size = ("--width", "64", "--height", "64")
-    done = helios("record", "--serve", "--chunks", "2", *size, "--switch", "1=rain", "--out", str(out))
+    switch = ("--switch", "1=a forest at noon in light rain")
+    done = helios("record", "--serve", "--chunks", "2", *size, *switch, "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "wrote 66 frames" in done.stdout and "chunk 2/2" in done.stderr
     assert read_frames(out).shape == (66, 64, 64, 3)

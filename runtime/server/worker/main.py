@@ -18,6 +18,7 @@ from typing import Any
 
 from ... import DEFAULT_MODEL
 from ...engine.engine import WorldEngine
+from ...engine.known_prompts import EXAMPLE
 from ...engine.snapshot_key import key_from_env, new_key
 from ...engine.world_model import WorldModel
 from ...logs import configure_logging
@@ -40,7 +41,7 @@ def warm_up(engine: WorldEngine) -> float:
         height, width = engine.model.default_size
     else:
         height = width = engine.model.pyramid_multiple()
-    first = engine.reset("warm-up", seed=0, height=height, width=width)
+    first = engine.reset(EXAMPLE, seed=0, height=height, width=width)  # a prompt every model knows
     engine.step(first.session_id)
     engine.close(first.session_id)
     return time.perf_counter() - start
