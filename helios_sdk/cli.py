@@ -198,7 +198,7 @@ def _add_play(sub: Any) -> None:
             "same page beside gRPC."
         ),
     )
-    add_flags(play, ["model"])
+    add_flags(play, ["model", "threads"])
     play.add_argument(
         "--web-port", type=int, default=8000, help="the page's port (default %(default)s; 0 picks a free one)"
     )

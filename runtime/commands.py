@@ -255,7 +255,13 @@ def serve(args: argparse.Namespace) -> int:
     if settings.precision:
         # Workers (and, for Ray replicas, the front's FastPathChoice) read it from the environment.
         os.environ["HELIOS_PRECISION"] = settings.precision
+    threads = settings.worker_threads()  # a bad --threads / $HELIOS_THREADS fails before anything starts
     configure_logging(args.json_logs)
+    if settings.ray is None:
+        workers = len(settings.devices)
+        logging.getLogger("helios.front").info(
+            "%d engine worker%s, each with %s", workers, "s" if workers > 1 else "", threads.describe()
+        )
     if args.token:
         logging.getLogger("helios.front").warning(TOKEN_ON_COMMAND_LINE)
     asyncio.run(run(settings))
@@ -276,19 +282,21 @@ def play(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         model=args.model,
         devices=(args.device,),
+        threads=args.threads,
         host=args.host,
         port=args.grpc_port,
         web_port=args.web_port,
         token=args.token or os.environ.get("HELIOS_TOKEN") or None,
         max_sessions=4,
     )
+    threads = settings.worker_threads()
     configure_logging(False)
     logging.getLogger("helios").setLevel(logging.WARNING)  # the progress lines below say enough
-    asyncio.run(_play(settings, args.open))
+    asyncio.run(_play(settings, threads, args.open))
     return 0
 
 
-async def _play(settings, open_browser: bool) -> None:
+async def _play(settings, threads, open_browser: bool) -> None:
     import asyncio
     import signal
     import threading
@@ -302,7 +310,9 @@ async def _play(settings, open_browser: bool) -> None:
     started = time.perf_counter()
     where = settings.devices[0] or "the default device (cuda if present)"
     print(
-        f"helios play: loading the {settings.model} world on {where} and warming it up ...", file=sys.stderr
+        f"helios play: loading the {settings.model} world on {where} ({threads.describe()}) and warming "
+        "it up ...",
+        file=sys.stderr,
     )
 
     async def progress() -> None:
