@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from . import threads as _threads
 from .model.checkpoint import resolve_device
 from .model.config import PRESETS
 from .model.transformer import HeliosTransformer, forward_flops
@@ -141,26 +142,9 @@ def info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-class Progress:
-    """A one-line progress bar on stderr: chunks done, elapsed time, frames per second."""
-
-    def __init__(self, total: int, stream=sys.stderr, width: int = 24):
-        self.total, self.stream, self.width = total, stream, width
-        self.start = time.perf_counter()
-
-    def update(self, done: int, frames: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        filled = round(self.width * done / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        fps = frames / elapsed if elapsed > 0 else 0.0
-        end = "\n" if done == self.total else ""
-        line = f"chunk {done}/{self.total} [{bar}] {elapsed:6.1f} s, {frames} frames, {fps:5.1f} fps"
-        self.stream.write("\r" + line + end)
-        self.stream.flush()
-
-
 def rollout(args: argparse.Namespace) -> int:
-    from helios_sdk.record_command import parse_switches
+    from helios_sdk.progress import Progress
+    from helios_sdk.record_command import check_out, parse_switches
     from helios_sdk.video import Mp4Writer, read_frames
 
     from .engine.actions import Transition
@@ -172,21 +156,26 @@ def rollout(args: argparse.Namespace) -> int:
     if args.image and args.video:
         raise ValueError("give --image or --video, not both")
     switches = parse_switches(args.switch, args.chunks)
+    check_out(args.out, args.force)
     image = read_frames(args.image, max_frames=1)[0] if args.image else None
     video = read_frames(args.video) if args.video else None
+    threads = _threads.resolve(args.threads)
+    _threads.apply(threads)
 
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     model = WorldModel.load(args.model, device=args.device, seed=args.seed, fast=fast_path_choice(args))
+    model.check_prompt(args.prompt, "--prompt")  # every prompt before the first frame
+    for k, text in switches.items():
+        model.check_prompt(text, f"--switch {k}")
     engine = WorldEngine(model)
     height = args.height or model.default_size[0]
     width = args.width or model.default_size[1]
     print(
         f"world: {args.prompt!r}, seed {args.seed}, {args.chunks} chunks of 33 frames at {height}×{width} "
-        f"on {model.device}",
+        f"on {model.device}, {threads.describe()}",
         file=sys.stderr,
     )
-    progress = Progress(args.chunks)
-    with Mp4Writer(args.out, fps=args.fps) as writer:
+    with Progress(args.chunks) as progress, Mp4Writer(args.out, fps=args.fps) as writer:
 
         def on_frame(_: int, frame: torch.Tensor) -> None:
             writer.write(frame.numpy())
