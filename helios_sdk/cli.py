@@ -21,8 +21,13 @@ RUNTIME_HINT = (
 )
 
 MODEL_HELP = (
-    "a transformer preset (tiny, toy, 1.3b, 14b; random weights) or a diffusers-format Helios "
-    "transformer folder (e.g. Helios-Distilled/transformer). Default: tiny"
+    "a transformer preset (tiny, toy, 1.3b, 14b; random weights; random-1.3b / random-14b name the "
+    "same) or a diffusers-format Helios transformer folder (e.g. Helios-Distilled/transformer). "
+    "Default: tiny"
+)
+INFO_MODEL_HELP = (
+    "a preset (tiny, 1.3b, 14b, or random-1.3b / random-14b as `helios serve` names them), toy (the "
+    "shipped world's transformer), a transformer folder or a pipeline folder. Default: tiny"
 )
 WORLD_MODEL_HELP = FLAGS["model"][1]
 DEFAULT_PROMPT = "a meadow at noon with trees and sheep"
@@ -325,6 +330,7 @@ def _add_eval(sub: Any) -> None:
     )
     drift.add_argument("--model", default=DEFAULT_MODEL, help=WORLD_MODEL_HELP)
     drift.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_threads(drift)
     add_precision(drift)
     drift.add_argument("--seeds", type=int, default=20, help="held-out worlds (default 20)")
     drift.add_argument(
@@ -342,7 +348,9 @@ def _add_eval(sub: Any) -> None:
         "--model-width", type=int, default=None, help="pixels the model runs at (default: the model's)"
     )
     drift.add_argument(
-        "--out", default=None, help="results JSON (default bench/results/drift_<predictor>.json)"
+        "--out",
+        default=None,
+        help="results JSON (default helios-eval/drift_<predictor>.json under the current folder)",
     )
     drift.add_argument(
         "--plot", default=None, metavar="PATH", help="also plot per-chunk metrics (matplotlib)"
@@ -479,7 +487,7 @@ def _add_info(sub: Any) -> None:
     info = sub.add_parser(
         "info", help="print a model's config and parameter count (built on the meta device)"
     )
-    info.add_argument("--model", default="tiny", help=MODEL_HELP)
+    info.add_argument("--model", default="tiny", help=INFO_MODEL_HELP)
 
 
 def grpc_error() -> type[Exception]:

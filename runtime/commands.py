@@ -68,7 +68,8 @@ def forward(args: argparse.Namespace) -> int:
 
     print(f"loading {args.model} on {device} ...", flush=True)
     t0 = time.perf_counter()
-    model = HeliosTransformer.load(args.model, device=device, dtype=dtype, seed=args.seed).eval()
+    name = args.model.removeprefix("random-") if args.model.startswith("random-") else args.model
+    model = HeliosTransformer.load(name, device=device, dtype=dtype, seed=args.seed).eval()
     _sync(device)
     print(
         f"  {model.num_parameters():,} parameters, {model.dtype}, ready in {time.perf_counter() - t0:.2f} s"
@@ -119,15 +120,29 @@ def _history_tokens(model: HeliosTransformer, lat_h: int, lat_w: int) -> dict[st
 
 
 def info(args: argparse.Namespace) -> int:
-    if args.model in PRESETS:
-        cfg = PRESETS[args.model]
-        source = f"preset {args.model!r}"
-    else:
-        from .model.checkpoint import read_config
-        from .model.config import CLASS_NAME, HeliosConfig
+    """A transformer's config and size: a preset, a world model's name (`toy`: the shipped world's
+    weights; `random-14b`: the 14b preset), a transformer folder or a pipeline folder."""
+    from pathlib import Path
 
-        cfg = HeliosConfig.from_dict(read_config(args.model, [CLASS_NAME], "Helios transformer"))
-        source = args.model
+    from .engine.world_model import TOY_FOLDER
+    from .model.checkpoint import read_config
+    from .model.config import CLASS_NAME, HeliosConfig
+
+    spec = args.model.removeprefix("random-")  # the world presets random-14b / random-1.3b
+    folder = TOY_FOLDER if args.model == "toy" else Path(args.model)
+    if (folder / "model_index.json").is_file():  # a pipeline folder: its transformer
+        folder = folder / "transformer"
+    if args.model != "toy" and spec not in PRESETS and not folder.exists():
+        raise ValueError(
+            f"--model {args.model!r} is not a preset ({', '.join(sorted(PRESETS))}, random-1.3b, "
+            "random-14b) and does not exist as a folder"
+        )
+    if args.model == "toy" or spec not in PRESETS:
+        cfg = HeliosConfig.from_dict(read_config(folder, [CLASS_NAME], "Helios transformer"))
+        source = "toy (the shipped world)" if args.model == "toy" else args.model
+    else:
+        cfg = PRESETS[spec]
+        source = f"preset {spec!r}" + (f" ({args.model}: random weights)" if spec != args.model else "")
     with torch.device("meta"):
         count = HeliosTransformer(cfg).num_parameters()
     print(f"{source}: {count:,} parameters ({count * 2 / 1e9:.2f} GB in bfloat16)")
@@ -381,13 +396,15 @@ def eval_drift(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds and --chunks must be at least 1, got {args.seeds} and {args.chunks}")
     if args.first_seed < 0:
         raise ValueError(f"--first-seed must not be negative, got {args.first_seed}")
+    threads = _threads.resolve(args.threads)
+    _threads.apply(threads)
     predictors: list = [CopyLastFrame()]
     device, precision = "cpu", None
     if args.predictor in ("engine", "vae-roundtrip"):
         from .engine.engine import WorldEngine
         from .engine.world_model import WorldModel
 
-        print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+        print(f"loading {args.model} ({threads.describe()}) ...", file=sys.stderr, flush=True)
         model = WorldModel.load(args.model, device=args.device, seed=0, fast=fast_path_choice(args))
         device = str(model.device)
         precision = model.transformer.precision
@@ -426,10 +443,11 @@ def eval_drift(args: argparse.Namespace) -> int:
         model=args.model if args.predictor != "copy-last" else None,
         model_size=[args.model_height, args.model_width],
         device=device,
+        threads=threads.count,
         precision=precision,
         versions={"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
     )
-    out = args.out or os.path.join("bench", "results", f"drift_{args.predictor}.json")
+    out = args.out or os.path.join("helios-eval", f"drift_{args.predictor}.json")  # under the current folder
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1, allow_nan=False)

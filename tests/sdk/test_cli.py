@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,10 +89,25 @@ def test_rollout_refuses_prompts_the_toy_world_does_not_know(tmp_path):
         assert not (tmp_path / "w.mp4").exists()
 
 
+def test_eval_drift_writes_under_the_current_folder(tmp_path):
+    out = helios("eval", "drift", "--predictor", "copy-last", "--seeds", "1", "--chunks", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    written = tmp_path / "helios-eval" / "drift_copy-last.json"
+    assert f"wrote {os.path.join('helios-eval', 'drift_copy-last.json')}" in out.stdout
+    assert json.loads(written.read_text())["settings"]["threads"] >= 1
+    assert not (tmp_path / "bench").exists()
+
+
 def test_info_of_the_released_config():
     out = helios("info", "--model", "14b")
     assert out.returncode == 0
     assert "14,312,427,584 parameters" in out.stdout
+    # The world presets `helios serve --model` takes name the same architectures.
+    random = helios("info", "--model", "random-14b")
+    assert random.returncode == 0, random.stderr
+    assert "14,312,427,584 parameters" in random.stdout
+    toy = helios("info", "--model", "toy")
+    assert toy.returncode == 0 and "the shipped world" in toy.stdout, toy.stderr
 
 
 @pytest.mark.parametrize(
