@@ -39,7 +39,7 @@ from .actions import KEYS
 from .client import channel_options
 from .credentials import channel_credentials, token_from_flags
 from .messages import image_proto
-from .progress import Progress, waiting
+from .progress import Progress, StatusLine, waiting
 from .video import Mp4Writer
 
 API_MAJOR = "1"
@@ -63,7 +63,8 @@ def local_server(model: str, token: str, timeout: float = 300.0, threads: int | 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         start = time.monotonic()
-        with waiting(f"starting a local helios server ({model})"):
+        # Line by line even on a terminal: the server's own log lines arrive on the same stream.
+        with waiting(f"starting a local helios server ({model})", StatusLine(tty=False)):
             line = proc.stdout.readline().strip() if proc.stdout else ""
         if not line.startswith("listening on "):
             raise RuntimeError(f"helios serve did not start (exit {proc.poll()}): {line!r}")
