@@ -136,6 +136,7 @@ def phases(model_name: str, precision: str) -> dict:
 
     from helios_runtime.engine.engine import WorldEngine
     from helios_runtime.engine.fastpath import FastPathChoice
+    from helios_runtime.engine.known_prompts import EXAMPLE
     from helios_runtime.engine.world_model import WorldModel
     from helios_runtime.server.worker.main import warm_up
 
@@ -164,7 +165,7 @@ def phases(model_name: str, precision: str) -> dict:
         height, width = model.default_size
     else:
         height = width = model.pyramid_multiple()
-    first = timed("second_reset_s", lambda: engine.reset("again", seed=1, height=height, width=width))
+    first = timed("second_reset_s", lambda: engine.reset(EXAMPLE, seed=1, height=height, width=width))
     timed("second_step_s", lambda: engine.step(first.session_id))
     out["second_parts_s"] = dict(spent)
     engine.close(first.session_id)

@@ -1,8 +1,9 @@
-"""An agent loop with prompt actions: a tiny "policy" picks the next prompt from what it sees."""
+"""An agent loop with prompt actions: a tiny "policy" picks the next prompt from what it sees, on the
+embedded default model (the toy world, whose prompts are sentences of its grammar)."""
 
 import helios_sdk
 
-PROMPTS = ("a bright meadow at noon", "a dark forest at night")
+PROMPTS = ("a meadow at noon with sheep", "a forest at night")
 
 
 def policy(frame) -> str:
@@ -13,8 +14,6 @@ def policy(frame) -> str:
 env = helios_sdk.make(
     "helios/World-v0",
     backend="local",
-    width=64,
-    height=64,
     obs_mode="last",
     max_chunks=2,
     reward_fn=lambda obs, action, info: float(obs.mean()) / 255,

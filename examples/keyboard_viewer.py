@@ -1,6 +1,7 @@
-"""An interactive keyboard viewer (pygame): WASD / space / shift and the arrow keys (camera) become
-structured actions, one chunk per step. Keys the world's model does not know (its action space, as
-the env reports it: space and shift in the toy world) are left out rather than refused.
+"""An interactive keyboard viewer (pygame) on the embedded default model (the toy world): W A S D move
+its agent and the arrow keys pan the camera, as structured actions, one chunk per step. Keys the
+world's model does not know (its action space, as the env reports it: space and shift in the toy
+world) are left out rather than refused.
 
     python examples/keyboard_viewer.py --interactive    # a window; Esc quits
     python examples/keyboard_viewer.py --frames 1       # demo (the default): scripted keys, headless ok
@@ -22,14 +23,7 @@ if not args.interactive:
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402  (after the SDL driver is chosen)
 
-KEYS = {
-    pygame.K_w: "w",
-    pygame.K_a: "a",
-    pygame.K_s: "s",
-    pygame.K_d: "d",
-    pygame.K_SPACE: "space",
-    pygame.K_LSHIFT: "shift",
-}
+KEYS = {pygame.K_w: "w", pygame.K_a: "a", pygame.K_s: "s", pygame.K_d: "d"}  # the toy world's move keys
 CAMERA = {pygame.K_LEFT: (-15, 0), pygame.K_RIGHT: (15, 0), pygame.K_UP: (0, 10), pygame.K_DOWN: (0, -10)}
 
 
@@ -40,14 +34,12 @@ def action_from(pressed) -> dict:
     return {"keys": keys, "camera": {"yaw": yaw, "pitch": pitch}}
 
 
-env = helios_sdk.make(
-    "helios/World-v0", backend="local", width=64, height=64, action_mode="control", render_mode="rgb_array"
-)
+env = helios_sdk.make("helios/World-v0", backend="local", action_mode="control", render_mode="rgb_array")
 known = set(env.unwrapped.actions.keys)
 pygame.init()
 screen = pygame.display.set_mode((256, 256))
-obs, _ = env.reset(seed=2, options={"prompt": "a stone corridor"})
-demo = [{"keys": ["w"], "camera": {"yaw": 15.0}}, {"keys": [k for k in ("d", "shift") if k in known]}]
+obs, _ = env.reset(seed=2, options={"prompt": "a forest at noon with rocks"})
+demo = [{"keys": ["w"], "camera": {"yaw": 15.0}}, {"keys": [k for k in ("d", "s", "shift") if k in known]}]
 step, running = 0, True
 while running and (args.interactive or step < args.frames):
     for event in pygame.event.get():

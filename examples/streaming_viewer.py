@@ -1,4 +1,5 @@
-"""A streaming viewer: start a local server and stream a world, frame by frame, into an mp4."""
+"""A streaming viewer: start a local server (the embedded default model, the toy world) and stream a
+world, frame by frame, into an mp4."""
 
 import os
 import sys
@@ -11,12 +12,12 @@ from helios_sdk.video import Mp4Writer
 
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.mkdtemp(), "stream.mp4")
 token = "example-" + os.urandom(4).hex()
-with local_server("tiny", token) as address, HeliosClient(address, token) as client:
-    session = client.create_session(width=64, height=64)
-    first = client.reset(session, "a harbour at dusk", seed=3, encoding="jpeg")
+with local_server("toy", token) as address, HeliosClient(address, token) as client:
+    session = client.create_session()  # the model's own size: 96×160
+    first = client.reset(session, "an island at dusk with birds", seed=3, encoding="jpeg")
     with Mp4Writer(out, fps=client.server_info().fps) as video:
         video.write(first.frames)
-        for item in client.stream(session, ["a storm rolls in"], encoding="jpeg"):
+        for item in client.stream(session, ["an island at dusk in heavy rain with birds"], encoding="jpeg"):
             if isinstance(item, StreamFrame):
                 video.write(item.image)  # each frame as soon as the server decodes it
             else:

@@ -21,11 +21,20 @@ RUNTIME_HINT = (
 )
 
 MODEL_HELP = (
-    "a transformer preset (tiny, toy, 1.3b, 14b; random weights) or a diffusers-format Helios "
-    "transformer folder (e.g. Helios-Distilled/transformer). Default: tiny"
+    "a transformer preset (tiny, toy, 1.3b, 14b; random weights; random-1.3b / random-14b name the "
+    "same) or a diffusers-format Helios transformer folder (e.g. Helios-Distilled/transformer). "
+    "Default: tiny"
+)
+INFO_MODEL_HELP = (
+    "a preset (tiny, 1.3b, 14b, or random-1.3b / random-14b as `helios serve` names them), toy (the "
+    "shipped world's transformer), a transformer folder or a pipeline folder. Default: tiny"
 )
 WORLD_MODEL_HELP = FLAGS["model"][1]
 DEFAULT_PROMPT = "a meadow at noon with trees and sheep"
+PROMPT_HELP = (
+    "the scene prompt (default: %(default)r); the toy world knows only sentences of its grammar, "
+    "'a BIOME at TIME [in WEATHER] [with OBJECTS]' (docs/eval.md), and refuses others"
+)
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +46,18 @@ def add_precision(parser: argparse.ArgumentParser) -> None:
         help="bf16 (default) or fp8: float8 GEMMs in the transformer blocks on a GPU, 1.31x the bf16 "
         "FPS on an H200 at ~0.04 relative L2 (docs/performance.md); on a CPU serve ignores it, "
         "rollout and eval drift emulate it (accuracy, not speed); default $HELIOS_PRECISION or bf16",
+    )
+
+
+def add_threads(parser: argparse.ArgumentParser, whose: str = "the engine's") -> None:
+    """--threads: one setting, as `helios serve`'s (helios_runtime/threads.py)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"{whose} CPU threads (default: $HELIOS_THREADS, else the physical cores available to "
+        "this process, at most 4; never more than the cores)",
     )
 
 
@@ -119,13 +140,13 @@ def _add_rollout(sub: Any) -> None:
         ),
     )
     roll.add_argument("--model", default=DEFAULT_MODEL, help=WORLD_MODEL_HELP)
-    roll.add_argument("--prompt", default=DEFAULT_PROMPT, help="the scene prompt")
+    roll.add_argument("--prompt", default=DEFAULT_PROMPT, help=PROMPT_HELP)
     roll.add_argument(
         "--switch",
         action="append",
         default=[],
         metavar="CHUNK=PROMPT",
-        help="change the prompt at chunk CHUNK (repeatable), e.g. --switch '4=the storm clears'",
+        help="change the prompt at chunk CHUNK (repeatable), e.g. --switch '4=a desert at night with rocks'",
     )
     roll.add_argument("--image", default=None, help="start from this image (image-to-video)")
     roll.add_argument(
@@ -139,7 +160,9 @@ def _add_rollout(sub: Any) -> None:
         "--fps", type=int, default=FPS, help="frame rate of the mp4 (default %(default)s, Wan's)"
     )
     roll.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
+    roll.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     roll.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_threads(roll)
     add_precision(roll)
 
 
@@ -198,7 +221,7 @@ def _add_play(sub: Any) -> None:
             "same page beside gRPC."
         ),
     )
-    add_flags(play, ["model"])
+    add_flags(play, ["model", "threads"])
     play.add_argument(
         "--web-port", type=int, default=8000, help="the page's port (default %(default)s; 0 picks a free one)"
     )
@@ -234,6 +257,7 @@ def _add_record(sub: Any) -> None:
         "--serve", action="store_true", help="start a local `helios serve` on a free port for this run"
     )
     rec.add_argument("--model", default=DEFAULT_MODEL, help="model for --serve: " + WORLD_MODEL_HELP)
+    add_threads(rec, "with --serve: the local server's")
     rec.add_argument(
         "--token",
         default=None,
@@ -246,7 +270,7 @@ def _add_record(sub: Any) -> None:
         "--tls-cert", default=None, metavar="PATH", help="this client's PEM certificate, for mutual TLS"
     )
     rec.add_argument("--tls-key", default=None, metavar="PATH", help="the PEM private key of --tls-cert")
-    rec.add_argument("--prompt", default=DEFAULT_PROMPT, help="the scene prompt")
+    rec.add_argument("--prompt", default=DEFAULT_PROMPT, help=PROMPT_HELP)
     rec.add_argument(
         "--keys",
         default="d,d,s,s,a,a,w,w",
@@ -272,6 +296,7 @@ def _add_record(sub: Any) -> None:
     rec.add_argument("--width", type=int, default=None, help="pixels (default: the server's)")
     rec.add_argument("--height", type=int, default=None, help="pixels (default: the server's)")
     rec.add_argument("--out", default="world.mp4", help="output mp4 (default world.mp4)")
+    rec.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
 def _add_eval(sub: Any) -> None:
@@ -305,6 +330,7 @@ def _add_eval(sub: Any) -> None:
     )
     drift.add_argument("--model", default=DEFAULT_MODEL, help=WORLD_MODEL_HELP)
     drift.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_threads(drift)
     add_precision(drift)
     drift.add_argument("--seeds", type=int, default=20, help="held-out worlds (default 20)")
     drift.add_argument(
@@ -322,7 +348,9 @@ def _add_eval(sub: Any) -> None:
         "--model-width", type=int, default=None, help="pixels the model runs at (default: the model's)"
     )
     drift.add_argument(
-        "--out", default=None, help="results JSON (default bench/results/drift_<predictor>.json)"
+        "--out",
+        default=None,
+        help="results JSON (default helios-eval/drift_<predictor>.json under the current folder)",
     )
     drift.add_argument(
         "--plot", default=None, metavar="PATH", help="also plot per-chunk metrics (matplotlib)"
@@ -459,7 +487,7 @@ def _add_info(sub: Any) -> None:
     info = sub.add_parser(
         "info", help="print a model's config and parameter count (built on the meta device)"
     )
-    info.add_argument("--model", default="tiny", help=MODEL_HELP)
+    info.add_argument("--model", default="tiny", help=INFO_MODEL_HELP)
 
 
 def grpc_error() -> type[Exception]:

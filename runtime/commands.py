@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from . import threads as _threads
 from .model.checkpoint import resolve_device
 from .model.config import PRESETS
 from .model.transformer import HeliosTransformer, forward_flops
@@ -67,7 +68,8 @@ def forward(args: argparse.Namespace) -> int:
 
     print(f"loading {args.model} on {device} ...", flush=True)
     t0 = time.perf_counter()
-    model = HeliosTransformer.load(args.model, device=device, dtype=dtype, seed=args.seed).eval()
+    name = args.model.removeprefix("random-") if args.model.startswith("random-") else args.model
+    model = HeliosTransformer.load(name, device=device, dtype=dtype, seed=args.seed).eval()
     _sync(device)
     print(
         f"  {model.num_parameters():,} parameters, {model.dtype}, ready in {time.perf_counter() - t0:.2f} s"
@@ -118,15 +120,29 @@ def _history_tokens(model: HeliosTransformer, lat_h: int, lat_w: int) -> dict[st
 
 
 def info(args: argparse.Namespace) -> int:
-    if args.model in PRESETS:
-        cfg = PRESETS[args.model]
-        source = f"preset {args.model!r}"
-    else:
-        from .model.checkpoint import read_config
-        from .model.config import CLASS_NAME, HeliosConfig
+    """A transformer's config and size: a preset, a world model's name (`toy`: the shipped world's
+    weights; `random-14b`: the 14b preset), a transformer folder or a pipeline folder."""
+    from pathlib import Path
 
-        cfg = HeliosConfig.from_dict(read_config(args.model, [CLASS_NAME], "Helios transformer"))
-        source = args.model
+    from .engine.world_model import TOY_FOLDER
+    from .model.checkpoint import read_config
+    from .model.config import CLASS_NAME, HeliosConfig
+
+    spec = args.model.removeprefix("random-")  # the world presets random-14b / random-1.3b
+    folder = TOY_FOLDER if args.model == "toy" else Path(args.model)
+    if (folder / "model_index.json").is_file():  # a pipeline folder: its transformer
+        folder = folder / "transformer"
+    if args.model != "toy" and spec not in PRESETS and not folder.exists():
+        raise ValueError(
+            f"--model {args.model!r} is not a preset ({', '.join(sorted(PRESETS))}, random-1.3b, "
+            "random-14b) and does not exist as a folder"
+        )
+    if args.model == "toy" or spec not in PRESETS:
+        cfg = HeliosConfig.from_dict(read_config(folder, [CLASS_NAME], "Helios transformer"))
+        source = "toy (the shipped world)" if args.model == "toy" else args.model
+    else:
+        cfg = PRESETS[spec]
+        source = f"preset {spec!r}" + (f" ({args.model}: random weights)" if spec != args.model else "")
     with torch.device("meta"):
         count = HeliosTransformer(cfg).num_parameters()
     print(f"{source}: {count:,} parameters ({count * 2 / 1e9:.2f} GB in bfloat16)")
@@ -141,26 +157,9 @@ def info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-class Progress:
-    """A one-line progress bar on stderr: chunks done, elapsed time, frames per second."""
-
-    def __init__(self, total: int, stream=sys.stderr, width: int = 24):
-        self.total, self.stream, self.width = total, stream, width
-        self.start = time.perf_counter()
-
-    def update(self, done: int, frames: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        filled = round(self.width * done / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        fps = frames / elapsed if elapsed > 0 else 0.0
-        end = "\n" if done == self.total else ""
-        line = f"chunk {done}/{self.total} [{bar}] {elapsed:6.1f} s, {frames} frames, {fps:5.1f} fps"
-        self.stream.write("\r" + line + end)
-        self.stream.flush()
-
-
 def rollout(args: argparse.Namespace) -> int:
-    from helios_sdk.record_command import parse_switches
+    from helios_sdk.progress import Progress
+    from helios_sdk.record_command import check_out, parse_switches
     from helios_sdk.video import Mp4Writer, read_frames
 
     from .engine.actions import Transition
@@ -172,21 +171,26 @@ def rollout(args: argparse.Namespace) -> int:
     if args.image and args.video:
         raise ValueError("give --image or --video, not both")
     switches = parse_switches(args.switch, args.chunks)
+    check_out(args.out, args.force)
     image = read_frames(args.image, max_frames=1)[0] if args.image else None
     video = read_frames(args.video) if args.video else None
+    threads = _threads.resolve(args.threads)
+    _threads.apply(threads)
 
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     model = WorldModel.load(args.model, device=args.device, seed=args.seed, fast=fast_path_choice(args))
+    model.check_prompt(args.prompt, "--prompt")  # every prompt before the first frame
+    for k, text in switches.items():
+        model.check_prompt(text, f"--switch {k}")
     engine = WorldEngine(model)
     height = args.height or model.default_size[0]
     width = args.width or model.default_size[1]
     print(
         f"world: {args.prompt!r}, seed {args.seed}, {args.chunks} chunks of 33 frames at {height}×{width} "
-        f"on {model.device}",
+        f"on {model.device}, {threads.describe()}",
         file=sys.stderr,
     )
-    progress = Progress(args.chunks)
-    with Mp4Writer(args.out, fps=args.fps) as writer:
+    with Progress(args.chunks) as progress, Mp4Writer(args.out, fps=args.fps) as writer:
 
         def on_frame(_: int, frame: torch.Tensor) -> None:
             writer.write(frame.numpy())
@@ -255,7 +259,13 @@ def serve(args: argparse.Namespace) -> int:
     if settings.precision:
         # Workers (and, for Ray replicas, the front's FastPathChoice) read it from the environment.
         os.environ["HELIOS_PRECISION"] = settings.precision
+    threads = settings.worker_threads()  # a bad --threads / $HELIOS_THREADS fails before anything starts
     configure_logging(args.json_logs)
+    if settings.ray is None:
+        workers = len(settings.devices)
+        logging.getLogger("helios.front").info(
+            "%d engine worker%s, each with %s", workers, "s" if workers > 1 else "", threads.describe()
+        )
     if args.token:
         logging.getLogger("helios.front").warning(TOKEN_ON_COMMAND_LINE)
     asyncio.run(run(settings))
@@ -276,19 +286,21 @@ def play(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         model=args.model,
         devices=(args.device,),
+        threads=args.threads,
         host=args.host,
         port=args.grpc_port,
         web_port=args.web_port,
         token=args.token or os.environ.get("HELIOS_TOKEN") or None,
         max_sessions=4,
     )
+    threads = settings.worker_threads()
     configure_logging(False)
     logging.getLogger("helios").setLevel(logging.WARNING)  # the progress lines below say enough
-    asyncio.run(_play(settings, args.open))
+    asyncio.run(_play(settings, threads, args.open))
     return 0
 
 
-async def _play(settings, open_browser: bool) -> None:
+async def _play(settings, threads, open_browser: bool) -> None:
     import asyncio
     import signal
     import threading
@@ -302,7 +314,9 @@ async def _play(settings, open_browser: bool) -> None:
     started = time.perf_counter()
     where = settings.devices[0] or "the default device (cuda if present)"
     print(
-        f"helios play: loading the {settings.model} world on {where} and warming it up ...", file=sys.stderr
+        f"helios play: loading the {settings.model} world on {where} ({threads.describe()}) and warming "
+        "it up ...",
+        file=sys.stderr,
     )
 
     async def progress() -> None:
@@ -382,13 +396,15 @@ def eval_drift(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds and --chunks must be at least 1, got {args.seeds} and {args.chunks}")
     if args.first_seed < 0:
         raise ValueError(f"--first-seed must not be negative, got {args.first_seed}")
+    threads = _threads.resolve(args.threads)
+    _threads.apply(threads)
     predictors: list = [CopyLastFrame()]
     device, precision = "cpu", None
     if args.predictor in ("engine", "vae-roundtrip"):
         from .engine.engine import WorldEngine
         from .engine.world_model import WorldModel
 
-        print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+        print(f"loading {args.model} ({threads.describe()}) ...", file=sys.stderr, flush=True)
         model = WorldModel.load(args.model, device=args.device, seed=0, fast=fast_path_choice(args))
         device = str(model.device)
         precision = model.transformer.precision
@@ -427,10 +443,11 @@ def eval_drift(args: argparse.Namespace) -> int:
         model=args.model if args.predictor != "copy-last" else None,
         model_size=[args.model_height, args.model_width],
         device=device,
+        threads=threads.count,
         precision=precision,
         versions={"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
     )
-    out = args.out or os.path.join("bench", "results", f"drift_{args.predictor}.json")
+    out = args.out or os.path.join("helios-eval", f"drift_{args.predictor}.json")  # under the current folder
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1, allow_nan=False)

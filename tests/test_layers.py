@@ -36,6 +36,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
         "logs": ("helios_runtime.logs",),
         "configfile": ("helios_runtime.configfile",),
         "moves": ("helios_runtime.moves",),
+        "threads": ("helios_runtime.threads",),  # the CPU-thread setting (torch-free)
     },
     {
         "model": ("helios_runtime.model",),

@@ -59,6 +59,38 @@ def test_wheel_contents(wheel):
     assert not any(n.startswith(("runtime/", "kernels/", "tests/")) for n in names)
 
 
+def test_triton_comes_only_with_the_gpu_and_dev_extras(wheel):
+    """`pip install '.[runtime]'` on a CPU-only machine must not download Triton (~286 MB)."""
+    (metadata,) = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA")]
+    requires = [
+        line.removeprefix("Requires-Dist: ")
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist: ")
+    ]
+    extras = {req.split('extra == "')[1].rstrip('"') for req in requires if req.startswith("triton")}
+    assert extras == {"gpu", "dev"}, requires
+    runtime = [req for req in requires if 'extra == "runtime"' in req]
+    assert any(req.startswith("torch") for req in runtime) and not any("triton" in req for req in runtime)
+
+
+def test_the_runtime_runs_without_triton(tmp_path):
+    """With Triton absent the runtime imports, takes the torch path and steps a world (the CPU case)."""
+    code = (
+        "import sys\n"
+        "sys.modules['triton'] = None  # import triton -> ImportError, find_spec -> None\n"
+        "import helios_kernels, helios_runtime.commands, helios_runtime.server.worker.main\n"
+        "from helios_runtime.engine.engine import WorldEngine\n"
+        "from helios_runtime.engine.world_model import WorldModel\n"
+        "assert not helios_kernels.available()\n"
+        "model = WorldModel.load('tiny', device='cpu').fast_path()\n"
+        "print(WorldEngine(model).reset('x', seed=1, height=64, width=64).frames.shape[0])\n"
+    )
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["33"]
+
+
 def test_every_package_folder_is_shipped(wheel):
     """A new sub-package must be added to pyproject's package list; this catches forgetting it."""
     names = zipfile.ZipFile(wheel).namelist()

@@ -186,6 +186,7 @@ class WorldEngine:
         self._check_size(height, width, settings)
         if not isinstance(prompt, str):
             raise InvalidInput(f"prompt must be a str, got {type(prompt).__name__}")
+        self.model.check_prompt(prompt)
         if image is not None and video is not None:
             raise InvalidInput("reset takes an image or a video, not both")
         if generator is None:
@@ -484,6 +485,8 @@ class WorldEngine:
         """The prompt state this chunk will use (the session is not changed here)."""
         if cond is None:
             return session.prompt
+        for text in cond.prompts if isinstance(cond, Blend) else (cond.text,):
+            self.model.check_prompt(text, "a blend's prompt" if isinstance(cond, Blend) else "the prompt")
         if isinstance(cond, Prompt):
             return session.prompt.switched(self._encode([cond.text]))
         if isinstance(cond, Blend):
@@ -691,7 +694,9 @@ def _to_uint8(video: torch.Tensor) -> torch.Tensor:
 def _as_float_frames(x: Any, what: str) -> torch.Tensor:
     """uint8 (…, H, W, 3) in [0, 255] or float (…, 3, H, W) in [-1, 1] -> float32 channels-first."""
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        # A copy only when needed: a read-only array (e.g. np.frombuffer over a request's bytes, as
+        # the worker makes) would make torch warn on every reset.
+        x = torch.from_numpy(np.require(x, requirements=("C", "W")))
     if not isinstance(x, torch.Tensor):
         raise InvalidInput(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
     if x.dtype == torch.uint8:

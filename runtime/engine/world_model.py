@@ -4,7 +4,8 @@
 
 - `toy` (the default): the toy world trained on the procedural simulator (`helios train`), shipped
   in the package (`assets/toy`, float16): 96×160, a learned move + camera-pan action, 6-step UniPC;
-  real time on a laptop CPU.
+  real time on a laptop CPU. It knows only prompts of the simulator's grammar and refuses others
+  (`known_prompts.py`; model_index.json "prompt_grammar", default "procedural" for such folders).
 - `tiny`: random weights everywhere (tiny transformer, tiny VAE, built-in byte-level text encoder),
   Distilled sampling; runs on a CPU in seconds (tests).
 - a folder (Helios-Base / -Mid / -Distilled as downloaded): `transformer/`, `vae/`, `text_encoder/`
@@ -27,8 +28,10 @@ from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
 from ..sampling.denoise import SamplerSettings, sampler_preset
 from ..sampling.schedule import SchedulerConfig
+from ..sim.grammar import PromptGrammar
 from .actions import MovePanActions
 from .fastpath import PRECISIONS, FastPathChoice, use_compile_cache
+from .known_prompts import GRAMMARS, check_prompt
 
 log = logging.getLogger("helios.engine")
 
@@ -62,6 +65,14 @@ class WorldModel:
     # an action" (ids -1, the action dropout's rows) under the same prompt, instead of the prompt
     # against the negative prompt. model_index.json: "guidance": "action".
     guide_action: bool = False
+    # The prompts the model knows when it was trained on a grammar's sentences only (a `helios train
+    # export` folder: the procedural world's); the engine refuses others (known_prompts.py). None:
+    # any prompt.
+    prompt_grammar: PromptGrammar | None = None
+
+    def check_prompt(self, prompt: str, what: str = "prompt") -> None:
+        """InvalidInput for a prompt this model does not know (one outside its `prompt_grammar`)."""
+        check_prompt(self.prompt_grammar, prompt, self.name, what)
 
     @property
     def forward(self):
@@ -283,6 +294,11 @@ class WorldModel:
             guidance_scale=float(index.get("guidance_scale", 1.0)),
         )
         height, width = index.get("default_size", [96, 160])
+        grammar = index.get("prompt_grammar", "procedural")
+        if grammar is not None and grammar not in GRAMMARS:
+            raise CheckpointError(
+                f"{str(folder)!r}: unknown prompt_grammar {grammar!r} (known: {', '.join(GRAMMARS)}, or null)"
+            )
         return cls(
             name=str(index.get("name") or folder.name),
             transformer=transformer,
@@ -293,4 +309,5 @@ class WorldModel:
             actions=actions,
             use_anchor=bool(index.get("anchor", True)),
             guide_action=guidance == "action",
+            prompt_grammar=GRAMMARS[grammar]() if grammar is not None else None,
         )

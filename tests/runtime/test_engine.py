@@ -268,3 +268,16 @@ def test_bad_pipeline_folder(tmp_path, content, match):
         WorldModel.load(tmp_path)
     with pytest.raises(CheckpointError, match="is neither a preset"):
         WorldModel.load(tmp_path / "missing")
+
+
+def test_a_read_only_image_makes_no_warning(engine):
+    """The worker hands the engine np.frombuffer views of a request's bytes, which are read-only."""
+    import warnings
+
+    import numpy as np
+
+    image = np.frombuffer(bytes(64 * 64 * 3), np.uint8).reshape(64, 64, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = engine.reset("a quiet forest", image=image, seed=1, **SIZE)
+    assert first.frames.shape == (33, 64, 64, 3)

@@ -17,9 +17,14 @@ def test_record_against_a_local_server(tmp_path):
 
     out = tmp_path / "w.mp4"
     size = ("--width", "64", "--height", "64")
-    done = helios("record", "--serve", "--chunks", "2", *size, "--switch", "1=rain", "--out", str(out))
+    switch = ("--switch", "1=a forest at noon in light rain")
+    done = helios("record", "--serve", "--chunks", "2", *size, *switch, "--threads", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "wrote 66 frames" in done.stdout and "chunk 2/2" in done.stderr
+    assert "starting a local helios server (toy)" in done.stderr
+    assert "1 CPU thread (--threads" in done.stderr, "the start-up line shows the server's threads"
+    assert "generating chunk 1/2" in done.stderr and "fps now (mean" in done.stderr
+    assert "not writable" not in done.stderr, "no warning from the server on the start image"
     assert read_frames(out).shape == (66, 64, 64, 3)
 
 
@@ -32,6 +37,46 @@ def test_record_errors_are_one_line():
     missing = helios("record", "--serve", "--image", "/nonexistent/start.png")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert "Traceback" not in down.stderr + bad.stderr + missing.stderr
+
+
+def test_what_would_fail_fails_before_any_generation(tmp_path):
+    """A key no world knows, a key or prompt the toy world does not know, an --out that exists, and
+    --threads without --serve: exit 2 with a message naming the culprit, before a server starts."""
+    existing = tmp_path / "old.mp4"
+    existing.write_bytes(b"a recording worth keeping")
+    out = ("--out", str(tmp_path / "w.mp4"))
+    for args, message in (
+        (("--keys", "d,x", *out), "unknown key 'x' (in 'x')"),
+        (("--keys", "w+space", *out), "unknown key 'space' for the toy world"),
+        (("--prompt", "a harbour at dusk", *out), "--prompt 'a harbour at dusk' is not one"),
+        (("--chunks", "3", "--switch", "2=the storm clears", *out), "--switch 2 'the storm clears'"),
+        (("--out", str(existing)), "exists; pass --force"),
+    ):
+        done = helios("record", "--serve", *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr, done.stderr
+        assert "starting a local helios server" not in done.stderr and "Traceback" not in done.stderr
+    assert existing.read_bytes() == b"a recording worth keeping"
+    assert not (tmp_path / "w.mp4").exists()
+    remote = helios("record", "--server", "127.0.0.1:1", "--threads", "2", *out)
+    assert remote.returncode == 2 and "--threads sets the threads of the --serve server" in remote.stderr
+
+
+def test_a_chunk_the_server_refuses_fails_the_recording(tmp_path, address):
+    """The server has the last word on a model's keys (the tiny model has no arrows): its refusal
+    ends the recording with exit 2 and its message, where it used to exit 0 with a third of the frames."""
+    from helios_sdk.video import read_frames
+
+    from .conftest import TOKEN
+
+    out = tmp_path / "w.mp4"
+    common = ("record", "--server", address, "--chunks", "3", "--width", "64", "--height", "64")
+    done = helios(*common, "--keys", "up", "--token", TOKEN, "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert "refused the action of chunk 2: unknown key 'up'" in done.stderr, done.stderr
+    assert f"{out} holds the 33 frames before it" in done.stderr
+    assert "wrote" not in done.stdout
+    assert read_frames(out).shape == (33, 64, 64, 3)
 
 
 def test_record_at_the_servers_default_size(tmp_path):
@@ -58,7 +103,7 @@ def test_the_readme_main_command_walks_the_toy_world(tmp_path):
     assert frames.shape == (99, 96, 160, 3)
     assert frames.std() > 5, "a scene, not a flat colour"
     bad = helios("record", "--serve", "--chunks", "2", "--keys", "space", "--out", str(tmp_path / "b.mp4"))
-    assert "unknown key 'space'" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "unknown key 'space'" in bad.stderr, bad.stderr
 
 
 def test_the_start_image(tmp_path):

@@ -9,17 +9,21 @@ import helios_sdk
 
 from .conftest import SIZE, TOKEN
 
+# The local backend's default model is the toy world, which knows only prompts of its grammar.
+RAIN, SNOW = "a meadow at noon in light rain", "a meadow at noon in snow"
+
 
 def test_local_vector_env_matches_single_envs_and_autoresets():
-    envs = helios_sdk.make_vec(num_envs=2, backend="local", obs_mode="last", max_chunks=1, **SIZE)
+    local = dict(backend="local", obs_mode="last", prompt="a meadow at noon", **SIZE)
+    envs = helios_sdk.make_vec(num_envs=2, max_chunks=1, **local)
     assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
     obs, infos = envs.reset(seed=10)
     assert obs.shape == (2, 64, 64, 3) and list(infos["chunk_index"]) == [0, 0]
-    obs, _, _, truncated, infos = envs.step(("rain", "snow"))
+    obs, _, _, truncated, infos = envs.step((RAIN, SNOW))
     assert list(truncated) == [True, True] and list(infos["chunk_index"]) == [1, 1]
-    single = helios_sdk.make(backend="local", obs_mode="last", **SIZE)
+    single = helios_sdk.make(**local)
     single.reset(seed=11)
-    alone, *_ = single.step("snow")
+    alone, *_ = single.step(SNOW)
     assert np.array_equal(obs[1], alone)  # sub-env 1 has seed 10 + 1; batched == alone on the CPU
     obs, _, _, truncated, infos = envs.step(("x", "y"))  # autoreset
     assert list(infos["chunk_index"]) == [0, 0] and not truncated.any()

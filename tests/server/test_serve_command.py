@@ -17,7 +17,10 @@ from helios_sdk._proto.helios.v1 import world_pb2_grpc as pb_grpc
 
 def test_serve_prints_its_address_and_drains_on_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0", "--token", "tok", "--json-logs"],
+        [
+            *(sys.executable, "-m", "helios_sdk.cli", "serve", "--port", "0"),
+            *("--token", "tok", "--json-logs", "--threads", "1"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -40,6 +43,9 @@ def test_serve_prints_its_address_and_drains_on_sigterm():
         # --token works, with a warning that it shows in the process list.
         assert any(e["level"] == "warning" and "process list" in e["msg"] for e in logs), logs
         assert any(entry["logger"] == "helios.worker" for entry in logs)
+        # --threads reaches the worker process, and both say so.
+        assert any(e["msg"].startswith("1 engine worker, each with 1 CPU thread (--threads") for e in logs)
+        assert any(e["msg"].startswith("ready: toy on cpu, 1 CPU thread (") for e in logs), logs
         assert all({"ts", "level", "logger", "msg"} <= entry.keys() for entry in logs)
     finally:
         if proc.poll() is None:
@@ -57,6 +63,7 @@ def test_serve_help_explains_the_flags():
         "--port",
         "--token",
         "--max-sessions",
+        "--threads",
         "--idle-timeout",
         "--watchdog",
         "--metrics-port",

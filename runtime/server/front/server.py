@@ -197,6 +197,7 @@ def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:
             max_size=(settings.max_height, settings.max_width),
             watchdog_s=settings.watchdog_s,
             start_timeout_s=settings.worker_start_timeout_s,
+            threads=settings.worker_threads().count,
         )
         pool.call_timeout_s = settings.worker_call_timeout_s
         return pool

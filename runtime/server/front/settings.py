@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import DEFAULT_MODEL, __version__
+from ... import threads as _threads
 from ...engine.fastpath import PRECISIONS
 
 API_VERSION = "1.1"  # helios.v1 "MAJOR.MINOR"; 1.1 added ModelInfo.actions and MoveAction
@@ -18,6 +19,9 @@ SERVER_VERSION = __version__
 class ServerSettings:
     model: str = DEFAULT_MODEL  # a preset (toy: the shipped toy world) or a Helios pipeline folder
     devices: tuple[str | None, ...] = (None,)  # one engine worker per entry; None = cuda if present
+    # CPU threads of each engine worker; None: $HELIOS_THREADS, else the cores available shared out
+    # among the workers, at most 4 each (threads.py). Never more, in all, than the cores available.
+    threads: int | None = None
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
     token: str | None = None  # required bearer token; None disables auth (HELIOS_TOKEN sets it)
@@ -63,6 +67,10 @@ class ServerSettings:
     ray_app: str = "helios"  # the Serve application's name: one per front sharing a cluster
     extra: dict = field(default_factory=dict, compare=False)
 
+    def worker_threads(self) -> _threads.Threads:
+        """The CPU threads each local engine worker runs with (a ValueError for a bad setting)."""
+        return _threads.resolve(self.threads, workers=len(self.devices))
+
 
 # ---------------------------------------------------------------------------------------------------
 # `helios serve` flags
@@ -77,6 +85,11 @@ FLAGS: dict[str, tuple[str, str]] = {
         "toy (the default: the trained toy world shipped with the package, CPU real time), tiny (random "
         "weights), random-1.3b / random-14b (real architectures, random weights), or a pipeline folder "
         "(a downloaded Helios-Distilled / -Mid / -Base, or `helios train export` output)",
+    ),
+    "threads": (
+        "--threads",
+        "CPU threads of each engine worker (default: $HELIOS_THREADS, else the physical cores available "
+        "to this process shared among the workers, at most 4 each; never more than the cores)",
     ),
     "host": ("--host", "address to listen on (default %(default)s; 0.0.0.0 for all)"),
     "port": ("--port", "port (default %(default)s; 0 picks a free one)"),

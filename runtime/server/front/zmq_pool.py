@@ -83,6 +83,7 @@ class WorkerPool(EngineClient):
         max_size: tuple[int, int] | None = None,  # (height, width): the server's frame-size limits
         watchdog_s: float = 120.0,
         start_timeout_s: float = 600.0,
+        threads: int | None = None,  # each worker's CPU threads (None: the worker's own default)
     ):
         require_curve()
         workers = [WorkerHandle(i, d, f"w{i}".encode(), capacity=max_sessions) for i, d in enumerate(devices)]
@@ -96,6 +97,7 @@ class WorkerPool(EngineClient):
         self.max_size = max_size
         self.watchdog_s = watchdog_s  # 0: never kill a worker for stalling
         self.start_timeout_s = start_timeout_s
+        self.threads = threads
         self.context = zmq.asyncio.Context()
         # The ZAP handler is bound before the ROUTER, so no connection is ever admitted unasked.
         self.zap = self.context.socket(zmq.REP)
@@ -160,6 +162,8 @@ class WorkerPool(EngineClient):
         ]
         if w.device:
             cmd += ["--device", w.device]
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
         if not self.warm_up:
             cmd.append("--no-warm-up")
         if self.json_logs:

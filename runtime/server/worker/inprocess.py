@@ -106,13 +106,20 @@ class LocalClient:
         self.client = InProcessClient(engine, info)
 
     @classmethod
-    def load(cls, model: str, device: str | None = None) -> LocalClient:
+    def load(cls, model: str, device: str | None = None, threads: int | None = None) -> LocalClient:
         """A new engine over `WorldModel.load(model, device=device)`; its snapshot key is
-        $HELIOS_SNAPSHOT_KEY when set, else its own random one."""
+        $HELIOS_SNAPSHOT_KEY when set, else its own random one. The engine runs in this process, so
+        this sets torch's CPU threads here: `threads`, else $HELIOS_THREADS, else (on the CPU) the
+        cores available, at most 4 (`helios_runtime.threads`); on a GPU only when asked."""
+        from ... import threads as _threads
         from ...engine.engine import WorldEngine
         from ...engine.snapshot_key import key_from_env
         from ...engine.world_model import WorldModel
+        from ...model.checkpoint import resolve_device
 
+        chosen = _threads.resolve(threads, gpu=resolve_device(device).type == "cuda")
+        _threads.apply(chosen)
+        log.info("local engine: %s on %s, %s", model, resolve_device(device), chosen.describe())
         return cls(WorldEngine(WorldModel.load(model, device=device), snapshot_key=key_from_env()))
 
     @property

@@ -17,7 +17,9 @@ import time
 from typing import Any
 
 from ... import DEFAULT_MODEL
+from ... import threads as _threads
 from ...engine.engine import WorldEngine
+from ...engine.known_prompts import EXAMPLE
 from ...engine.snapshot_key import key_from_env, new_key
 from ...engine.world_model import WorldModel
 from ...logs import configure_logging
@@ -40,7 +42,7 @@ def warm_up(engine: WorldEngine) -> float:
         height, width = engine.model.default_size
     else:
         height = width = engine.model.pyramid_multiple()
-    first = engine.reset("warm-up", seed=0, height=height, width=width)
+    first = engine.reset(EXAMPLE, seed=0, height=height, width=width)  # a prompt every model knows
     engine.step(first.session_id)
     engine.close(first.session_id)
     return time.perf_counter() - start
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch device; a comma list (cuda:0,cuda:1) runs one session context-parallel over them",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: $HELIOS_THREADS, else threads.py's)"
+    )
     parser.add_argument("--max-sessions", type=int, default=64)
     parser.add_argument("--identity", default=None)
     parser.add_argument("--no-warm-up", action="store_true")
@@ -64,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-width", type=int, default=None, help="frame-size limit (pixels)")
     args = parser.parse_args(argv)
     configure_logging(args.json_logs)
+    threads = _threads.resolve(args.threads)
+    _threads.apply(threads)
     keys = WorkerKeys.take_from_env()  # first: nothing this process starts inherits them
     # The front's snapshot key comes in the environment; alone, a worker makes its own.
     options = dict(
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     worker = Worker(engine, transport, int(args.min_free_gib * 2**30), seams=Seams.from_env())
     worker.send(Ready(info))
-    log.info("ready: %s on %s (warm-up %.1f s)", model.name, model.device, warm)
+    log.info("ready: %s on %s, %s (warm-up %.1f s)", model.name, model.device, threads.label, warm)
     try:
         worker.run()
     except KeyboardInterrupt:
