@@ -142,7 +142,9 @@ class ActionSpace:
     - `keys`: the key names a `Control` may press (see `key_name`);
     - `axes`: the `Control` number fields the model reads (of `AXES`); the others must be 0;
     - `moves`, `pans`: `Move` names in the order of the model's action ids, the first one "no
-      move"; empty for a model without discrete actions (a `Move` is then refused).
+      move"; empty for a model without discrete actions (a `Move` is then refused);
+    - `prompts`: when not empty, the model knows only prompts of one form (the toy world: its
+      grammar) and refuses others; these are examples of it, to sample from. Empty: any text.
 
     Prompts, blends and transitions are understood by every model. `check` refuses a `Control` or
     `Move` outside the space, naming what arrived and what the model takes.
@@ -152,6 +154,7 @@ class ActionSpace:
     axes: tuple[str, ...] = ()
     moves: tuple[str, ...] = ()
     pans: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
 
     def check(self, action: Control | Move) -> None:
         """ValueError when the model would not understand all of `action`."""
@@ -192,14 +195,16 @@ class ActionSpace:
         return cls(*(tuple(str(v) for v in data.get(name, ())) for name in _SPACE_FIELDS))
 
     def to_proto(self) -> pb.ActionSpace:
-        return pb.ActionSpace(keys=self.keys, axes=self.axes, moves=self.moves, pans=self.pans)
+        return pb.ActionSpace(
+            keys=self.keys, axes=self.axes, moves=self.moves, pans=self.pans, prompts=self.prompts
+        )
 
     @classmethod
     def from_proto(cls, m: pb.ActionSpace) -> ActionSpace:
-        return cls(tuple(m.keys), tuple(m.axes), tuple(m.moves), tuple(m.pans))
+        return cls(tuple(m.keys), tuple(m.axes), tuple(m.moves), tuple(m.pans), tuple(m.prompts))
 
 
-_SPACE_FIELDS = ("keys", "axes", "moves", "pans")
+_SPACE_FIELDS = ("keys", "axes", "moves", "pans", "prompts")
 # What a server before helios API 1.1 (which describes no action space) is assumed to take: the
 # prompt-template adapter's keys and every Control field.
 PROMPT_TEMPLATE_SPACE = ActionSpace(KEYS, AXES)

@@ -85,8 +85,25 @@ def action_space(
 ) -> spaces.Space:
     """The env's action space: a prompt (`Text`), or the model's structured actions (`control_space`)."""
     if check_action_mode(action_mode) == "prompt":
+        if actions.prompts:  # the model knows only prompts of one form: sample its examples
+            return PromptSpace(actions.prompts, max_length=max(max_prompt_length, *map(len, actions.prompts)))
         return spaces.Text(max_length=max_prompt_length, min_length=1, charset=PROMPT_CHARSET)
     return control_space(actions)
+
+
+class PromptSpace(spaces.Text):
+    """The prompt space of a model that knows only prompts of one form (the toy world's grammar):
+    `sample` draws one of the server's examples of that form; `contains` admits any text of the
+    charset, as `Text` does (the server judges the form and refuses others with InvalidArgument)."""
+
+    def __init__(self, examples: tuple[str, ...], max_length: int, seed: int | None = None):
+        super().__init__(max_length=max_length, min_length=1, charset=PROMPT_CHARSET, seed=seed)
+        self.examples = tuple(examples)
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        if mask is not None or probability is not None:
+            return super().sample(mask, probability)
+        return self.examples[int(self.np_random.integers(len(self.examples)))]
 
 
 def control_space(actions: _actions.ActionSpace) -> spaces.Dict:
@@ -178,7 +195,7 @@ class HeliosEnv(gym.Env[np.ndarray, Any]):
         device: str | None = None,
         width: int | None = None,
         height: int | None = None,
-        prompt: str = DEFAULT_PROMPT,
+        prompt: str | None = None,
         action_mode: str = "prompt",
         obs_mode: str = "chunk",
         max_chunks: int = 32,
@@ -213,7 +230,9 @@ class HeliosEnv(gym.Env[np.ndarray, Any]):
         self.metadata = {**self.metadata, "render_fps": b.fps}
         self.render_mode = render_mode
         self.action_mode, self.obs_mode = action_mode, obs_mode
-        self.prompt, self.max_chunks, self.reward_fn = prompt, max_chunks, reward_fn
+        # None: DEFAULT_PROMPT, or on a model that knows only prompts of one form its first example.
+        self.prompt = prompt or (b.actions.prompts[0] if b.actions.prompts else DEFAULT_PROMPT)
+        self.max_chunks, self.reward_fn = max_chunks, reward_fn
         self.world_seed: int | None = None
         self.frames: np.ndarray | None = None  # the latest chunk's frames as received (T, H, W, 3)
         self.stats: dict[str, Any] = {}  # volatile: session id, timings of the latest chunk

@@ -56,7 +56,7 @@ class HeliosVectorEnv(VectorEnv):
         device: str | None = None,
         width: int | None = None,
         height: int | None = None,
-        prompt: str = DEFAULT_PROMPT,
+        prompt: str | None = None,
         action_mode: str = "prompt",
         obs_mode: str = "chunk",
         max_chunks: int = 32,
@@ -92,7 +92,9 @@ class HeliosVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "render_fps": b.fps}
         self.render_mode = render_mode
         self.action_mode, self.obs_mode = action_mode, obs_mode
-        self.prompt, self.max_chunks, self.reward_fn = prompt, max_chunks, reward_fn
+        # None: DEFAULT_PROMPT, or on a model that knows only prompts of one form its first example.
+        self.prompt = prompt or (b.actions.prompts[0] if b.actions.prompts else DEFAULT_PROMPT)
+        self.max_chunks, self.reward_fn = max_chunks, reward_fn
         self.handles = [b.open() for _ in range(num_envs)]
         self.world_seeds: list[int] = [0] * num_envs
         self.frames: list[np.ndarray | None] = [None] * num_envs  # each sub-env's latest chunk

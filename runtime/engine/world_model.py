@@ -28,7 +28,7 @@ from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
 from ..sampling.denoise import SamplerSettings, sampler_preset
 from ..sampling.schedule import SchedulerConfig
-from ..sim.grammar import PromptGrammar
+from ..sim.grammar import PromptGrammar, Scene
 from .actions import MovePanActions
 from .fastpath import PRECISIONS, FastPathChoice, use_compile_cache
 from .known_prompts import GRAMMARS, check_prompt
@@ -69,6 +69,19 @@ class WorldModel:
     # export` folder: the procedural world's); the engine refuses others (known_prompts.py). None:
     # any prompt.
     prompt_grammar: PromptGrammar | None = None
+
+    def prompt_examples(self) -> list[str]:
+        """Prompts of the only form this model knows, one for every biome and time of its grammar
+        (with the weathers and objects in turn), for clients that sample prompts (the action space
+        GetServerInfo reports); [] when it takes any prompt."""
+        g = self.prompt_grammar
+        if g is None:
+            return []
+        pairs = [(biome, time) for biome in g.biomes for time in g.times]
+        return [
+            g.format(Scene(b, t, g.weathers[i % len(g.weathers)], (g.objects[i % len(g.objects)],)))
+            for i, (b, t) in enumerate(pairs)
+        ]
 
     def check_prompt(self, prompt: str, what: str = "prompt") -> None:
         """InvalidInput for a prompt this model does not know (one outside its `prompt_grammar`)."""

@@ -86,3 +86,18 @@ def test_the_grammar_comes_from_the_pipeline_folder(tmp_path):
 def test_the_example_is_a_sentence_of_the_grammar():
     PromptGrammar().parse(EXAMPLE)  # the warm-up prompt, every model's
     assert EXAMPLE in grammar_text()
+
+
+def test_a_grammar_world_reports_examples_of_its_form_and_a_free_text_world_none():
+    """GetServerInfo's ActionSpace.prompts: what a client samples prompts from (Gymnasium's prompt
+    space on the toy world); every example parses, and each biome and time appears."""
+    from helios_runtime.engine.world_model import WorldModel
+    from helios_runtime.sim.grammar import BIOMES, TIMES, PromptGrammar
+
+    toy = WorldModel.load("toy", device="cpu")
+    examples = toy.prompt_examples()
+    scenes = [PromptGrammar().parse(p) for p in examples]
+    assert {s.biome for s in scenes} == set(BIOMES) and {s.time for s in scenes} == set(TIMES)
+    for prompt in examples:
+        toy.check_prompt(prompt)
+    assert WorldModel.load("tiny", device="cpu").prompt_examples() == []

@@ -53,6 +53,8 @@ def toy_env(where: str, request: pytest.FixtureRequest, **kw):
 def test_check_env_on_the_toy_world(where, action_mode, request):
     env = toy_env(where, request, action_mode=action_mode, render_mode="rgb_array", max_chunks=2)
     assert env.unwrapped.backend.describe()["model"] == "toy", "the default model everywhere"
+    if action_mode == "prompt":  # only its grammar: the space samples the server's examples
+        assert env.action_space.sample() in env.unwrapped.actions.prompts
     check_env(env.unwrapped)
     env.close()
 

@@ -128,7 +128,7 @@ def describe_model(engine: Any, warm_up_seconds: float) -> dict[str, Any]:
         "default_height": model.default_size[0],
         "default_width": model.default_size[1],
         "size_multiple": model.pyramid_multiple(),
-        "actions": engine.action_adapter.space.to_dict(),
+        "actions": {**engine.action_adapter.space.to_dict(), "prompts": model.prompt_examples()},
         "warm_up_seconds": warm_up_seconds,
         "transformer_path": (
             "kernels"

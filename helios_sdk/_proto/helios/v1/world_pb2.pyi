@@ -197,16 +197,18 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., parameters: _Optional[int] = ..., sampler: _Optional[str] = ..., steps_per_stage: _Optional[_Iterable[int]] = ..., actions: _Optional[_Union[ActionSpace, _Mapping]] = ...) -> None: ...
 
 class ActionSpace(_message.Message):
-    __slots__ = ("keys", "axes", "moves", "pans")
+    __slots__ = ("keys", "axes", "moves", "pans", "prompts")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     AXES_FIELD_NUMBER: _ClassVar[int]
     MOVES_FIELD_NUMBER: _ClassVar[int]
     PANS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[str]
     axes: _containers.RepeatedScalarFieldContainer[str]
     moves: _containers.RepeatedScalarFieldContainer[str]
     pans: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, keys: _Optional[_Iterable[str]] = ..., axes: _Optional[_Iterable[str]] = ..., moves: _Optional[_Iterable[str]] = ..., pans: _Optional[_Iterable[str]] = ...) -> None: ...
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., axes: _Optional[_Iterable[str]] = ..., moves: _Optional[_Iterable[str]] = ..., pans: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("api_version", "server_version", "model", "default_width", "default_height", "size_multiple", "max_width", "max_height", "encodings", "frames_per_chunk", "fps", "max_sessions", "active_sessions", "max_message_bytes", "session_idle_timeout_seconds", "auth_required", "workers")

@@ -54,90 +54,90 @@ namespace Helios.V1 {
             "IAEoCSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCKAAQoJTW9kZWxJbmZvEgwK",
             "BG5hbWUYASABKAkSEgoKcGFyYW1ldGVycxgCIAEoBBIPCgdzYW1wbGVyGAMg",
             "ASgJEhcKD3N0ZXBzX3Blcl9zdGFnZRgEIAMoDRInCgdhY3Rpb25zGAUgASgL",
-            "MhYuaGVsaW9zLnYxLkFjdGlvblNwYWNlIkYKC0FjdGlvblNwYWNlEgwKBGtl",
+            "MhYuaGVsaW9zLnYxLkFjdGlvblNwYWNlIlcKC0FjdGlvblNwYWNlEgwKBGtl",
             "eXMYASADKAkSDAoEYXhlcxgCIAMoCRINCgVtb3ZlcxgDIAMoCRIMCgRwYW5z",
-            "GAQgAygJItkDChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USEwoLYXBpX3ZlcnNp",
-            "b24YASABKAkSFgoOc2VydmVyX3ZlcnNpb24YAiABKAkSIwoFbW9kZWwYAyAB",
-            "KAsyFC5oZWxpb3MudjEuTW9kZWxJbmZvEhUKDWRlZmF1bHRfd2lkdGgYBCAB",
-            "KA0SFgoOZGVmYXVsdF9oZWlnaHQYBSABKA0SFQoNc2l6ZV9tdWx0aXBsZRgG",
-            "IAEoDRIRCgltYXhfd2lkdGgYByABKA0SEgoKbWF4X2hlaWdodBgIIAEoDRIr",
-            "CgllbmNvZGluZ3MYCSADKA4yGC5oZWxpb3MudjEuRnJhbWVFbmNvZGluZxIY",
-            "ChBmcmFtZXNfcGVyX2NodW5rGAogASgNEgsKA2ZwcxgLIAEoDRIUCgxtYXhf",
-            "c2Vzc2lvbnMYDCABKA0SFwoPYWN0aXZlX3Nlc3Npb25zGA0gASgNEhkKEW1h",
-            "eF9tZXNzYWdlX2J5dGVzGA4gASgEEiQKHHNlc3Npb25faWRsZV90aW1lb3V0",
-            "X3NlY29uZHMYDyABKA0SFQoNYXV0aF9yZXF1aXJlZBgQIAEoCBImCgd3b3Jr",
-            "ZXJzGBEgAygLMhUuaGVsaW9zLnYxLldvcmtlckluZm8ijAEKCldvcmtlcklu",
-            "Zm8SDQoFaW5kZXgYASABKA0SDAoEbmFtZRgCIAEoCRIOCgZkZXZpY2UYAyAB",
-            "KAkSDAoEaG9zdBgEIAEoCRINCgVyZWFkeRgFIAEoCBIQCghzZXNzaW9ucxgG",
-            "IAEoDRIQCghjYXBhY2l0eRgHIAEoDRIQCghyZXN0YXJ0cxgIIAEoDSI1ChRD",
-            "cmVhdGVTZXNzaW9uUmVxdWVzdBINCgV3aWR0aBgBIAEoDRIOCgZoZWlnaHQY",
-            "AiABKA0iSgoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQY",
-            "ASABKAkSDQoFd2lkdGgYAiABKA0SDgoGaGVpZ2h0GAMgASgNIjQKBUltYWdl",
-            "EgwKBGRhdGEYASABKAwSDQoFd2lkdGgYAiABKA0SDgoGaGVpZ2h0GAMgASgN",
-            "IjcKBVZpZGVvEgwKBGRhdGEYASABKAwSIAoGZnJhbWVzGAIgAygLMhAuaGVs",
-            "aW9zLnYxLkltYWdlItIBCgxSZXNldFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgB",
-            "IAEoCRIOCgZwcm9tcHQYAiABKAkSIQoFaW1hZ2UYAyABKAsyEC5oZWxpb3Mu",
-            "djEuSW1hZ2VIABIhCgV2aWRlbxgEIAEoCzIQLmhlbGlvcy52MS5WaWRlb0gA",
-            "EgwKBHNlZWQYBSABKAQSFwoPbmVnYXRpdmVfcHJvbXB0GAYgASgJEicKBmZy",
-            "YW1lcxgHIAEoCzIXLmhlbGlvcy52MS5GcmFtZU9wdGlvbnNCCAoGc291cmNl",
-            "IjAKDVJlc2V0UmVzcG9uc2USHwoFY2h1bmsYASABKAsyEC5oZWxpb3MudjEu",
-            "Q2h1bmsigQEKC1N0ZXBSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSIQoG",
-            "YWN0aW9uGAIgASgLMhEuaGVsaW9zLnYxLkFjdGlvbhInCgZmcmFtZXMYAyAB",
-            "KAsyFy5oZWxpb3MudjEuRnJhbWVPcHRpb25zEhIKCmFjdGlvbl9zZXEYBCAB",
-            "KAQiLwoMU3RlcFJlc3BvbnNlEh8KBWNodW5rGAEgASgLMhAuaGVsaW9zLnYx",
-            "LkNodW5rIiEKC0ZvcmtSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiIgoM",
-            "Rm9ya1Jlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkiOwoPU25hcHNob3RS",
-            "ZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSFAoMaW5jbHVkZV9kYXRhGAIg",
-            "ASgIIlkKEFNuYXBzaG90UmVzcG9uc2USEwoLc25hcHNob3RfaWQYASABKAkS",
-            "EgoKc2l6ZV9ieXRlcxgCIAEoBBIOCgZzaGEyNTYYAyABKAkSDAoEZGF0YRgE",
-            "IAEoDCJBCg5SZXN0b3JlUmVxdWVzdBIVCgtzbmFwc2hvdF9pZBgBIAEoCUgA",
-            "Eg4KBGRhdGEYAiABKAxIAEIICgZzb3VyY2UiOgoPUmVzdG9yZVJlc3BvbnNl",
-            "EhIKCnNlc3Npb25faWQYASABKAkSEwoLY2h1bmtfaW5kZXgYAiABKAQiKQoT",
-            "Q2xvc2VTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIhYKFENs",
-            "b3NlU2Vzc2lvblJlc3BvbnNlIm8KC1N0cmVhbVN0YXJ0EhIKCnNlc3Npb25f",
-            "aWQYASABKAkSIwoEbW9kZRgCIAEoDjIVLmhlbGlvcy52MS5TdHJlYW1Nb2Rl",
-            "EicKBmZyYW1lcxgDIAEoCzIXLmhlbGlvcy52MS5GcmFtZU9wdGlvbnMiPgoM",
-            "U3RyZWFtQWN0aW9uEgsKA3NlcRgBIAEoBBIhCgZhY3Rpb24YAiABKAsyES5o",
-            "ZWxpb3MudjEuQWN0aW9uImsKDVN0cmVhbVJlcXVlc3QSJwoFc3RhcnQYASAB",
-            "KAsyFi5oZWxpb3MudjEuU3RyZWFtU3RhcnRIABIpCgZhY3Rpb24YAiABKAsy",
-            "Fy5oZWxpb3MudjEuU3RyZWFtQWN0aW9uSABCBgoEa2luZCLJAQoMU2Vzc2lv",
-            "bkV2ZW50EikKBHR5cGUYASABKA4yGy5oZWxpb3MudjEuU2Vzc2lvbkV2ZW50",
-            "VHlwZRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC2NodW5rX2luZGV4GAMgASgE",
-            "EhIKCmFjdGlvbl9zZXEYBCABKAQSFgoOZHJvcHBlZF9mcmFtZXMYBSABKAQS",
-            "DwoHbWVzc2FnZRgGIAEoCRIoCgd0aW1pbmdzGAcgASgLMhcuaGVsaW9zLnYx",
-            "LkNodW5rVGltaW5ncyJlCg5TdHJlYW1SZXNwb25zZRIhCgVmcmFtZRgBIAEo",
-            "CzIQLmhlbGlvcy52MS5GcmFtZUgAEigKBWV2ZW50GAIgASgLMhcuaGVsaW9z",
-            "LnYxLlNlc3Npb25FdmVudEgAQgYKBGtpbmQqewoNRnJhbWVFbmNvZGluZxIe",
-            "ChpGUkFNRV9FTkNPRElOR19VTlNQRUNJRklFRBAAEhgKFEZSQU1FX0VOQ09E",
-            "SU5HX1JHQjI0EAESFwoTRlJBTUVfRU5DT0RJTkdfSlBFRxACEhcKE0ZSQU1F",
-            "X0VOQ09ESU5HX0gyNjQQAyp+Cg5GcmFtZVNlbGVjdGlvbhIfChtGUkFNRV9T",
-            "RUxFQ1RJT05fVU5TUEVDSUZJRUQQABIXChNGUkFNRV9TRUxFQ1RJT05fQUxM",
-            "EAESGAoURlJBTUVfU0VMRUNUSU9OX0xBU1QQAhIYChRGUkFNRV9TRUxFQ1RJ",
-            "T05fTk9ORRADKl0KClN0cmVhbU1vZGUSGwoXU1RSRUFNX01PREVfVU5TUEVD",
-            "SUZJRUQQABIYChRTVFJFQU1fTU9ERV9MT0NLU1RFUBABEhgKFFNUUkVBTV9N",
-            "T0RFX0ZSRUVfUlVOEAIq5wEKEFNlc3Npb25FdmVudFR5cGUSIgoeU0VTU0lP",
-            "Tl9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHgoaU0VTU0lPTl9FVkVOVF9U",
-            "WVBFX1NUQVJURUQQARIhCh1TRVNTSU9OX0VWRU5UX1RZUEVfQ0hVTktfRE9O",
-            "RRACEiUKIVNFU1NJT05fRVZFTlRfVFlQRV9GUkFNRVNfRFJPUFBFRBADEiYK",
-            "IlNFU1NJT05fRVZFTlRfVFlQRV9BQ1RJT05fUkVKRUNURUQQBBIdChlTRVNT",
-            "SU9OX0VWRU5UX1RZUEVfQ0xPU0VEEAUy/wQKDFdvcmxkU2VydmljZRJSCg1H",
-            "ZXRTZXJ2ZXJJbmZvEh8uaGVsaW9zLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0",
-            "GiAuaGVsaW9zLnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJSCg1DcmVhdGVT",
-            "ZXNzaW9uEh8uaGVsaW9zLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiAuaGVs",
-            "aW9zLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRI6CgVSZXNldBIXLmhlbGlv",
-            "cy52MS5SZXNldFJlcXVlc3QaGC5oZWxpb3MudjEuUmVzZXRSZXNwb25zZRI3",
-            "CgRTdGVwEhYuaGVsaW9zLnYxLlN0ZXBSZXF1ZXN0GhcuaGVsaW9zLnYxLlN0",
-            "ZXBSZXNwb25zZRI3CgRGb3JrEhYuaGVsaW9zLnYxLkZvcmtSZXF1ZXN0Ghcu",
-            "aGVsaW9zLnYxLkZvcmtSZXNwb25zZRJDCghTbmFwc2hvdBIaLmhlbGlvcy52",
-            "MS5TbmFwc2hvdFJlcXVlc3QaGy5oZWxpb3MudjEuU25hcHNob3RSZXNwb25z",
-            "ZRJACgdSZXN0b3JlEhkuaGVsaW9zLnYxLlJlc3RvcmVSZXF1ZXN0GhouaGVs",
-            "aW9zLnYxLlJlc3RvcmVSZXNwb25zZRJPCgxDbG9zZVNlc3Npb24SHi5oZWxp",
-            "b3MudjEuQ2xvc2VTZXNzaW9uUmVxdWVzdBofLmhlbGlvcy52MS5DbG9zZVNl",
-            "c3Npb25SZXNwb25zZRJBCgZTdHJlYW0SGC5oZWxpb3MudjEuU3RyZWFtUmVx",
-            "dWVzdBoZLmhlbGlvcy52MS5TdHJlYW1SZXNwb25zZSgBMAFCYAoPd29ybGQu",
-            "aGVsaW9zLnYxUAFaPGdpdGh1Yi5jb20vaGVsaW9zLXdvcmxkL2hlbGlvcy1z",
-            "ZGsvZ2VuL2dvL2hlbGlvcy92MTtoZWxpb3N2MfgBAaoCCUhlbGlvcy5WMWIG",
-            "cHJvdG8z"));
+            "GAQgAygJEg8KB3Byb21wdHMYBSADKAki2QMKFUdldFNlcnZlckluZm9SZXNw",
+            "b25zZRITCgthcGlfdmVyc2lvbhgBIAEoCRIWCg5zZXJ2ZXJfdmVyc2lvbhgC",
+            "IAEoCRIjCgVtb2RlbBgDIAEoCzIULmhlbGlvcy52MS5Nb2RlbEluZm8SFQoN",
+            "ZGVmYXVsdF93aWR0aBgEIAEoDRIWCg5kZWZhdWx0X2hlaWdodBgFIAEoDRIV",
+            "Cg1zaXplX211bHRpcGxlGAYgASgNEhEKCW1heF93aWR0aBgHIAEoDRISCgpt",
+            "YXhfaGVpZ2h0GAggASgNEisKCWVuY29kaW5ncxgJIAMoDjIYLmhlbGlvcy52",
+            "MS5GcmFtZUVuY29kaW5nEhgKEGZyYW1lc19wZXJfY2h1bmsYCiABKA0SCwoD",
+            "ZnBzGAsgASgNEhQKDG1heF9zZXNzaW9ucxgMIAEoDRIXCg9hY3RpdmVfc2Vz",
+            "c2lvbnMYDSABKA0SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYDiABKAQSJAocc2Vz",
+            "c2lvbl9pZGxlX3RpbWVvdXRfc2Vjb25kcxgPIAEoDRIVCg1hdXRoX3JlcXVp",
+            "cmVkGBAgASgIEiYKB3dvcmtlcnMYESADKAsyFS5oZWxpb3MudjEuV29ya2Vy",
+            "SW5mbyKMAQoKV29ya2VySW5mbxINCgVpbmRleBgBIAEoDRIMCgRuYW1lGAIg",
+            "ASgJEg4KBmRldmljZRgDIAEoCRIMCgRob3N0GAQgASgJEg0KBXJlYWR5GAUg",
+            "ASgIEhAKCHNlc3Npb25zGAYgASgNEhAKCGNhcGFjaXR5GAcgASgNEhAKCHJl",
+            "c3RhcnRzGAggASgNIjUKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg0KBXdpZHRo",
+            "GAEgASgNEg4KBmhlaWdodBgCIAEoDSJKChVDcmVhdGVTZXNzaW9uUmVzcG9u",
+            "c2USEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgV3aWR0aBgCIAEoDRIOCgZoZWln",
+            "aHQYAyABKA0iNAoFSW1hZ2USDAoEZGF0YRgBIAEoDBINCgV3aWR0aBgCIAEo",
+            "DRIOCgZoZWlnaHQYAyABKA0iNwoFVmlkZW8SDAoEZGF0YRgBIAEoDBIgCgZm",
+            "cmFtZXMYAiADKAsyEC5oZWxpb3MudjEuSW1hZ2Ui0gEKDFJlc2V0UmVxdWVz",
+            "dBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnByb21wdBgCIAEoCRIhCgVpbWFn",
+            "ZRgDIAEoCzIQLmhlbGlvcy52MS5JbWFnZUgAEiEKBXZpZGVvGAQgASgLMhAu",
+            "aGVsaW9zLnYxLlZpZGVvSAASDAoEc2VlZBgFIAEoBBIXCg9uZWdhdGl2ZV9w",
+            "cm9tcHQYBiABKAkSJwoGZnJhbWVzGAcgASgLMhcuaGVsaW9zLnYxLkZyYW1l",
+            "T3B0aW9uc0IICgZzb3VyY2UiMAoNUmVzZXRSZXNwb25zZRIfCgVjaHVuaxgB",
+            "IAEoCzIQLmhlbGlvcy52MS5DaHVuayKBAQoLU3RlcFJlcXVlc3QSEgoKc2Vz",
+            "c2lvbl9pZBgBIAEoCRIhCgZhY3Rpb24YAiABKAsyES5oZWxpb3MudjEuQWN0",
+            "aW9uEicKBmZyYW1lcxgDIAEoCzIXLmhlbGlvcy52MS5GcmFtZU9wdGlvbnMS",
+            "EgoKYWN0aW9uX3NlcRgEIAEoBCIvCgxTdGVwUmVzcG9uc2USHwoFY2h1bmsY",
+            "ASABKAsyEC5oZWxpb3MudjEuQ2h1bmsiIQoLRm9ya1JlcXVlc3QSEgoKc2Vz",
+            "c2lvbl9pZBgBIAEoCSIiCgxGb3JrUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgB",
+            "IAEoCSI7Cg9TbmFwc2hvdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIU",
+            "CgxpbmNsdWRlX2RhdGEYAiABKAgiWQoQU25hcHNob3RSZXNwb25zZRITCgtz",
+            "bmFwc2hvdF9pZBgBIAEoCRISCgpzaXplX2J5dGVzGAIgASgEEg4KBnNoYTI1",
+            "NhgDIAEoCRIMCgRkYXRhGAQgASgMIkEKDlJlc3RvcmVSZXF1ZXN0EhUKC3Nu",
+            "YXBzaG90X2lkGAEgASgJSAASDgoEZGF0YRgCIAEoDEgAQggKBnNvdXJjZSI6",
+            "Cg9SZXN0b3JlUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtjaHVu",
+            "a19pbmRleBgCIAEoBCIpChNDbG9zZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Np",
+            "b25faWQYASABKAkiFgoUQ2xvc2VTZXNzaW9uUmVzcG9uc2UibwoLU3RyZWFt",
+            "U3RhcnQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIjCgRtb2RlGAIgASgOMhUuaGVs",
+            "aW9zLnYxLlN0cmVhbU1vZGUSJwoGZnJhbWVzGAMgASgLMhcuaGVsaW9zLnYx",
+            "LkZyYW1lT3B0aW9ucyI+CgxTdHJlYW1BY3Rpb24SCwoDc2VxGAEgASgEEiEK",
+            "BmFjdGlvbhgCIAEoCzIRLmhlbGlvcy52MS5BY3Rpb24iawoNU3RyZWFtUmVx",
+            "dWVzdBInCgVzdGFydBgBIAEoCzIWLmhlbGlvcy52MS5TdHJlYW1TdGFydEgA",
+            "EikKBmFjdGlvbhgCIAEoCzIXLmhlbGlvcy52MS5TdHJlYW1BY3Rpb25IAEIG",
+            "CgRraW5kIskBCgxTZXNzaW9uRXZlbnQSKQoEdHlwZRgBIAEoDjIbLmhlbGlv",
+            "cy52MS5TZXNzaW9uRXZlbnRUeXBlEhIKCnNlc3Npb25faWQYAiABKAkSEwoL",
+            "Y2h1bmtfaW5kZXgYAyABKAQSEgoKYWN0aW9uX3NlcRgEIAEoBBIWCg5kcm9w",
+            "cGVkX2ZyYW1lcxgFIAEoBBIPCgdtZXNzYWdlGAYgASgJEigKB3RpbWluZ3MY",
+            "ByABKAsyFy5oZWxpb3MudjEuQ2h1bmtUaW1pbmdzImUKDlN0cmVhbVJlc3Bv",
+            "bnNlEiEKBWZyYW1lGAEgASgLMhAuaGVsaW9zLnYxLkZyYW1lSAASKAoFZXZl",
+            "bnQYAiABKAsyFy5oZWxpb3MudjEuU2Vzc2lvbkV2ZW50SABCBgoEa2luZCp7",
+            "Cg1GcmFtZUVuY29kaW5nEh4KGkZSQU1FX0VOQ09ESU5HX1VOU1BFQ0lGSUVE",
+            "EAASGAoURlJBTUVfRU5DT0RJTkdfUkdCMjQQARIXChNGUkFNRV9FTkNPRElO",
+            "R19KUEVHEAISFwoTRlJBTUVfRU5DT0RJTkdfSDI2NBADKn4KDkZyYW1lU2Vs",
+            "ZWN0aW9uEh8KG0ZSQU1FX1NFTEVDVElPTl9VTlNQRUNJRklFRBAAEhcKE0ZS",
+            "QU1FX1NFTEVDVElPTl9BTEwQARIYChRGUkFNRV9TRUxFQ1RJT05fTEFTVBAC",
+            "EhgKFEZSQU1FX1NFTEVDVElPTl9OT05FEAMqXQoKU3RyZWFtTW9kZRIbChdT",
+            "VFJFQU1fTU9ERV9VTlNQRUNJRklFRBAAEhgKFFNUUkVBTV9NT0RFX0xPQ0tT",
+            "VEVQEAESGAoUU1RSRUFNX01PREVfRlJFRV9SVU4QAirnAQoQU2Vzc2lvbkV2",
+            "ZW50VHlwZRIiCh5TRVNTSU9OX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIe",
+            "ChpTRVNTSU9OX0VWRU5UX1RZUEVfU1RBUlRFRBABEiEKHVNFU1NJT05fRVZF",
+            "TlRfVFlQRV9DSFVOS19ET05FEAISJQohU0VTU0lPTl9FVkVOVF9UWVBFX0ZS",
+            "QU1FU19EUk9QUEVEEAMSJgoiU0VTU0lPTl9FVkVOVF9UWVBFX0FDVElPTl9S",
+            "RUpFQ1RFRBAEEh0KGVNFU1NJT05fRVZFTlRfVFlQRV9DTE9TRUQQBTL/BAoM",
+            "V29ybGRTZXJ2aWNlElIKDUdldFNlcnZlckluZm8SHy5oZWxpb3MudjEuR2V0",
+            "U2VydmVySW5mb1JlcXVlc3QaIC5oZWxpb3MudjEuR2V0U2VydmVySW5mb1Jl",
+            "c3BvbnNlElIKDUNyZWF0ZVNlc3Npb24SHy5oZWxpb3MudjEuQ3JlYXRlU2Vz",
+            "c2lvblJlcXVlc3QaIC5oZWxpb3MudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNl",
+            "EjoKBVJlc2V0EhcuaGVsaW9zLnYxLlJlc2V0UmVxdWVzdBoYLmhlbGlvcy52",
+            "MS5SZXNldFJlc3BvbnNlEjcKBFN0ZXASFi5oZWxpb3MudjEuU3RlcFJlcXVl",
+            "c3QaFy5oZWxpb3MudjEuU3RlcFJlc3BvbnNlEjcKBEZvcmsSFi5oZWxpb3Mu",
+            "djEuRm9ya1JlcXVlc3QaFy5oZWxpb3MudjEuRm9ya1Jlc3BvbnNlEkMKCFNu",
+            "YXBzaG90EhouaGVsaW9zLnYxLlNuYXBzaG90UmVxdWVzdBobLmhlbGlvcy52",
+            "MS5TbmFwc2hvdFJlc3BvbnNlEkAKB1Jlc3RvcmUSGS5oZWxpb3MudjEuUmVz",
+            "dG9yZVJlcXVlc3QaGi5oZWxpb3MudjEuUmVzdG9yZVJlc3BvbnNlEk8KDENs",
+            "b3NlU2Vzc2lvbhIeLmhlbGlvcy52MS5DbG9zZVNlc3Npb25SZXF1ZXN0Gh8u",
+            "aGVsaW9zLnYxLkNsb3NlU2Vzc2lvblJlc3BvbnNlEkEKBlN0cmVhbRIYLmhl",
+            "bGlvcy52MS5TdHJlYW1SZXF1ZXN0GhkuaGVsaW9zLnYxLlN0cmVhbVJlc3Bv",
+            "bnNlKAEwAUJgCg93b3JsZC5oZWxpb3MudjFQAVo8Z2l0aHViLmNvbS9oZWxp",
+            "b3Mtd29ybGQvaGVsaW9zLXNkay9nZW4vZ28vaGVsaW9zL3YxO2hlbGlvc3Yx",
+            "+AEBqgIJSGVsaW9zLlYxYgZwcm90bzM="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Helios.V1.FrameEncoding), typeof(global::Helios.V1.FrameSelection), typeof(global::Helios.V1.StreamMode), typeof(global::Helios.V1.SessionEventType), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -154,7 +154,7 @@ namespace Helios.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.MoveAction), global::Helios.V1.MoveAction.Parser, new[]{ "Move", "Pan" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.GetServerInfoRequest), global::Helios.V1.GetServerInfoRequest.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ModelInfo), global::Helios.V1.ModelInfo.Parser, new[]{ "Name", "Parameters", "Sampler", "StepsPerStage", "Actions" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ActionSpace), global::Helios.V1.ActionSpace.Parser, new[]{ "Keys", "Axes", "Moves", "Pans" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ActionSpace), global::Helios.V1.ActionSpace.Parser, new[]{ "Keys", "Axes", "Moves", "Pans", "Prompts" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.GetServerInfoResponse), global::Helios.V1.GetServerInfoResponse.Parser, new[]{ "ApiVersion", "ServerVersion", "Model", "DefaultWidth", "DefaultHeight", "SizeMultiple", "MaxWidth", "MaxHeight", "Encodings", "FramesPerChunk", "Fps", "MaxSessions", "ActiveSessions", "MaxMessageBytes", "SessionIdleTimeoutSeconds", "AuthRequired", "Workers" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.WorkerInfo), global::Helios.V1.WorkerInfo.Parser, new[]{ "Index", "Name", "Device", "Host", "Ready", "Sessions", "Capacity", "Restarts" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.CreateSessionRequest), global::Helios.V1.CreateSessionRequest.Parser, new[]{ "Width", "Height" }, null, null, null, null),
@@ -4101,6 +4101,7 @@ namespace Helios.V1 {
       axes_ = other.axes_.Clone();
       moves_ = other.moves_.Clone();
       pans_ = other.pans_.Clone();
+      prompts_ = other.prompts_.Clone();
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -4168,6 +4169,23 @@ namespace Helios.V1 {
       get { return pans_; }
     }
 
+    /// <summary>Field number for the "prompts" field.</summary>
+    public const int PromptsFieldNumber = 5;
+    private static readonly pb::FieldCodec<string> _repeated_prompts_codec
+        = pb::FieldCodec.ForString(42);
+    private readonly pbc::RepeatedField<string> prompts_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// When not empty, the model knows only prompts of one form and refuses others with
+    /// INVALID_ARGUMENT (the toy world: its grammar, 'a BIOME at TIME [in WEATHER] [with OBJECTS]'):
+    /// examples of that form, for clients that sample prompts (an agent's or Gymnasium's prompt space).
+    /// Empty: any text (a model with a real text encoder).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> Prompts {
+      get { return prompts_; }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -4187,6 +4205,7 @@ namespace Helios.V1 {
       if(!axes_.Equals(other.axes_)) return false;
       if(!moves_.Equals(other.moves_)) return false;
       if(!pans_.Equals(other.pans_)) return false;
+      if(!prompts_.Equals(other.prompts_)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -4198,6 +4217,7 @@ namespace Helios.V1 {
       hash ^= axes_.GetHashCode();
       hash ^= moves_.GetHashCode();
       hash ^= pans_.GetHashCode();
+      hash ^= prompts_.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -4220,6 +4240,7 @@ namespace Helios.V1 {
       axes_.WriteTo(output, _repeated_axes_codec);
       moves_.WriteTo(output, _repeated_moves_codec);
       pans_.WriteTo(output, _repeated_pans_codec);
+      prompts_.WriteTo(output, _repeated_prompts_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -4234,6 +4255,7 @@ namespace Helios.V1 {
       axes_.WriteTo(ref output, _repeated_axes_codec);
       moves_.WriteTo(ref output, _repeated_moves_codec);
       pans_.WriteTo(ref output, _repeated_pans_codec);
+      prompts_.WriteTo(ref output, _repeated_prompts_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -4248,6 +4270,7 @@ namespace Helios.V1 {
       size += axes_.CalculateSize(_repeated_axes_codec);
       size += moves_.CalculateSize(_repeated_moves_codec);
       size += pans_.CalculateSize(_repeated_pans_codec);
+      size += prompts_.CalculateSize(_repeated_prompts_codec);
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -4264,6 +4287,7 @@ namespace Helios.V1 {
       axes_.Add(other.axes_);
       moves_.Add(other.moves_);
       pans_.Add(other.pans_);
+      prompts_.Add(other.prompts_);
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -4295,6 +4319,10 @@ namespace Helios.V1 {
             pans_.AddEntriesFrom(input, _repeated_pans_codec);
             break;
           }
+          case 42: {
+            prompts_.AddEntriesFrom(input, _repeated_prompts_codec);
+            break;
+          }
         }
       }
     #endif
@@ -4324,6 +4352,10 @@ namespace Helios.V1 {
           }
           case 34: {
             pans_.AddEntriesFrom(ref input, _repeated_pans_codec);
+            break;
+          }
+          case 42: {
+            prompts_.AddEntriesFrom(ref input, _repeated_prompts_codec);
             break;
           }
         }
