@@ -12,7 +12,8 @@ import torch
 from ..chunk import FRAMES_PER_CHUNK
 from ..sim import ProceduralWorld, PromptGrammar, RandomPolicy
 
-EVAL_SEEDS_FROM = 100_000  # `helios eval drift`'s first held-out seed
+EVAL_SEEDS_FROM = 100_000  # `helios eval drift`'s first held-out test seed
+VALIDATION_SEEDS = range(90_000, 90_020)  # its validation seeds (choices are made on these)
 
 
 def sim_clip(
@@ -33,8 +34,14 @@ def sim_episode(
     """Like `sim_clip`, with the world's first frame (H, W, 3) too (the image of image-to-video):
     (prompt, first, frames, actions). `free`: see `RandomPolicy` (0 = the benchmark's policy)."""
     world_seed = seed * 1_000_003 + index
-    if seed == 0 and world_seed >= EVAL_SEEDS_FROM:
-        raise ValueError(f"training world {index} would reach the held-out seeds (>= {EVAL_SEEDS_FROM})")
+    # Set 0's worlds are numbered from 0 and must stop short of the benchmark's seeds; other sets
+    # start at 1_000_003, past the 20 test seeds the benchmark reports (100000-100019).
+    if (seed == 0 and world_seed >= EVAL_SEEDS_FROM) or world_seed in VALIDATION_SEEDS:
+        raise ValueError(
+            f"training world {index} of set {seed} (world seed {world_seed}) would reach the benchmark's "
+            f"validation ({VALIDATION_SEEDS.start}-{VALIDATION_SEEDS.stop - 1}) or held-out seeds "
+            f"(>= {EVAL_SEEDS_FROM})"
+        )
     rng = np.random.default_rng([seed, index, 0xDA7A])
     prompt = PromptGrammar().sample(rng)
     world = ProceduralWorld(prompt, world_seed, height=height, width=width)
