@@ -477,6 +477,40 @@ def run_drift(
     }
 
 
+def merge_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several `run_drift` results over disjoint seeds with the same predictors,
+    chunks and settings (e.g. one seed per process): per-chunk means over all their seeds, as one
+    run over the seeds in the given order would give (each run must hold one seed, so that a metric
+    a seed has no value for, a position error without an agent, is left out of the mean exactly as
+    `run_drift` leaves it out)."""
+    if not runs:
+        raise ValueError("merge_runs needs at least one result")
+    if any(len(r["settings"]["seeds"]) != 1 for r in runs):
+        raise ValueError("merge_runs takes one-seed results (run_drift with one seed each)")
+    first = runs[0]
+    chunks, names = first["settings"]["chunks"], list(first["per_chunk"])
+    for r in runs:
+        if r["settings"]["chunks"] != chunks or list(r["per_chunk"]) != names:
+            raise ValueError("merge_runs needs results with the same chunks and predictors")
+
+    def stacked(get: Callable[[dict[str, Any]], list]) -> list:
+        rows = np.array([[math.nan if v is None else v for v in get(r)] for r in runs], dtype=np.float64)
+        return [_finite(v) for v in _nanmean(rows)]
+
+    per_chunk = {n: {m: stacked(lambda r, n=n, m=m: r["per_chunk"][n][m]) for m in METRICS} for n in names}
+    seeds = [r["settings"]["seeds"][0] for r in runs]
+    settings = dict(first["settings"], seeds=seeds, seed_role=seed_role(seeds))
+    settings["prompts"] = [r["settings"]["prompts"][0] for r in runs]
+    return {
+        "settings": settings,
+        "chunk_end_s": first["chunk_end_s"],
+        "per_chunk": per_chunk,
+        "simulator": {m: stacked(lambda r, m=m: r["simulator"][m]) for m in SEAM_METRICS},
+        "summary": {n: summarise(per_chunk, n, chunks) for n in names},
+        "elapsed_s": sum(r["elapsed_s"] for r in runs),
+    }
+
+
 def _nanmean(x: np.ndarray) -> np.ndarray:
     """Mean over seeds (axis 0) ignoring NaN, NaN where a column has none."""
     count = np.sum(~np.isnan(x), axis=0)

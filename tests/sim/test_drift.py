@@ -22,6 +22,7 @@ from helios_runtime.eval.drift import (
     choose_blur_box,
     direction_agrees,
     histogram_distance,
+    merge_runs,
     psnr,
     run_drift,
     seam,
@@ -218,3 +219,19 @@ def test_seed_roles_and_the_box_choice():
     box, scores = choose_blur_box(VALIDATION_SEEDS[:2], chunks=1, boxes=(1, 5, 9))
     assert set(scores) == {1, 5, 9} and scores[box] == max(scores.values())
     assert scores[5] > scores[1]  # the truth moves: a blurred still beats the sharp one
+
+
+def test_merging_one_seed_runs_is_one_run():
+    seeds = [11, 12]
+    whole = run_drift([CopyLastFrame()], seeds, 2)
+    merged = merge_runs([run_drift([CopyLastFrame()], [s], 2) for s in seeds])
+    assert (
+        merged["settings"]["seeds"] == seeds and merged["settings"]["prompts"] == whole["settings"]["prompts"]
+    )
+    for name, metrics in whole["per_chunk"].items():
+        for m, values in metrics.items():
+            assert merged["per_chunk"][name][m] == pytest.approx(values, nan_ok=True), (name, m)
+    assert merged["simulator"] == pytest.approx(whole["simulator"])
+    assert merged["summary"]["copy-last"]["seam"] == pytest.approx(whole["summary"]["copy-last"]["seam"])
+    with pytest.raises(ValueError, match="one-seed"):
+        merge_runs([whole])
