@@ -235,8 +235,8 @@ def train_vae(
         vae.config = vae.config.replace(latents_mean=tuple(mean), latents_std=tuple(std))
         vae._stats.clear()
     vae.save_pretrained(out)
-    psnr = reconstruction_psnr(vae, pool[-16:])
     parts = reconstruction_psnr_parts(vae, pool[-16:])
+    psnr = parts.pop("all")
     report = {"step": trainer.step, "psnr_db": psnr, "psnr_parts_db": parts}
     report.update(first_weight=first_weight, entry_weight=entry_weight, latents_mean=mean, latents_std=std)
     (out / "vae_report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -268,7 +268,7 @@ def reconstruction_psnr(vae: WanVAE, frames: torch.Tensor) -> float:
 @torch.no_grad()
 def reconstruction_psnr_parts(vae: WanVAE, frames: torch.Tensor) -> dict[str, float]:
     """Encode -> decode PSNR (dB) of chunks (B, 33, H, W, 3) uint8 by position in the chunk: the first
-    frame (decoded alone), frames 1-4 (the second latent) and the rest; and the mean absolute change
+    frame (decoded alone), frames 1-4 (the second latent), the rest and all; and the mean absolute change
     (grey levels) from each chunk's first frame to its second, reconstructed and true (a seam's exit)."""
     x = _video(frames)  # (B, 3, 33, H, W)
     y = vae.decode(vae.encode(x)).float().clamp(-1, 1)
@@ -278,6 +278,7 @@ def reconstruction_psnr_parts(vae: WanVAE, frames: torch.Tensor) -> dict[str, fl
         return float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-6))).mean())
 
     return {
+        "all": db(x, y),  # reconstruction_psnr's number, from the same decode
         "first": db(x[:, :, :1], y[:, :, :1]),
         "entry": db(x[:, :, 1:5], y[:, :, 1:5]),
         "rest": db(x[:, :, 5:], y[:, :, 5:]),
