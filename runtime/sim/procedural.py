@@ -14,7 +14,8 @@ Units and conventions (shapes: T frames, H rows, W columns):
   view at the same speed, so the agent slides across the view the opposite way.
 - The world is a torus of 4 × 4 views. The camera follows the agent with a dead zone: whenever the
   agent's centre would come within `margin` pixels of the view's edge, the view scrolls with it.
-- The daylight goes round once in `DAY_FRAMES` frames (10 minutes), starting at the prompt's time;
+- The daylight goes round once in `DAY_FRAMES` frames (10 minutes), starting at the prompt's time
+  (`day_offset` frames later for training episodes that start at other times of the day);
   `day_frames=None` holds it at the prompt's time (the drift benchmark's `--frozen-daylight`).
 
 Everything is drawn from one numpy generator seeded by (seed, the prompt's CRC-32), and every update
@@ -115,6 +116,7 @@ class ProceduralWorld:
         height: int = 96,
         width: int = 160,
         day_frames: int | None = DAY_FRAMES,
+        day_offset: int = 0,
     ):
         if height < 32 or width < 32:
             raise ValueError(f"the view must be at least 32×32 pixels, got {height}×{width}")
@@ -122,12 +124,15 @@ class ProceduralWorld:
             not isinstance(day_frames, int) or isinstance(day_frames, bool) or day_frames < 1
         ):
             raise ValueError(f"day_frames must be a positive int or None (light frozen), got {day_frames!r}")
+        if not isinstance(day_offset, int) or isinstance(day_offset, bool):
+            raise ValueError(f"day_offset must be an int number of frames, got {day_offset!r}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.grammar = PromptGrammar()
         self.scene: Scene = self.grammar.parse(prompt)
         self.prompt = self.grammar.format(self.scene)
         self.seed, self.height, self.width, self.day_frames = seed, height, width, day_frames
+        self.day_offset = day_offset  # frames of the day already gone at frame 0 (may be negative)
         self.scale = height / 96
         self.speed = 0.5 * self.scale  # pixels per frame per axis
         self.margin = round(height / 6)  # dead zone: the agent's centre stays this far from the edges
@@ -275,7 +280,8 @@ class ProceduralWorld:
     def _light(self) -> np.ndarray:
         """Per-channel multiplier of the daylight at frame t: bright at noon, warm at dawn and dusk,
         dim and blue at night."""
-        phase = _DAY_PHASE[self.scene.time] + (self.t / self.day_frames if self.day_frames else 0.0)
+        elapsed = (self.t + self.day_offset) / self.day_frames if self.day_frames else 0.0
+        phase = _DAY_PHASE[self.scene.time] + elapsed
         sun = np.sin(2 * np.pi * (phase - 0.25))  # 1 at noon, 0 at dawn and dusk, -1 at midnight
         level = 0.3 + 0.7 * (0.5 + 0.5 * sun)
         warm = 0.3 * np.exp(-((sun / 0.35) ** 2))

@@ -12,7 +12,8 @@ import torch
 from ..chunk import FRAMES_PER_CHUNK
 from ..sim import ProceduralWorld, PromptGrammar, RandomPolicy
 
-EVAL_SEEDS_FROM = 100_000  # `helios eval drift`'s first held-out seed
+EVAL_SEEDS_FROM = 100_000  # `helios eval drift`'s first held-out test seed
+VALIDATION_SEEDS = range(90_000, 90_020)  # its validation seeds (choices are made on these)
 
 
 def sim_clip(
@@ -28,16 +29,34 @@ def sim_clip(
 
 
 def sim_episode(
-    index: int, *, seed: int = 0, chunks: int = 1, height: int = 96, width: int = 160, free: float = 0.0
+    index: int,
+    *,
+    seed: int = 0,
+    chunks: int = 1,
+    height: int = 96,
+    width: int = 160,
+    free: float = 0.0,
+    day_shift: int = 0,
 ) -> tuple[str, np.ndarray, np.ndarray, list]:
     """Like `sim_clip`, with the world's first frame (H, W, 3) too (the image of image-to-video):
-    (prompt, first, frames, actions). `free`: see `RandomPolicy` (0 = the benchmark's policy)."""
+    (prompt, first, frames, actions). `free`: see `RandomPolicy` (0 = the benchmark's policy).
+    `day_shift` > 0: the day's clock starts at a random offset in [-day_shift, day_shift] frames
+    around the prompt's time, so a set of episodes shows the light at every stage the benchmark's
+    minute passes through, moving (drawn from its own generator: the rest of the episode is as
+    with 0)."""
     world_seed = seed * 1_000_003 + index
-    if seed == 0 and world_seed >= EVAL_SEEDS_FROM:
-        raise ValueError(f"training world {index} would reach the held-out seeds (>= {EVAL_SEEDS_FROM})")
+    # Set 0's worlds are numbered from 0 and must stop short of the benchmark's seeds; other sets
+    # start at 1_000_003, past the 20 test seeds the benchmark reports (100000-100019).
+    if (seed == 0 and world_seed >= EVAL_SEEDS_FROM) or world_seed in VALIDATION_SEEDS:
+        raise ValueError(
+            f"training world {index} of set {seed} (world seed {world_seed}) would reach the benchmark's "
+            f"validation ({VALIDATION_SEEDS.start}-{VALIDATION_SEEDS.stop - 1}) or held-out seeds "
+            f"(>= {EVAL_SEEDS_FROM})"
+        )
     rng = np.random.default_rng([seed, index, 0xDA7A])
     prompt = PromptGrammar().sample(rng)
-    world = ProceduralWorld(prompt, world_seed, height=height, width=width)
+    offset = int(np.random.default_rng([seed, index, 0xDA1]).integers(-day_shift, day_shift + 1))
+    world = ProceduralWorld(prompt, world_seed, height=height, width=width, day_offset=offset)
     policy = RandomPolicy(world_seed, free=free)
     first = world.reset()
     frames, actions = [], []

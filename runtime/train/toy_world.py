@@ -83,10 +83,12 @@ class Episodes:
         return len(self.prompts)
 
 
-def _render(args: tuple[int, int, int, int, int, float]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-    index, seed, chunks, height, width, free = args
+def _render(
+    args: tuple[int, int, int, int, int, float, int],
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    index, seed, chunks, height, width, free, day_shift = args
     prompt, first, frames, actions = sim_episode(
-        index, seed=seed, chunks=chunks, height=height, width=width, free=free
+        index, seed=seed, chunks=chunks, height=height, width=width, free=free, day_shift=day_shift
     )
     vocab = MovePanActions()
     ids = np.array([vocab.ids({"move": a.move, "pan": a.pan}) for a in actions], dtype=np.int64)
@@ -103,11 +105,14 @@ def render_episodes(
     width: int = WIDTH,
     free: float = 0.5,
     workers: int | None = None,
+    day_shift: int = 0,
 ) -> Episodes:
     """Episodes start..start+count of training set `seed`, rendered in `workers` processes (default:
-    the CPU count). `free`: the share of chunks whose move ignores the dead zone (view scrolls)."""
+    the CPU count). `free`: the share of chunks whose move ignores the dead zone (view scrolls).
+    `day_shift`: each episode's day starts up to that many frames before or after the prompt's time
+    (`sim_episode`)."""
     workers = workers or max(1, min(os.cpu_count() or 1, 16))
-    jobs = [(start + i, seed, chunks, height, width, free) for i in range(count)]
+    jobs = [(start + i, seed, chunks, height, width, free, day_shift) for i in range(count)]
     t0 = time.monotonic()
     if workers == 1 or count < 8:
         out = [_render(job) for job in jobs]
@@ -165,6 +170,8 @@ def train_vae(
     init: str | Path | None = None,
     decoder_only: bool = False,
     agent: float = 20.0,
+    first_weight: float = 1.0,
+    entry_weight: float = 1.0,
 ) -> WanVAE:
     """Train (or resume) the toy VAE in `out`; measure its latent statistics; return it.
 
@@ -176,6 +183,11 @@ def train_vae(
     before stay valid: the decoder can be fine-tuned on whole chunks while a transformer trains.
     `agent`: the reconstruction weight of the agent's pixels (pure magenta, ~0.2% of a frame): a
     plain loss lets an 8×-compressing VAE blur the one object that actions move into the ground.
+    `first_weight` / `entry_weight`: the reconstruction weight of a clip's first frame (decoded alone,
+    with no temporal context) and of the 4 frames of its second latent (the temporal upsamplers' first
+    run, from zero history). Every chunk the engine shows starts on those paths (the reference decodes
+    each chunk from an empty cache, spec 5.12), so with a plain loss, where they are 1 and 4 frames of
+    33, the first frames come out washed out and each chunk boundary flashes (issue 20).
     """
     device = torch.device(device)
     out = Path(out)
@@ -194,6 +206,10 @@ def train_vae(
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     offsets = torch.arange(clip_frames, device=device)
+    frame_weight = torch.ones(clip_frames, device=device)  # (T,)
+    frame_weight[0] = first_weight
+    frame_weight[1:5] = entry_weight
+    frame_weight = frame_weight.view(1, 1, -1, 1, 1)  # broadcast over (B, 1, T, H, W)
 
     def loss_fn(model: WanVAE, step: int, gen: torch.Generator) -> torch.Tensor:
         pick = torch.randint(0, pool.shape[0], (batch,), generator=gen, device=gen.device).to(device)
@@ -201,8 +217,11 @@ def train_vae(
             0, FRAMES_PER_CHUNK - clip_frames + 1, (batch,), generator=gen, device=gen.device
         )
         frames = pool[pick[:, None], start.to(device)[:, None] + offsets]  # (B, clip, H, W, 3)
+        weight = agent_weight(frames, agent)
+        if first_weight != 1.0 or entry_weight != 1.0:
+            weight = frame_weight if weight is None else weight * frame_weight
         with _autocast(device):
-            loss, _ = vae_loss(model, _video(frames), gen, pixel_weight=agent_weight(frames, agent))
+            loss, _ = vae_loss(model, _video(frames), gen, pixel_weight=weight)
         return loss
 
     trainer = Trainer(vae, loss_fn, out, lr=lr, seed=seed, save_every=500, warmup=200)
@@ -216,14 +235,12 @@ def train_vae(
         vae.config = vae.config.replace(latents_mean=tuple(mean), latents_std=tuple(std))
         vae._stats.clear()
     vae.save_pretrained(out)
-    psnr = reconstruction_psnr(vae, pool[-16:])
-    (out / "vae_report.json").write_text(
-        json.dumps(
-            {"step": trainer.step, "psnr_db": psnr, "latents_mean": mean, "latents_std": std}, indent=1
-        )
-        + "\n"
-    )
-    print(f"vae: step {trainer.step}, reconstruction PSNR {psnr:.2f} dB", file=sys.stderr)
+    parts = reconstruction_psnr_parts(vae, pool[-16:])
+    psnr = parts.pop("all")
+    report = {"step": trainer.step, "psnr_db": psnr, "psnr_parts_db": parts}
+    report.update(first_weight=first_weight, entry_weight=entry_weight, latents_mean=mean, latents_std=std)
+    (out / "vae_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"vae: step {trainer.step}, reconstruction PSNR {psnr:.2f} dB {parts}", file=sys.stderr)
     return vae
 
 
@@ -246,6 +263,28 @@ def reconstruction_psnr(vae: WanVAE, frames: torch.Tensor) -> float:
     y = vae.decode(vae.encode(x)).float().clamp(-1, 1)
     mse = ((x - y) * 127.5).pow(2).flatten(1).mean(1)
     return float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-6))).mean())
+
+
+@torch.no_grad()
+def reconstruction_psnr_parts(vae: WanVAE, frames: torch.Tensor) -> dict[str, float]:
+    """Encode -> decode PSNR (dB) of chunks (B, 33, H, W, 3) uint8 by position in the chunk: the first
+    frame (decoded alone), frames 1-4 (the second latent), the rest and all; and the mean absolute change
+    (grey levels) from each chunk's first frame to its second, reconstructed and true (a seam's exit)."""
+    x = _video(frames)  # (B, 3, 33, H, W)
+    y = vae.decode(vae.encode(x)).float().clamp(-1, 1)
+
+    def db(a: torch.Tensor, b: torch.Tensor) -> float:
+        mse = ((a - b) * 127.5).pow(2).flatten(1).mean(1)
+        return float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-6))).mean())
+
+    return {
+        "all": db(x, y),  # reconstruction_psnr's number, from the same decode
+        "first": db(x[:, :, :1], y[:, :, :1]),
+        "entry": db(x[:, :, 1:5], y[:, :, 1:5]),
+        "rest": db(x[:, :, 5:], y[:, :, 5:]),
+        "exit_jump": float(((y[:, :, 1] - y[:, :, 0]).abs() * 127.5).mean()),
+        "exit_jump_true": float(((x[:, :, 1] - x[:, :, 0]).abs() * 127.5).mean()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -513,6 +552,7 @@ __all__ = [
     "folder_megabytes",
     "latent_statistics",
     "reconstruction_psnr",
+    "reconstruction_psnr_parts",
     "render_episodes",
     "train_vae",
     "train_world",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helios_runtime.model.vae import WanVAE
-from helios_runtime.train.data import EVAL_SEEDS_FROM, sim_batch, sim_clip, to_video
+from helios_runtime.train.data import EVAL_SEEDS_FROM, VALIDATION_SEEDS, sim_batch, sim_clip, to_video
 from helios_runtime.train.trainer import Trainer
 from helios_runtime.train.vae import vae_loss
 
@@ -22,6 +22,8 @@ def test_sim_clips_are_deterministic_chunks_and_avoid_held_out_seeds():
     )
     with pytest.raises(ValueError, match="held-out"):
         sim_clip(EVAL_SEEDS_FROM)
+    with pytest.raises(ValueError, match="validation"):
+        sim_clip(VALIDATION_SEEDS.start)
     video = to_video(frames[0])
     assert video.shape == (1, 3, 33, 32, 48) and video.min() >= -1 and video.max() <= 1
 

@@ -16,6 +16,7 @@ from helios_runtime.engine.engine import WorldEngine
 from helios_runtime.engine.errors import InvalidInput
 from helios_runtime.engine.world_model import DEFAULT_MODEL, TOY_FOLDER, WorldModel
 from helios_runtime.model.checkpoint import CheckpointError
+from helios_runtime.sim import agent_mask
 from helios_runtime.train import toy_world as world
 from helios_runtime.train.stage1 import WINDOW_LATENTS
 
@@ -65,6 +66,37 @@ def test_render_episodes_is_deterministic_and_labels_actions():
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
     assert a.frames.shape == (3, 2, 33, 96, 160, 3) and a.first.shape == (3, 96, 160, 3)
     assert ((a.actions[..., 0] >= 0) & (a.actions[..., 0] < 9) & (a.actions[..., 1] >= 9)).all()
+
+
+def test_day_shift_moves_the_light_and_nothing_else():
+    plain = world.render_episodes(2, 1, workers=1)
+    shifted = world.render_episodes(2, 1, workers=1, day_shift=2400)
+    assert plain.prompts == shifted.prompts and np.array_equal(plain.actions, shifted.actions)
+    # The same scene, lit at another time of day: the agent (drawn at full brightness) stays put.
+    assert not np.array_equal(plain.first, shifted.first)
+    np.testing.assert_array_equal(agent_mask(plain.frames), agent_mask(shifted.frames))
+
+
+def test_vae_first_frame_weights(tmp_path):
+    """A decoder-only fine-tune that weighs the first frames: the encoder stays frozen, the weights
+    change what the decoder learns (against the same run without them), the report has the parts."""
+    torch.set_num_threads(2)
+    from helios_runtime.model.vae import WanVAE
+
+    base = tmp_path / "base"  # the tiny preset: the same code paths, a fraction of the toy's cost
+    WanVAE.from_config("tiny", device="cpu", seed=0).save_pretrained(base)
+    common = dict(episodes=2, chunks=1, batch=1, clip_frames=5, max_steps=2, workers=1, init=base)
+    tuned = world.train_vae(tmp_path / "w", decoder_only=True, first_weight=8.0, entry_weight=2.0, **common)
+    plain = world.train_vae(tmp_path / "p", decoder_only=True, **common)
+    report = json.loads((tmp_path / "w" / "vae_report.json").read_text())
+    assert (report["first_weight"], report["entry_weight"]) == (8.0, 2.0)
+    assert set(report["psnr_parts_db"]) == {"first", "entry", "rest", "exit_jump", "exit_jump_true"}
+    before = WanVAE.from_pretrained(base, device="cpu").state_dict()
+    weighted, unweighted = tuned.state_dict(), plain.state_dict()
+    for name, a in before.items():
+        if name.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(a, weighted[name]), name
+    assert any(not torch.equal(weighted[n], unweighted[n]) for n in before if n.startswith("decoder."))
 
 
 @pytest.fixture(scope="module")
