@@ -56,9 +56,9 @@ def _sync(device: torch.device) -> None:
 def forward(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else None
-    tiny = args.model == "tiny"
-    height = args.height or (96 if tiny else 384)
-    width = args.width or (160 if tiny else 640)
+    small = args.model in ("tiny", "toy")
+    height = args.height or (96 if small else 384)
+    width = args.width or (160 if small else 640)
     if height % 16 or width % 16 or height <= 0 or width <= 0:
         raise ValueError(
             f"--height and --width must be positive multiples of 16 (VAE ×8, patch ×2), got {height}×{width}"
@@ -66,9 +66,14 @@ def forward(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise ValueError(f"--batch and --repeat must be at least 1, got {args.batch} and {args.repeat}")
 
-    print(f"loading {args.model} on {device} ...", flush=True)
+    shipped = " (the shipped world's trained transformer)" if args.model == "toy" else ""
+    print(f"loading {args.model}{shipped} on {device} ...", flush=True)
     t0 = time.perf_counter()
-    name = args.model.removeprefix("random-") if args.model.startswith("random-") else args.model
+    # "toy" is the shipped world's trained transformer, as everywhere else (`helios serve`, `info`);
+    # random-1.3b / random-14b are the presets' random weights, as `helios serve` names them.
+    from .engine.world_model import TOY_FOLDER
+
+    name = TOY_FOLDER / "transformer" if args.model == "toy" else args.model.removeprefix("random-")
     model = HeliosTransformer.load(name, device=device, dtype=dtype, seed=args.seed).eval()
     _sync(device)
     print(

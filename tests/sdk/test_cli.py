@@ -40,6 +40,29 @@ def test_forward_on_the_embedded_default(tmp_path):
     assert again.stdout.splitlines()[-1] == out.stdout.splitlines()[-1]  # same weights, same inputs
 
 
+def test_forward_toy_is_the_shipped_world_as_everywhere():
+    """`toy` names the trained world in every command: `helios forward --model toy` runs the shipped
+    transformer (not the toy preset's random weights) at the toy world's 96x160."""
+    from helios_runtime.engine.world_model import TOY_FOLDER
+
+    out = helios("forward", "--model", "toy", "--repeat", "1")
+    assert out.returncode == 0, out.stderr
+    assert "the shipped world's trained transformer" in out.stdout and "at 96×160" in out.stdout
+    folder = helios(
+        "forward",
+        "--model",
+        str(TOY_FOLDER / "transformer"),
+        "--repeat",
+        "1",
+        "--height",
+        "96",
+        "--width",
+        "160",
+    )
+    assert folder.returncode == 0, folder.stderr
+    assert out.stdout.splitlines()[-1] == folder.stdout.splitlines()[-1]  # the same weights
+
+
 def test_rollout_writes_an_mp4(tmp_path):
     from helios_sdk.video import read_frames
 
