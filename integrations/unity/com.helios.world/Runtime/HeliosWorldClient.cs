@@ -28,7 +28,7 @@ namespace Helios.World
         [Header("World")]
         public int width = 640;
         public int height = 384;
-        [TextArea] public string prompt = "a quiet harbour town at dusk, boats on the water";
+        [TextArea] public string prompt = "a meadow at noon with trees and sheep";
         public ulong seed;
         [Tooltip("JPEG: ~60 KB a 384x640 frame, decoded on the main thread. RGB24: 737 KB, no decode.")]
         public HeliosFrameEncoding encoding = HeliosFrameEncoding.Jpeg;

@@ -45,7 +45,7 @@ namespace Helios.World
         public string ClientKeyPem = "";
         public int Width = 640;
         public int Height = 384;
-        public string Prompt = "a quiet harbour town at dusk, boats on the water";
+        public string Prompt = "a meadow at noon with trees and sheep";
         public ulong Seed;
         public HeliosFrameEncoding Encoding = HeliosFrameEncoding.Jpeg;
         /// <summary>1..100; 0: the server's default (90).</summary>

@@ -8,7 +8,7 @@ namespace Helios.World.Samples
     public sealed class HeliosWorldView : MonoBehaviour
     {
         HeliosWorldClient client;
-        string nextPrompt = "the same harbour in a snowstorm at night";
+        string nextPrompt = "an island at night in snow with houses";
 
         void Awake()
         {
