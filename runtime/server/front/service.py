@@ -326,6 +326,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
     async def GetServerInfo(self, request, context):
         async def body():
             info = self.pool.workers[0].info
+            actions = codec.action_space(info)  # as the worker's engine's action adapter described it
             return pb.GetServerInfoResponse(
                 api_version=API_VERSION,
                 server_version=SERVER_VERSION,
@@ -334,7 +335,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
                     parameters=info.get("parameters", 0),
                     sampler=info.get("sampler", ""),
                     steps_per_stage=info.get("steps", []),
-                    actions=space.to_proto() if (space := codec.action_space(info)) else None,
+                    actions=actions.to_proto() if actions else None,
                 ),
                 default_width=info.get("default_width", 0),
                 default_height=info.get("default_height", 0),
