@@ -113,7 +113,8 @@ def selection(options: pb.FrameOptions) -> str:
 
 def action_space(info: Mapping[str, Any]) -> ActionSpace | None:
     """The structured actions a worker's model understands, from its ready message (the engine's
-    action adapter describes itself: `describe_model`); None when the worker did not say."""
+    action adapter describes itself: `describe_model`); None when the worker did not say.
+    `WorkerHandle.actions` keeps it, parsed once per ready message."""
     data = info.get("actions")
     return ActionSpace.from_dict(data) if data else None
 

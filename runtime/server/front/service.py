@@ -326,7 +326,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
     async def GetServerInfo(self, request, context):
         async def body():
             info = self.pool.workers[0].info
-            actions = codec.action_space(info)  # as the worker's engine's action adapter described it
+            actions = self.pool.workers[0].actions  # as its engine's action adapter described itself
             return pb.GetServerInfoResponse(
                 api_version=API_VERSION,
                 server_version=SERVER_VERSION,
@@ -448,7 +448,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
                     f"action_seq {seq} is older than this session's last step ({last.seq}); "
                     "sequence numbers must grow",
                 )
-            step = Step(s.id, codec.action(request.action, codec.action_space(s.worker.info)))
+            step = Step(s.id, codec.action(request.action, s.worker.actions))
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise RpcError(

@@ -107,7 +107,7 @@ class StreamSession:
                 continue
             seq = msg.action.seq
             try:
-                action = codec.action(msg.action.action, codec.action_space(self.s.worker.info))
+                action = codec.action(msg.action.action, self.s.worker.actions)
             except codec.RpcError as exc:
                 self.reject(exc.message, seq)
                 continue

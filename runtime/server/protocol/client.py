@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from helios_sdk.actions import ActionSpace
+
 from .messages import Close, Error, Fork, Frame, Reply, Request, Restore, Result
 
 log = logging.getLogger("helios.front")
@@ -49,6 +51,20 @@ class WorkerHandle:
     generation: int = 0  # bumped at every restart: sessions remember the generation they live in
     load: int = 0  # sessions placed on it
     capacity: int = 0  # sessions its engine can hold
+    # `info["actions"]` parsed, once per ready message (`actions`): the front checks every action
+    # a client sends against it.
+    _actions: tuple[dict[str, Any] | None, ActionSpace | None] = field(
+        default=(None, None), repr=False, compare=False
+    )
+
+    @property
+    def actions(self) -> ActionSpace | None:
+        """The structured actions its engine's model understands, as its ready message said (None:
+        it did not say; the engine checks alone)."""
+        if self._actions[0] is not self.info:
+            data = self.info.get("actions")
+            self._actions = (self.info, ActionSpace.from_dict(data) if data else None)
+        return self._actions[1]
 
 
 class EngineClient:
