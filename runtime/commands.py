@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,6 +54,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def transformer_spec(model: str) -> str | Path:
+    """What `helios forward` / `info --model` name -> a preset name (random weights) or a transformer
+    folder. `toy` is the shipped world's trained transformer, as in every command; random-1.3b /
+    random-14b are the presets, as `helios serve` names them; a pipeline folder means its transformer."""
+    from .engine.world_model import TOY_FOLDER
+
+    preset = model.removeprefix("random-")
+    if model != "toy" and preset in PRESETS:
+        return preset
+    folder = TOY_FOLDER if model == "toy" else Path(model)
+    if (folder / "model_index.json").is_file():
+        folder = folder / "transformer"
+    if not folder.exists():
+        raise ValueError(
+            f"--model {model!r} is neither a preset ({', '.join(sorted(PRESETS))}, random-1.3b, random-14b, "
+            "toy) nor a folder: it does not exist"
+        )
+    return folder
+
+
 def forward(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else None
@@ -69,12 +90,8 @@ def forward(args: argparse.Namespace) -> int:
     shipped = " (the shipped world's trained transformer)" if args.model == "toy" else ""
     print(f"loading {args.model}{shipped} on {device} ...", flush=True)
     t0 = time.perf_counter()
-    # "toy" is the shipped world's trained transformer, as everywhere else (`helios serve`, `info`);
-    # random-1.3b / random-14b are the presets' random weights, as `helios serve` names them.
-    from .engine.world_model import TOY_FOLDER
-
-    name = TOY_FOLDER / "transformer" if args.model == "toy" else args.model.removeprefix("random-")
-    model = HeliosTransformer.load(name, device=device, dtype=dtype, seed=args.seed).eval()
+    model = HeliosTransformer.load(transformer_spec(args.model), device=device, dtype=dtype, seed=args.seed)
+    model = model.eval()
     _sync(device)
     print(
         f"  {model.num_parameters():,} parameters, {model.dtype}, ready in {time.perf_counter() - t0:.2f} s"
@@ -127,27 +144,16 @@ def _history_tokens(model: HeliosTransformer, lat_h: int, lat_w: int) -> dict[st
 def info(args: argparse.Namespace) -> int:
     """A transformer's config and size: a preset, a world model's name (`toy`: the shipped world's
     weights; `random-14b`: the 14b preset), a transformer folder or a pipeline folder."""
-    from pathlib import Path
-
-    from .engine.world_model import TOY_FOLDER
     from .model.checkpoint import read_config
     from .model.config import CLASS_NAME, HeliosConfig
 
-    spec = args.model.removeprefix("random-")  # the world presets random-14b / random-1.3b
-    folder = TOY_FOLDER if args.model == "toy" else Path(args.model)
-    if (folder / "model_index.json").is_file():  # a pipeline folder: its transformer
-        folder = folder / "transformer"
-    if args.model != "toy" and spec not in PRESETS and not folder.exists():
-        raise ValueError(
-            f"--model {args.model!r} is not a preset ({', '.join(sorted(PRESETS))}, random-1.3b, "
-            "random-14b) and does not exist as a folder"
-        )
-    if args.model == "toy" or spec not in PRESETS:
-        cfg = HeliosConfig.from_dict(read_config(folder, [CLASS_NAME], "Helios transformer"))
-        source = "toy (the shipped world)" if args.model == "toy" else args.model
-    else:
+    spec = transformer_spec(args.model)
+    if isinstance(spec, str):
         cfg = PRESETS[spec]
         source = f"preset {spec!r}" + (f" ({args.model}: random weights)" if spec != args.model else "")
+    else:
+        cfg = HeliosConfig.from_dict(read_config(spec, [CLASS_NAME], "Helios transformer"))
+        source = "toy (the shipped world)" if args.model == "toy" else args.model
     with torch.device("meta"):
         count = HeliosTransformer(cfg).num_parameters()
     print(f"{source}: {count:,} parameters ({count * 2 / 1e9:.2f} GB in bfloat16)")
