@@ -38,7 +38,7 @@ from helios_runtime.eval.drift import (
 _STATE: dict[str, Any] = {}
 
 
-def _init(model: str, device: str | None, threads: int) -> None:
+def _init(model: str, device: str | None, threads: int, seam_blend: int | None) -> None:
     from helios_runtime.engine.engine import WorldEngine
     from helios_runtime.engine.fastpath import FastPathChoice
     from helios_runtime.engine.world_model import WorldModel
@@ -46,16 +46,20 @@ def _init(model: str, device: str | None, threads: int) -> None:
     torch.set_num_threads(threads)
     world = WorldModel.load(model, device=device, seed=0, fast=FastPathChoice(fast=False))
     h, w = world.default_size
+    blend = world.seam_blend if seam_blend is None else seam_blend
     _STATE["model"] = world
     _STATE["predictors"] = [
-        EnginePredictor(WorldEngine(world, max_sessions=2), seed=0),
-        VaeRoundTrip(world.vae, height=h, width=w, name=f"vae-roundtrip:{world.name}"),
+        EnginePredictor(WorldEngine(world, max_sessions=2, seam_blend=blend), seed=0),
+        VaeRoundTrip(world.vae, height=h, width=w, name=f"vae-roundtrip:{world.name}", seam_blend=blend),
     ]
+    _STATE["seam_blend"] = blend
 
 
 def _one(job: tuple[int, int, bool]) -> dict[str, Any]:
     seed, chunks, frozen = job
-    return run_drift(_STATE["predictors"], [seed], chunks, frozen_daylight=frozen)
+    run = run_drift(_STATE["predictors"], [seed], chunks, frozen_daylight=frozen)
+    run["settings"]["seam_blend"] = _STATE["seam_blend"]
+    return run
 
 
 def main() -> None:
@@ -70,6 +74,9 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4, help="worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--frozen-daylight", action="store_true")
+    parser.add_argument(
+        "--seam-blend", type=int, default=None, help="frames of the seam blend (default: the model's)"
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
@@ -82,7 +89,9 @@ def main() -> None:
     start = time.perf_counter()
     ctx = mp.get_context("spawn")  # CUDA in the workers
     jobs = [(s, args.chunks, args.frozen_daylight) for s in seeds]
-    with ctx.Pool(args.procs, initializer=_init, initargs=(args.model, device, args.threads)) as pool:
+    with ctx.Pool(
+        args.procs, initializer=_init, initargs=(args.model, device, args.threads, args.seam_blend)
+    ) as pool:
         runs = []
         for run in pool.imap(_one, jobs):
             runs.append(run)

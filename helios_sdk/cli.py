@@ -360,6 +360,14 @@ def _add_eval(sub: Any) -> None:
         "--plot", default=None, metavar="PATH", help="also plot per-chunk metrics (matplotlib)"
     )
     drift.add_argument(
+        "--seam-blend",
+        type=int,
+        default=None,
+        metavar="N",
+        help="blend each chunk's first N frames from the last frame shown, for the model and its VAE "
+        "round trip (docs/engine.md; default: the model's own setting, 2 for the toy, 0 for Helios)",
+    )
+    drift.add_argument(
         "--frozen-daylight",
         action="store_true",
         help="diagnostic: hold the simulator's daylight at the prompt's time of day, separating a "
@@ -410,6 +418,20 @@ def _add_train_vae(sub: Any) -> argparse.ArgumentParser:
     t_vae.add_argument(
         "--agent-weight", type=float, default=20.0, help="loss weight of the agent's pixels (default 20)"
     )
+    t_vae.add_argument(
+        "--first-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of a clip's first frame, the chunk's single-frame decode path (default 1; "
+        "the shipped decoder: 8)",
+    )
+    t_vae.add_argument(
+        "--entry-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of a clip's frames 1-4, the temporal upsamplers' first run (default 1; the "
+        "shipped decoder: 2)",
+    )
     t_vae.add_argument("--steps", type=int, default=20000, help="total optimizer steps (default 20000)")
     t_vae.add_argument(
         "--minutes", type=float, default=10.0, help="wall-clock limit of this run (default 10)"
@@ -425,6 +447,13 @@ def _add_train_latents(sub: Any) -> argparse.ArgumentParser:
     t_lat.add_argument("--out", required=True, help="the latent dataset file (.pt)")
     t_lat.add_argument("--episodes", type=int, default=3000, help="simulated episodes (default 3000)")
     t_lat.add_argument("--chunks", type=int, default=6, help="chunks per episode (default 6)")
+    t_lat.add_argument(
+        "--day-shift",
+        type=int,
+        default=0,
+        help="start each episode's day up to this many frames (16 a second) before or after the "
+        "prompt's time of day, so the light moves as the world runs (default 0)",
+    )
     _device_and_seed(t_lat)
     return t_lat
 
@@ -482,6 +511,13 @@ def _add_train_export(sub: Any) -> argparse.ArgumentParser:
         default=1.0,
         help="guide the sampler on the action with this scale (> 1, for a world trained with "
         "--action-dropout; default 1: no guidance)",
+    )
+    t_exp.add_argument(
+        "--seam-blend",
+        type=int,
+        default=0,
+        help="model_index.json's seam_blend_frames: the engine blends each chunk's first N frames "
+        "from the last frame shown (docs/engine.md; default 0, the shipped toy: 2)",
     )
     return t_exp
 

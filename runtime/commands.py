@@ -426,7 +426,7 @@ def eval_drift(args: argparse.Namespace) -> int:
     threads = _threads.resolve(args.threads)
     _threads.apply(threads)
     predictors: list = [CopyLastFrame()]
-    device, precision = "cpu", None
+    device, precision, seam_blend = "cpu", None, None
     if args.predictor in ("engine", "vae-roundtrip"):
         from .engine.engine import WorldEngine
         from .engine.world_model import WorldModel
@@ -438,11 +438,19 @@ def eval_drift(args: argparse.Namespace) -> int:
         height = args.model_height or model.default_size[0]
         width = args.model_width or model.default_size[1]
         # The VAE's round trip runs beside the model: its ceiling, and the seams the VAE alone makes.
+        seam_blend = model.seam_blend if args.seam_blend is None else args.seam_blend
         predictors.insert(
-            0, VaeRoundTrip(model.vae, height=height, width=width, name=f"vae-roundtrip:{model.name}")
+            0,
+            VaeRoundTrip(
+                model.vae,
+                height=height,
+                width=width,
+                name=f"vae-roundtrip:{model.name}",
+                seam_blend=seam_blend,
+            ),
         )
         if args.predictor == "engine":
-            engine = WorldEngine(model, max_sessions=2)
+            engine = WorldEngine(model, max_sessions=2, seam_blend=seam_blend)
             predictor = EnginePredictor(engine, height=args.model_height, width=args.model_width, seed=0)
             predictors.insert(0, predictor)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -477,6 +485,7 @@ def eval_drift(args: argparse.Namespace) -> int:
         predictor=args.predictor,
         model=args.model if args.predictor != "copy-last" else None,
         model_size=[args.model_height, args.model_width],
+        seam_blend=seam_blend,
         device=device,
         device_name=_device_name(device),
         threads=torch.get_num_threads(),  # what --threads / $HELIOS_THREADS resolved to, in effect
@@ -547,7 +556,12 @@ def train(args: argparse.Namespace) -> int:
     step = args.train_command
     if step == "export":
         out = world.export_world(
-            args.world, args.vae, args.out, anchor=not args.no_anchor, action_guidance=args.action_guidance
+            args.world,
+            args.vae,
+            args.out,
+            anchor=not args.no_anchor,
+            action_guidance=args.action_guidance,
+            seam_blend=args.seam_blend,
         )
         print(f"wrote {out} ({world.folder_megabytes(out):.1f} MB)")
         return 0
@@ -568,13 +582,15 @@ def train(args: argparse.Namespace) -> int:
             init=args.init,
             decoder_only=args.decoder_only,
             agent=args.agent_weight,
+            first_weight=args.first_weight,
+            entry_weight=args.entry_weight,
         )
     elif step == "latents":
         from .model.text_encoder import BuiltinTextEncoder
         from .model.vae import WanVAE
 
         vae = WanVAE.from_pretrained(args.vae, device=device)
-        episodes = world.render_episodes(args.episodes, args.chunks, seed=args.seed)
+        episodes = world.render_episodes(args.episodes, args.chunks, seed=args.seed, day_shift=args.day_shift)
         data = world.encode_episodes(vae, episodes, BuiltinTextEncoder.preset("toy", device="cpu"))
         data.save(args.out)
         print(f"wrote {args.out}: {tuple(data.latents.shape)} latents")

@@ -53,6 +53,7 @@ from .actions import (
 from .errors import Cancelled, CapacityExceeded, InvalidInput, SessionClosed, SessionNotFound
 from .memory import MultiTermMemory, frame_indices
 from .rng import RESET, CounterNoise, StreamNoise
+from .seam import SeamBlend, check_frames
 from .session import PromptState, RestoreRules, Session
 from .snapshot_key import check_key, new_key
 from .world_model import WorldModel
@@ -123,8 +124,13 @@ class WorldEngine:
         snapshot_key: bytes | None = None,
         max_height: int | None = None,
         max_width: int | None = None,
+        seam_blend: int | None = None,
     ):
         self.model = model
+        # Frames over which a chunk's first frames are blended from the last frame shown (seam.py):
+        # the model's own setting (model_index.json "seam_blend_frames"; 0, parity, for Helios) unless
+        # the engine's owner sets one.
+        self.seam_blend = check_frames(model.seam_blend if seam_blend is None else seam_blend)
         # False on the follower ranks of a context-parallel worker: they share the denoising but
         # only the leader decodes frames.
         self.decodes = decodes
@@ -634,7 +640,9 @@ class WorldEngine:
         """Decode a chunk (unless `decode` is off), handing each frame to `callback`; `cancel` is
         read between decoded frames (raises `Cancelled`). Its session is not changed."""
         t1 = time.perf_counter()
-        frames = self._decode(chunk.latents, callback, cancel) if decode and self.decodes else None
+        last = chunk.session.last_frame
+        seam = SeamBlend(self.seam_blend, last) if self.seam_blend and last is not None else None
+        frames = self._decode(chunk.latents, callback, cancel, seam) if decode and self.decodes else None
         assert chunk.result is not None
         chunk.result.frames = frames
         chunk.result.timings["decode"] = time.perf_counter() - t1
@@ -650,13 +658,22 @@ class WorldEngine:
         s.scene = scene
         assert chunk.result is not None
         s.stats = chunk.result.timings
+        # The last frame shown, for the next boundary's blend (kept only while the option is on; a
+        # chunk not decoded leaves nothing shown to blend from).
+        frames = chunk.result.frames
+        s.last_frame = frames[-1].clone() if self.seam_blend and frames is not None else None
 
     def _decode(
-        self, latents: torch.Tensor, callback: FrameCallback | None, cancel: CancelCheck | None = None
+        self,
+        latents: torch.Tensor,
+        callback: FrameCallback | None,
+        cancel: CancelCheck | None = None,
+        seam: SeamBlend | None = None,
     ) -> torch.Tensor:
         """Decode one chunk latent by latent (a fresh decoder per chunk, as the model was trained),
         handing each frame to `callback` as soon as it exists; return (33, H, W, 3) uint8. `cancel`
-        is read before each latent is decoded (raises `Cancelled`)."""
+        is read before each latent is decoded (raises `Cancelled`). `seam`: the seam blend from the
+        last frame shown (seam.py), applied to each frame before it is handed on."""
         vae = self.model.vae
         stream = vae.stream_decoder()
         z = vae.denormalize(latents.to(vae.dtype))  # the reference casts, then denormalises
@@ -665,6 +682,8 @@ class WorldEngine:
             if cancel is not None and _peek(cancel):
                 raise Cancelled(CANCELLED)
             frames = _to_uint8(stream.push(z[:, :, i : i + 1]))  # (n, H, W, 3)
+            if seam is not None:
+                frames = torch.stack([seam(len(out) + j, f) for j, f in enumerate(frames.unbind(0))])
             if callback is not None:
                 for j in range(frames.shape[0]):
                     callback(len(out) + j, frames[j])

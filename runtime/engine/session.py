@@ -69,6 +69,8 @@ class Session:
     chunk: int = 0  # chunks generated so far
     closed: bool = False
     stats: dict[str, float] = field(default_factory=dict)  # timings of the last chunk (volatile)
+    # The last frame shown (H, W, 3) uint8 on the CPU, kept while the engine blends seams (seam.py).
+    last_frame: torch.Tensor | None = None
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -92,6 +94,7 @@ class Session:
             negative=None if self.negative is None else self.negative.clone(),
             scene=self.scene,
             chunk=self.chunk,
+            last_frame=None if self.last_frame is None else self.last_frame.clone(),
         )
 
     # --- snapshot -----------------------------------------------------------------------------------
@@ -109,6 +112,8 @@ class Session:
             tensors["negative"] = self.negative
         if isinstance(self.noise, StreamNoise):
             tensors["rng_state"] = self.noise.generator(0, "cpu").get_state()
+        if self.last_frame is not None:
+            tensors["last_frame"] = self.last_frame
         meta = {
             "model": model_fingerprint,
             "height": self.height,
@@ -143,7 +148,7 @@ class Session:
                     f"snapshot tensor 'rng_state' is not a generator state: {exc}"
                 ) from exc
             noise = StreamNoise(gen)
-        on = {k: v.to(rules.device) for k, v in tensors.items() if k != "rng_state"}
+        on = {k: v.to(rules.device) for k, v in tensors.items() if k not in ("rng_state", "last_frame")}
         return cls(
             id=new_id,
             height=meta["height"],
@@ -158,6 +163,7 @@ class Session:
             negative=on.get("negative"),
             scene=meta["scene"],
             chunk=meta["chunk"],
+            last_frame=tensors.get("last_frame"),
         )
 
 
@@ -288,6 +294,9 @@ def check_restorable(tensors: dict[str, torch.Tensor], meta: dict[str, Any], rul
     if rules.negative:
         expected["negative"] = text
     stream = {"rng_state"} if meta["noise"] == "stream" else set()  # a generator's state, bytes
+    # The last frame shown, in a snapshot of a session whose engine blends seams (seam.py): optional.
+    if "last_frame" in tensors:
+        expected["last_frame"] = ((meta["height"], meta["width"], 3), torch.uint8)
     missing = (expected.keys() | stream) - tensors.keys()
     unknown = tensors.keys() - expected.keys() - stream
     if missing or unknown:

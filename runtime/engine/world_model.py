@@ -32,6 +32,7 @@ from ..sim.grammar import PromptGrammar, Scene
 from .actions import MovePanActions
 from .fastpath import PRECISIONS, FastPathChoice, use_compile_cache
 from .known_prompts import GRAMMARS, check_prompt
+from .seam import check_frames
 
 log = logging.getLogger("helios.engine")
 
@@ -69,6 +70,10 @@ class WorldModel:
     # export` folder: the procedural world's); the engine refuses others (known_prompts.py). None:
     # any prompt.
     prompt_grammar: PromptGrammar | None = None
+    # Frames over which the engine blends a chunk's first frames from the last frame shown (seam.py):
+    # model_index.json "seam_blend_frames"; 0 (the released pipeline's behaviour) unless a model's
+    # VAE needs it (the toy world: 2).
+    seam_blend: int = 0
 
     def prompt_examples(self) -> list[str]:
         """Prompts of the only form this model knows, one for every biome and time of its grammar
@@ -271,6 +276,7 @@ class WorldModel:
             vae=WanVAE.from_pretrained(folder / "vae", device=device).eval(),
             text_encoder=UMT5TextEncoder.from_pretrained(folder, device=device, dtype=text_dtype),
             sampler=sampler,
+            seam_blend=_seam_blend(folder, index),
         )
 
     def pyramid_multiple(self) -> int:
@@ -323,4 +329,13 @@ class WorldModel:
             use_anchor=bool(index.get("anchor", True)),
             guide_action=guidance == "action",
             prompt_grammar=GRAMMARS[grammar]() if grammar is not None else None,
+            seam_blend=_seam_blend(folder, index),
         )
+
+
+def _seam_blend(folder: Path, index: dict) -> int:
+    """model_index.json's "seam_blend_frames" (default 0), checked."""
+    try:
+        return check_frames(index.get("seam_blend_frames", 0), "seam_blend_frames")
+    except ValueError as exc:
+        raise CheckpointError(f"{str(folder)!r}: {exc}") from None

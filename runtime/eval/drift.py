@@ -256,18 +256,31 @@ class VaeRoundTrip:
     sees_truth = True
 
     def __init__(
-        self, vae: Any, *, height: int | None = None, width: int | None = None, name: str = "vae-roundtrip"
+        self,
+        vae: Any,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        name: str = "vae-roundtrip",
+        seam_blend: int = 0,
     ):
+        """`seam_blend`: blend each chunk's first frames from the last one shown, as an engine with
+        that setting shows them (engine/seam.py), so the ceiling is the model's as served."""
+        from ..engine.seam import check_frames
+
         self.vae, self.height, self.width, self.name = vae, height, width, name
+        self.seam_blend = check_frames(seam_blend)
 
     def reset(self, first_frame: np.ndarray, prompt: str) -> None:
         self._size = first_frame.shape[:2]
+        self._last: np.ndarray | None = None
 
     def step(self, action: Action, truth: np.ndarray | None = None) -> np.ndarray:
         import torch
 
         # The engine's own conversions: its video input (scaling, resize) and its frame output.
         from ..engine.engine import _to_uint8, _video_tensor
+        from ..engine.seam import blend_chunk
 
         if truth is None:
             raise ValueError("VaeRoundTrip needs the simulator's chunk (run_drift passes it)")
@@ -275,7 +288,9 @@ class VaeRoundTrip:
         h, w = self.height or truth.shape[1], self.width or truth.shape[2]
         x = _video_tensor(truth, h, w, vae.device)  # (1, 3, T, h, w)
         with torch.inference_mode():
-            frames = _to_uint8(vae.decode(vae.encode(x.to(vae.dtype))))  # (T, h, w, 3)
+            frames = _to_uint8(vae.decode(vae.encode(x.to(vae.dtype)))).numpy()  # (T, h, w, 3)
+        frames = blend_chunk(frames, self._last, self.seam_blend)
+        self._last = frames[-1].copy()
         return _resize_frames(frames, *self._size)
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from ..chunk import FRAMES_PER_CHUNK
 from ..engine.actions import MovePanActions
 from ..engine.memory import HISTORY_FRAMES
+from ..engine.seam import check_frames
 from ..model.text_encoder import BuiltinTextEncoder, _zero_past_lengths
 from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
@@ -317,6 +318,17 @@ class LatentSet:
         torch.save({k: v.cpu() for k, v in self.__dict__.items() if v is not None}, path)
 
     @classmethod
+    def cat(cls, sets: list[LatentSet]) -> LatentSet:
+        """One set of the episodes of `sets` (the same chunks per episode), in order: e.g. episodes
+        rendered with and without a day shift, trained on together."""
+        if not sets or len({s.chunks for s in sets}) != 1:
+            raise ValueError("LatentSet.cat needs one or more sets with the same chunks per episode")
+        fields = [f for f, v in sets[0].__dict__.items() if v is not None]
+        if any(getattr(s, f) is None for s in sets for f in fields):
+            raise ValueError("LatentSet.cat needs sets with the same fields")
+        return cls(**{f: torch.cat([getattr(s, f) for s in sets]) for f in fields})
+
+    @classmethod
     def load(cls, path: str | Path, device: str | torch.device) -> LatentSet:
         data = torch.load(path, map_location="cpu", weights_only=True)
         return cls(**{k: v.to(device) for k, v in data.items()})
@@ -501,11 +513,15 @@ def export_world(
     anchor: bool = True,
     name: str | None = None,
     action_guidance: float = 1.0,
+    seam_blend: int = 0,
 ) -> Path:
     """Write the pipeline folder `WorldModel.load` reads, weights in float16 (~18 MB).
 
     `action_guidance` > 1: the sampler guides on the action (for a world trained with action
-    dropout): v = v(no action) + scale · (v(action) − v(no action)), two forwards per step."""
+    dropout): v = v(no action) + scale · (v(action) − v(no action)), two forwards per step.
+    `seam_blend` > 0: the engine blends each chunk's first frames from the last frame shown over that
+    many frames (model_index.json "seam_blend_frames", engine/seam.py)."""
+    check_frames(seam_blend, "seam_blend")
     if not math.isfinite(action_guidance) or action_guidance < 1.0:
         raise ValueError(f"action_guidance must be a finite scale >= 1 (1: none), got {action_guidance}")
     world_dir, vae_dir, out = Path(world_dir), Path(vae_dir), Path(out)
@@ -534,6 +550,8 @@ def export_world(
     }
     if action_guidance > 1.0:
         index["guidance"] = "action"
+    if seam_blend:
+        index["seam_blend_frames"] = seam_blend
     (out / "model_index.json").write_text(json.dumps(index, indent=1) + "\n")
     return out
 

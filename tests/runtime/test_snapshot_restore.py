@@ -150,6 +150,14 @@ CRAFTED: dict[str, tuple[Edit, str]] = {
     "an unknown field": (setting("admin", True), "unknown \\['admin'\\]"),
     "another model": (setting("model", {"name": "other"}), "taken with model"),
     "settings that are not a mapping": (setting("settings", [1, 2]), "'settings'"),
+    "a last frame shown of another size": (
+        tensor("last_frame", lambda t: torch.zeros(4096, 4096, 3, dtype=torch.uint8)),
+        "tensor 'last_frame' must be uint8 \\(64, 64, 3\\)",
+    ),
+    "a last frame shown of floats": (
+        tensor("last_frame", lambda t: torch.zeros(64, 64, 3)),
+        "tensor 'last_frame' must be uint8",
+    ),
 }
 
 

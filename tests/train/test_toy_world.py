@@ -137,6 +137,27 @@ def test_latent_set_and_samples(trained):
     assert not torch.equal(image_only.anchor, text_only.anchor)
 
 
+def test_latent_sets_concatenate_by_episode(trained):
+    _, data, _ = trained
+    both = world.LatentSet.cat([data, data])
+    assert both.latents.shape[0] == 6 and both.chunks == data.chunks
+    assert torch.equal(both.actions[3:], data.actions) and torch.equal(both.agent[:3], data.agent)
+    short = world.LatentSet(
+        **{k: v[:, :, :WINDOW_LATENTS] if k == "latents" else v for k, v in data.__dict__.items()}
+    )
+    with pytest.raises(ValueError, match="same chunks per episode"):
+        world.LatentSet.cat([data, short])
+
+
+def test_export_writes_the_seam_blend(trained, tmp_path):
+    root, _, _ = trained
+    out = world.export_world(root / "world", root / "vae", tmp_path / "blended", seam_blend=3)
+    assert json.loads((out / "model_index.json").read_text())["seam_blend_frames"] == 3
+    assert WorldModel.load(out, device="cpu").seam_blend == 3
+    with pytest.raises(ValueError, match="seam_blend must be an int"):
+        world.export_world(root / "world", root / "vae", tmp_path / "bad", seam_blend=-1)
+
+
 def test_resume_and_init(trained, tmp_path):
     root, data, _ = trained
     again = world.train_world(root / "world", data, batch=2, max_steps=3)  # resumes at step 2
