@@ -83,6 +83,7 @@ def main() -> None:
         "model": model.name,
         "size": list(model.default_size),
         "sampler_steps": list(model.sampler.steps),
+        "seam_blend": engine.seam_blend,  # frames eased from the last one shown (engine/seam.py)
         "guidance": {
             "scale": model.sampler.guidance_scale,
             "on": None if not model.sampler.guided else "action" if model.guide_action else "prompt",

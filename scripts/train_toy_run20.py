@@ -19,6 +19,17 @@ colours were off from the first chunk, see docs/training.md):
     OUT=/tmp/out python scripts/train_toy_run20.py                        # run 20, on the GPU machine
     OUT=/tmp/out RUN=21 SHIFT=480 STEPS=3000 DECAY=2600 SEEDS=27,28 python scripts/train_toy_run20.py
     OUT=/tmp/out RUNS=/tmp/runs DRY=1 python scripts/train_toy_run20.py   # CPU dry run, toy sizes
+
+Run 22 is not about the day: it continues the shipped transformer on fresh episodes of the original
+distribution (18 s, the prompt's own time: SHIFT=0, 2 × 500 episodes × 9 chunks), since the loss was
+still falling when run 17 stopped and run 21 gained direction agreement. Its rule (RULE=plain), also
+fixed before any of its numbers were seen: it ships only if on the validation worlds its direction
+agreement is at least 0.01 above the shipped model's, its PSNR over the first 10 s no more than
+0.1 dB below, its histogram ratio no more than 0.1 above and the agent visible in at least 99% of
+frames:
+
+    OUT=/tmp/out RUN=22 SHIFT=0 EPISODES=500 CHUNKS=9 STEPS=3600 DECAY=3000 SEEDS=29,30 RULE=plain \
+        python scripts/train_toy_run20.py
 """
 
 import json
@@ -33,6 +44,9 @@ RUNS = Path(os.environ.get("RUNS", "/tmp/runs"))
 RUNS.mkdir(exist_ok=True)
 DRY = os.environ.get("DRY") == "1"
 RUN = os.environ.get("RUN", "20")
+RULE = os.environ.get("RULE", "day")
+if RULE not in ("day", "plain"):
+    sys.exit(f"RULE must be day or plain, got {RULE!r}")
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_VALIDATION = ROOT / "bench/results/drift_toy-i20-validation_NVIDIA_H200.json"
 T0 = time.time()
@@ -47,7 +61,8 @@ logging.basicConfig(level=logging.INFO, format="%(message)s")
 E = os.environ
 SHIFT, STEPS, DECAY = int(E.get("SHIFT", 1200)), int(E.get("STEPS", 1500)), int(E.get("DECAY", 1300))
 SEEDS = [int(s) for s in E.get("SEEDS", "25,26").split(",")]
-print("day shift", SHIFT, "steps", STEPS, "decay", DECAY, "training sets", SEEDS, flush=True)
+EPISODES, CHUNKS = int(E.get("EPISODES", 200)), int(E.get("CHUNKS", 30))
+print("day shift", SHIFT, "steps", STEPS, "decay", DECAY, "sets", SEEDS, EPISODES, "x", CHUNKS, flush=True)
 D = os.environ.get("DRY") == "1"; R = os.environ.get("RUNS", "/tmp/runs")
 dev = "cpu" if D else "cuda"
 t0 = time.time()
@@ -56,7 +71,7 @@ text = BuiltinTextEncoder.preset("toy", device="cpu")
 sets = []
 for seed, shift in ((SEEDS[0], 0), (SEEDS[1], SHIFT)):
     eps = w.render_episodes(
-        2 if D else 200, 3 if D else 30, seed=seed, day_shift=shift, workers=1 if D else 14
+        2 if D else EPISODES, 3 if D else CHUNKS, seed=seed, day_shift=shift, workers=1 if D else 14
     )
     sets.append(w.encode_episodes(vae, eps, text))
     del eps
@@ -136,15 +151,24 @@ def key_numbers(path: Path) -> dict:
         "agreement": s["direction_agreement"]["value"],
         "hist_ratio": s["hist_drift"]["late"] / s["hist_drift"]["early"],
         "psnr_10s": s["psnr_vs_baselines"]["value_db"],
+        "agent_visible": s["agent_visible"]["value"],
     }
 
 
 new, old = key_numbers(val), key_numbers(SHIPPED_VALIDATION)
-ships = (
-    new["hist_ratio"] < old["hist_ratio"]
-    and new["agreement"] >= old["agreement"] - 0.02
-    and new["psnr_10s"] >= old["psnr_10s"] - 0.2
-)
-decision = {"candidate": new, "shipped": old, "ships": ships}
+if RULE == "day":
+    ships = (
+        new["hist_ratio"] < old["hist_ratio"]
+        and new["agreement"] >= old["agreement"] - 0.02
+        and new["psnr_10s"] >= old["psnr_10s"] - 0.2
+    )
+else:
+    ships = (
+        new["agreement"] >= old["agreement"] + 0.01
+        and new["psnr_10s"] >= old["psnr_10s"] - 0.1
+        and new["hist_ratio"] <= old["hist_ratio"] + 0.1
+        and new["agent_visible"] >= 0.99
+    )
+decision = {"rule": RULE, "candidate": new, "shipped": old, "ships": ships}
 (OUT / "decision.json").write_text(json.dumps(decision, indent=1))
 print(json.dumps(decision), f"{time.time() - T0:.0f} s", flush=True)
