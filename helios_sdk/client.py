@@ -54,7 +54,8 @@ from .messages import (
     video_proto,
 )
 
-API_MAJOR, API_MINOR = 1, 1  # the helios.v1 version this client speaks (1.1: ModelInfo.actions)
+# the helios.v1 version this client speaks (1.1: ModelInfo.actions; 1.2: ModelInfo.seam_blend_frames)
+API_MAJOR, API_MINOR = 1, 2
 T = TypeVar("T")
 
 

@@ -108,6 +108,9 @@ class ServerInfo:
     # The structured actions the model understands (Control keys and fields, Move names); None from
     # a server before API 1.1, which does not describe them.
     actions: ActionSpace | None = None
+    # Frames at the start of each chunk the server eases from the last frame shown (API 1.2; 0: the
+    # model's own frames, and what servers before 1.2 report).
+    seam_blend_frames: int = 0
 
     @classmethod
     def from_proto(cls, m: pb.GetServerInfoResponse) -> ServerInfo:
@@ -131,6 +134,7 @@ class ServerInfo:
             session_idle_timeout_s=m.session_idle_timeout_seconds,
             auth_required=m.auth_required,
             actions=ActionSpace.from_proto(m.model.actions) if m.model.HasField("actions") else None,
+            seam_blend_frames=m.model.seam_blend_frames,
         )
 
 

@@ -48,6 +48,7 @@ def test_lockstep_stream_and_prompt_switch(harness: Path, server: Server):
     run = run_harness(harness, server.target, "stream")
     assert run.returncode == 0, str(run)
     assert run.fact("INFO")["max_message_bytes"] == str(64 * 1024 * 1024), str(run)
+    assert run.fact("INFO")["seam_blend_frames"] == "0", str(run)  # tiny: frames as decoded
     chunks = [(c["index"], c["frames"], c["action_seq"]) for c in run.facts("CHUNK")]
     assert chunks == [(str(k), str(FRAMES_PER_CHUNK), str(k)) for k in (1, 2, 3)], str(run)
     ok = run.fact("OK")

@@ -146,6 +146,8 @@ def test_info_of_the_released_config():
         (("rollout", "--image", "/no/such.png"), "no such file"),
         (("rollout", "--threads", "0"), "--threads must be a positive number of threads"),
         (("serve", "--threads", "0"), "--threads must be a positive number of threads"),
+        (("serve", "--seam-blend", "33"), "--seam-blend must be an int in [0, 32]"),
+        (("serve", "--seam-blend", "-1"), "--seam-blend must be an int in [0, 32]"),
         (("rollout", "--out", "."), "is a folder"),
     ],
 )

@@ -36,8 +36,9 @@ def code_of(call) -> grpc.StatusCode:
 
 def test_server_info(running):
     info = running.stub().GetServerInfo(pb.GetServerInfoRequest(), metadata=AUTH)
-    assert info.api_version == API_VERSION == "1.1"
+    assert info.api_version == API_VERSION == "1.2"
     assert info.model.name == "tiny" and info.model.sampler == "distilled"
+    assert info.model.seam_blend_frames == 0, "a Helios model's frames are decoded as the reference's"
     # tiny reads structured actions as prompt phrases: the template's keys and every Control field
     assert ActionSpace.from_proto(info.model.actions) == PROMPT_TEMPLATE_SPACE
     assert list(info.model.steps_per_stage) == [2, 2, 2]

@@ -197,6 +197,7 @@ void ScenarioStream(const Args& args) {
   const hw::ServerInfo info = client.server_info();
   std::cout << "INFO api_version=" << info.api_version << " model=" << info.model_name
             << " frames_per_chunk=" << info.frames_per_chunk
+            << " seam_blend_frames=" << info.seam_blend_frames
             << " max_message_bytes=" << info.max_message_bytes << std::endl;
   const std::string session = client.session_id();
   const uint32_t n = info.frames_per_chunk;

@@ -76,6 +76,7 @@ class RayWorkerPool(EngineClient):
         app: str = "helios",
         snapshot_key: bytes | None = None,
         max_size: tuple[int, int] | None = None,  # (height, width): the server's frame-size limits
+        seam_blend: int | None = None,  # frames eased at a chunk boundary (None: the model's own)
     ):
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
@@ -91,6 +92,7 @@ class RayWorkerPool(EngineClient):
         self.gpus = gpus
         self.cpus = cpus
         self.app = app
+        self.seam_blend = seam_blend
         # One key for every replica (and every one Serve restarts), so each restores the others'
         # snapshots; it reaches them inside their pickled config, never a command line.
         self.snapshot_key = snapshot_key or new_key()
@@ -168,6 +170,7 @@ class RayWorkerPool(EngineClient):
             snapshot_key=self.snapshot_key,
             max_height=self.max_size[0],
             max_width=self.max_size[1],
+            seam_blend=self.seam_blend,
         )
         engines = [
             serve.deployment(EngineReplica)

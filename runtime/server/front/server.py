@@ -198,6 +198,7 @@ def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:
             watchdog_s=settings.watchdog_s,
             start_timeout_s=settings.worker_start_timeout_s,
             threads=settings.worker_threads().count,
+            seam_blend=settings.seam_blend,
         )
         pool.call_timeout_s = settings.worker_call_timeout_s
         return pool
@@ -215,6 +216,7 @@ def make_pool(settings: ServerSettings, snapshot_key: bytes) -> EngineClient:
         gpus=settings.replica_gpus,
         cpus=settings.replica_cpus,
         app=settings.ray_app,
+        seam_blend=settings.seam_blend,
     )
     pool.call_timeout_s = settings.worker_call_timeout_s
     return pool

@@ -336,6 +336,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
                     sampler=info.get("sampler", ""),
                     steps_per_stage=info.get("steps", []),
                     actions=actions.to_proto() if actions else None,
+                    seam_blend_frames=info.get("seam_blend", 0),
                 ),
                 default_width=info.get("default_width", 0),
                 default_height=info.get("default_height", 0),

@@ -11,7 +11,8 @@ from ... import DEFAULT_MODEL, __version__
 from ... import threads as _threads
 from ...engine.fastpath import PRECISIONS
 
-API_VERSION = "1.1"  # helios.v1 "MAJOR.MINOR"; 1.1 added ModelInfo.actions and MoveAction
+API_VERSION = "1.2"  # helios.v1 "MAJOR.MINOR"; 1.1 added ModelInfo.actions and MoveAction, 1.2
+# ModelInfo.seam_blend_frames
 SERVER_VERSION = __version__
 
 
@@ -51,6 +52,9 @@ class ServerSettings:
     json_logs: bool = False  # front and workers log one JSON object per line
     # The transformer's GEMMs on a GPU: None = $HELIOS_PRECISION or bf16; "fp8" = float8 linears.
     precision: str | None = None
+    # Frames eased at each chunk boundary from the last frame shown (engine/seam.py); None: the
+    # model's own setting (model_index.json "seam_blend_frames": 0 for Helios, 2 for the toy world).
+    seam_blend: int | None = None
     drain_seconds: float = 10.0
     worker_start_timeout_s: float = 600.0
     # A worker whose engine loop makes no progress (no forward, decoded frame or message) for this
@@ -140,6 +144,12 @@ FLAGS: dict[str, tuple[str, str]] = {
         "bf16 (default) or fp8: float8 GEMMs in the transformer blocks on a GPU, 1.31x the bf16 "
         "FPS on an H200 at ~0.04 relative L2 (docs/performance.md); on a CPU serve ignores it, "
         "rollout and eval drift emulate it (accuracy, not speed); default $HELIOS_PRECISION or bf16",
+    ),
+    "seam_blend": (
+        "--seam-blend",
+        "ease the step a decoder leaves at each chunk boundary over the chunk's first N frames, from "
+        "the last frame shown (0: off, the frames exactly as the reference pipeline decodes them; "
+        "default: the model's own setting, off for Helios checkpoints and 2 for the toy world)",
     ),
     "ray": (
         "--ray",

@@ -316,6 +316,7 @@ def server_info(info: pb.GetServerInfoResponse, limits: dict[str, Any]) -> dict[
             "sampler": info.model.sampler,
             "steps_per_stage": list(info.model.steps_per_stage),
             "actions": ActionSpace.from_proto(info.model.actions).to_dict(),
+            "seam_blend_frames": info.model.seam_blend_frames,
         },
         "default_width": info.default_width,
         "default_height": info.default_height,

@@ -84,6 +84,7 @@ class WorkerPool(EngineClient):
         watchdog_s: float = 120.0,
         start_timeout_s: float = 600.0,
         threads: int | None = None,  # each worker's CPU threads (None: the worker's own default)
+        seam_blend: int | None = None,  # frames eased at a chunk boundary (None: the model's own)
     ):
         require_curve()
         workers = [WorkerHandle(i, d, f"w{i}".encode(), capacity=max_sessions) for i, d in enumerate(devices)]
@@ -98,6 +99,7 @@ class WorkerPool(EngineClient):
         self.watchdog_s = watchdog_s  # 0: never kill a worker for stalling
         self.start_timeout_s = start_timeout_s
         self.threads = threads
+        self.seam_blend = seam_blend
         self.context = zmq.asyncio.Context()
         # The ZAP handler is bound before the ROUTER, so no connection is ever admitted unasked.
         self.zap = self.context.socket(zmq.REP)
@@ -170,6 +172,8 @@ class WorkerPool(EngineClient):
             cmd.append("--json-logs")
         if self.max_size is not None:
             cmd += ["--max-height", str(self.max_size[0]), "--max-width", str(self.max_size[1])]
+        if self.seam_blend is not None:
+            cmd += ["--seam-blend", str(self.seam_blend)]
         w.ready.clear()
         # Secrets in the environment, never on the command line: the snapshot key, the channel keys.
         env = {**os.environ, KEY_ENV: self.snapshot_key.hex(), KEYS_ENV: self._new_keys(w).to_env()}

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-free-gib", type=float, default=2.0, help="GPU memory a new session needs free")
     parser.add_argument("--max-height", type=int, default=None, help="frame-size limit (pixels)")
     parser.add_argument("--max-width", type=int, default=None, help="frame-size limit (pixels)")
+    parser.add_argument(
+        "--seam-blend", type=int, default=None, help="frames eased at a chunk boundary (default: the model's)"
+    )
     args = parser.parse_args(argv)
     configure_logging(args.json_logs)
     threads = _threads.resolve(args.threads)
@@ -74,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     keys = WorkerKeys.take_from_env()  # first: nothing this process starts inherits them
     # The front's snapshot key comes in the environment; alone, a worker makes its own.
     options = dict(
-        snapshot_key=key_from_env() or new_key(), max_height=args.max_height, max_width=args.max_width
+        snapshot_key=key_from_env() or new_key(),
+        max_height=args.max_height,
+        max_width=args.max_width,
+        seam_blend=args.seam_blend,
     )
 
     devices = args.device.split(",") if args.device else [None]
@@ -129,6 +135,7 @@ def describe_model(engine: Any, warm_up_seconds: float) -> dict[str, Any]:
         "default_width": model.default_size[1],
         "size_multiple": model.pyramid_multiple(),
         "actions": {**engine.action_adapter.space.to_dict(), "prompts": model.prompt_examples()},
+        "seam_blend": engine.seam_blend,
         "warm_up_seconds": warm_up_seconds,
         "transformer_path": (
             "kernels"

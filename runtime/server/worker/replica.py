@@ -57,6 +57,7 @@ class ReplicaConfig:
     snapshot_key: bytes | None = field(default=None, repr=False)
     max_height: int | None = None  # None: the engine's default
     max_width: int | None = None
+    seam_blend: int | None = None  # frames eased at a chunk boundary; None: the model's own
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,6 +87,7 @@ class EngineReplica:
             snapshot_key=config.snapshot_key,
             max_height=config.max_height,
             max_width=config.max_width,
+            seam_blend=config.seam_blend,
         )
         warm = warm_up(self.engine) if config.warm_up else 0.0
         self.incarnation = uuid.uuid4().hex  # new for every replica Serve starts in this slot

@@ -183,18 +183,20 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "parameters", "sampler", "steps_per_stage", "actions")
+    __slots__ = ("name", "parameters", "sampler", "steps_per_stage", "actions", "seam_blend_frames")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     STEPS_PER_STAGE_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEAM_BLEND_FRAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     parameters: int
     sampler: str
     steps_per_stage: _containers.RepeatedScalarFieldContainer[int]
     actions: ActionSpace
-    def __init__(self, name: _Optional[str] = ..., parameters: _Optional[int] = ..., sampler: _Optional[str] = ..., steps_per_stage: _Optional[_Iterable[int]] = ..., actions: _Optional[_Union[ActionSpace, _Mapping]] = ...) -> None: ...
+    seam_blend_frames: int
+    def __init__(self, name: _Optional[str] = ..., parameters: _Optional[int] = ..., sampler: _Optional[str] = ..., steps_per_stage: _Optional[_Iterable[int]] = ..., actions: _Optional[_Union[ActionSpace, _Mapping]] = ..., seam_blend_frames: _Optional[int] = ...) -> None: ...
 
 class ActionSpace(_message.Message):
     __slots__ = ("keys", "axes", "moves", "pans", "prompts")

@@ -51,93 +51,94 @@ namespace Helios.V1 {
             "EAoIbW91c2VfZHgYAiABKAISEAoIbW91c2VfZHkYAyABKAISEgoKY2FtZXJh",
             "X3lhdxgEIAEoAhIUCgxjYW1lcmFfcGl0Y2gYBSABKAISEwoLY2FtZXJhX3pv",
             "b20YBiABKAIiJwoKTW92ZUFjdGlvbhIMCgRtb3ZlGAEgASgJEgsKA3BhbhgC",
-            "IAEoCSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCKAAQoJTW9kZWxJbmZvEgwK",
+            "IAEoCSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCKbAQoJTW9kZWxJbmZvEgwK",
             "BG5hbWUYASABKAkSEgoKcGFyYW1ldGVycxgCIAEoBBIPCgdzYW1wbGVyGAMg",
             "ASgJEhcKD3N0ZXBzX3Blcl9zdGFnZRgEIAMoDRInCgdhY3Rpb25zGAUgASgL",
-            "MhYuaGVsaW9zLnYxLkFjdGlvblNwYWNlIlcKC0FjdGlvblNwYWNlEgwKBGtl",
-            "eXMYASADKAkSDAoEYXhlcxgCIAMoCRINCgVtb3ZlcxgDIAMoCRIMCgRwYW5z",
-            "GAQgAygJEg8KB3Byb21wdHMYBSADKAki2QMKFUdldFNlcnZlckluZm9SZXNw",
-            "b25zZRITCgthcGlfdmVyc2lvbhgBIAEoCRIWCg5zZXJ2ZXJfdmVyc2lvbhgC",
-            "IAEoCRIjCgVtb2RlbBgDIAEoCzIULmhlbGlvcy52MS5Nb2RlbEluZm8SFQoN",
-            "ZGVmYXVsdF93aWR0aBgEIAEoDRIWCg5kZWZhdWx0X2hlaWdodBgFIAEoDRIV",
-            "Cg1zaXplX211bHRpcGxlGAYgASgNEhEKCW1heF93aWR0aBgHIAEoDRISCgpt",
-            "YXhfaGVpZ2h0GAggASgNEisKCWVuY29kaW5ncxgJIAMoDjIYLmhlbGlvcy52",
-            "MS5GcmFtZUVuY29kaW5nEhgKEGZyYW1lc19wZXJfY2h1bmsYCiABKA0SCwoD",
-            "ZnBzGAsgASgNEhQKDG1heF9zZXNzaW9ucxgMIAEoDRIXCg9hY3RpdmVfc2Vz",
-            "c2lvbnMYDSABKA0SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYDiABKAQSJAocc2Vz",
-            "c2lvbl9pZGxlX3RpbWVvdXRfc2Vjb25kcxgPIAEoDRIVCg1hdXRoX3JlcXVp",
-            "cmVkGBAgASgIEiYKB3dvcmtlcnMYESADKAsyFS5oZWxpb3MudjEuV29ya2Vy",
-            "SW5mbyKMAQoKV29ya2VySW5mbxINCgVpbmRleBgBIAEoDRIMCgRuYW1lGAIg",
-            "ASgJEg4KBmRldmljZRgDIAEoCRIMCgRob3N0GAQgASgJEg0KBXJlYWR5GAUg",
-            "ASgIEhAKCHNlc3Npb25zGAYgASgNEhAKCGNhcGFjaXR5GAcgASgNEhAKCHJl",
-            "c3RhcnRzGAggASgNIjUKFENyZWF0ZVNlc3Npb25SZXF1ZXN0Eg0KBXdpZHRo",
-            "GAEgASgNEg4KBmhlaWdodBgCIAEoDSJKChVDcmVhdGVTZXNzaW9uUmVzcG9u",
-            "c2USEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgV3aWR0aBgCIAEoDRIOCgZoZWln",
-            "aHQYAyABKA0iNAoFSW1hZ2USDAoEZGF0YRgBIAEoDBINCgV3aWR0aBgCIAEo",
-            "DRIOCgZoZWlnaHQYAyABKA0iNwoFVmlkZW8SDAoEZGF0YRgBIAEoDBIgCgZm",
-            "cmFtZXMYAiADKAsyEC5oZWxpb3MudjEuSW1hZ2Ui0gEKDFJlc2V0UmVxdWVz",
-            "dBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnByb21wdBgCIAEoCRIhCgVpbWFn",
-            "ZRgDIAEoCzIQLmhlbGlvcy52MS5JbWFnZUgAEiEKBXZpZGVvGAQgASgLMhAu",
-            "aGVsaW9zLnYxLlZpZGVvSAASDAoEc2VlZBgFIAEoBBIXCg9uZWdhdGl2ZV9w",
-            "cm9tcHQYBiABKAkSJwoGZnJhbWVzGAcgASgLMhcuaGVsaW9zLnYxLkZyYW1l",
-            "T3B0aW9uc0IICgZzb3VyY2UiMAoNUmVzZXRSZXNwb25zZRIfCgVjaHVuaxgB",
-            "IAEoCzIQLmhlbGlvcy52MS5DaHVuayKBAQoLU3RlcFJlcXVlc3QSEgoKc2Vz",
-            "c2lvbl9pZBgBIAEoCRIhCgZhY3Rpb24YAiABKAsyES5oZWxpb3MudjEuQWN0",
-            "aW9uEicKBmZyYW1lcxgDIAEoCzIXLmhlbGlvcy52MS5GcmFtZU9wdGlvbnMS",
-            "EgoKYWN0aW9uX3NlcRgEIAEoBCIvCgxTdGVwUmVzcG9uc2USHwoFY2h1bmsY",
-            "ASABKAsyEC5oZWxpb3MudjEuQ2h1bmsiIQoLRm9ya1JlcXVlc3QSEgoKc2Vz",
-            "c2lvbl9pZBgBIAEoCSIiCgxGb3JrUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgB",
-            "IAEoCSI7Cg9TbmFwc2hvdFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIU",
-            "CgxpbmNsdWRlX2RhdGEYAiABKAgiWQoQU25hcHNob3RSZXNwb25zZRITCgtz",
-            "bmFwc2hvdF9pZBgBIAEoCRISCgpzaXplX2J5dGVzGAIgASgEEg4KBnNoYTI1",
-            "NhgDIAEoCRIMCgRkYXRhGAQgASgMIkEKDlJlc3RvcmVSZXF1ZXN0EhUKC3Nu",
-            "YXBzaG90X2lkGAEgASgJSAASDgoEZGF0YRgCIAEoDEgAQggKBnNvdXJjZSI6",
-            "Cg9SZXN0b3JlUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtjaHVu",
-            "a19pbmRleBgCIAEoBCIpChNDbG9zZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Np",
-            "b25faWQYASABKAkiFgoUQ2xvc2VTZXNzaW9uUmVzcG9uc2UibwoLU3RyZWFt",
-            "U3RhcnQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIjCgRtb2RlGAIgASgOMhUuaGVs",
-            "aW9zLnYxLlN0cmVhbU1vZGUSJwoGZnJhbWVzGAMgASgLMhcuaGVsaW9zLnYx",
-            "LkZyYW1lT3B0aW9ucyI+CgxTdHJlYW1BY3Rpb24SCwoDc2VxGAEgASgEEiEK",
-            "BmFjdGlvbhgCIAEoCzIRLmhlbGlvcy52MS5BY3Rpb24iawoNU3RyZWFtUmVx",
-            "dWVzdBInCgVzdGFydBgBIAEoCzIWLmhlbGlvcy52MS5TdHJlYW1TdGFydEgA",
-            "EikKBmFjdGlvbhgCIAEoCzIXLmhlbGlvcy52MS5TdHJlYW1BY3Rpb25IAEIG",
-            "CgRraW5kIskBCgxTZXNzaW9uRXZlbnQSKQoEdHlwZRgBIAEoDjIbLmhlbGlv",
-            "cy52MS5TZXNzaW9uRXZlbnRUeXBlEhIKCnNlc3Npb25faWQYAiABKAkSEwoL",
-            "Y2h1bmtfaW5kZXgYAyABKAQSEgoKYWN0aW9uX3NlcRgEIAEoBBIWCg5kcm9w",
-            "cGVkX2ZyYW1lcxgFIAEoBBIPCgdtZXNzYWdlGAYgASgJEigKB3RpbWluZ3MY",
-            "ByABKAsyFy5oZWxpb3MudjEuQ2h1bmtUaW1pbmdzImUKDlN0cmVhbVJlc3Bv",
-            "bnNlEiEKBWZyYW1lGAEgASgLMhAuaGVsaW9zLnYxLkZyYW1lSAASKAoFZXZl",
-            "bnQYAiABKAsyFy5oZWxpb3MudjEuU2Vzc2lvbkV2ZW50SABCBgoEa2luZCp7",
-            "Cg1GcmFtZUVuY29kaW5nEh4KGkZSQU1FX0VOQ09ESU5HX1VOU1BFQ0lGSUVE",
-            "EAASGAoURlJBTUVfRU5DT0RJTkdfUkdCMjQQARIXChNGUkFNRV9FTkNPRElO",
-            "R19KUEVHEAISFwoTRlJBTUVfRU5DT0RJTkdfSDI2NBADKn4KDkZyYW1lU2Vs",
-            "ZWN0aW9uEh8KG0ZSQU1FX1NFTEVDVElPTl9VTlNQRUNJRklFRBAAEhcKE0ZS",
-            "QU1FX1NFTEVDVElPTl9BTEwQARIYChRGUkFNRV9TRUxFQ1RJT05fTEFTVBAC",
-            "EhgKFEZSQU1FX1NFTEVDVElPTl9OT05FEAMqXQoKU3RyZWFtTW9kZRIbChdT",
-            "VFJFQU1fTU9ERV9VTlNQRUNJRklFRBAAEhgKFFNUUkVBTV9NT0RFX0xPQ0tT",
-            "VEVQEAESGAoUU1RSRUFNX01PREVfRlJFRV9SVU4QAirnAQoQU2Vzc2lvbkV2",
-            "ZW50VHlwZRIiCh5TRVNTSU9OX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIe",
-            "ChpTRVNTSU9OX0VWRU5UX1RZUEVfU1RBUlRFRBABEiEKHVNFU1NJT05fRVZF",
-            "TlRfVFlQRV9DSFVOS19ET05FEAISJQohU0VTU0lPTl9FVkVOVF9UWVBFX0ZS",
-            "QU1FU19EUk9QUEVEEAMSJgoiU0VTU0lPTl9FVkVOVF9UWVBFX0FDVElPTl9S",
-            "RUpFQ1RFRBAEEh0KGVNFU1NJT05fRVZFTlRfVFlQRV9DTE9TRUQQBTL/BAoM",
-            "V29ybGRTZXJ2aWNlElIKDUdldFNlcnZlckluZm8SHy5oZWxpb3MudjEuR2V0",
-            "U2VydmVySW5mb1JlcXVlc3QaIC5oZWxpb3MudjEuR2V0U2VydmVySW5mb1Jl",
-            "c3BvbnNlElIKDUNyZWF0ZVNlc3Npb24SHy5oZWxpb3MudjEuQ3JlYXRlU2Vz",
-            "c2lvblJlcXVlc3QaIC5oZWxpb3MudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNl",
-            "EjoKBVJlc2V0EhcuaGVsaW9zLnYxLlJlc2V0UmVxdWVzdBoYLmhlbGlvcy52",
-            "MS5SZXNldFJlc3BvbnNlEjcKBFN0ZXASFi5oZWxpb3MudjEuU3RlcFJlcXVl",
-            "c3QaFy5oZWxpb3MudjEuU3RlcFJlc3BvbnNlEjcKBEZvcmsSFi5oZWxpb3Mu",
-            "djEuRm9ya1JlcXVlc3QaFy5oZWxpb3MudjEuRm9ya1Jlc3BvbnNlEkMKCFNu",
-            "YXBzaG90EhouaGVsaW9zLnYxLlNuYXBzaG90UmVxdWVzdBobLmhlbGlvcy52",
-            "MS5TbmFwc2hvdFJlc3BvbnNlEkAKB1Jlc3RvcmUSGS5oZWxpb3MudjEuUmVz",
-            "dG9yZVJlcXVlc3QaGi5oZWxpb3MudjEuUmVzdG9yZVJlc3BvbnNlEk8KDENs",
-            "b3NlU2Vzc2lvbhIeLmhlbGlvcy52MS5DbG9zZVNlc3Npb25SZXF1ZXN0Gh8u",
-            "aGVsaW9zLnYxLkNsb3NlU2Vzc2lvblJlc3BvbnNlEkEKBlN0cmVhbRIYLmhl",
-            "bGlvcy52MS5TdHJlYW1SZXF1ZXN0GhkuaGVsaW9zLnYxLlN0cmVhbVJlc3Bv",
-            "bnNlKAEwAUJgCg93b3JsZC5oZWxpb3MudjFQAVo8Z2l0aHViLmNvbS9oZWxp",
-            "b3Mtd29ybGQvaGVsaW9zLXNkay9nZW4vZ28vaGVsaW9zL3YxO2hlbGlvc3Yx",
-            "+AEBqgIJSGVsaW9zLlYxYgZwcm90bzM="));
+            "MhYuaGVsaW9zLnYxLkFjdGlvblNwYWNlEhkKEXNlYW1fYmxlbmRfZnJhbWVz",
+            "GAYgASgNIlcKC0FjdGlvblNwYWNlEgwKBGtleXMYASADKAkSDAoEYXhlcxgC",
+            "IAMoCRINCgVtb3ZlcxgDIAMoCRIMCgRwYW5zGAQgAygJEg8KB3Byb21wdHMY",
+            "BSADKAki2QMKFUdldFNlcnZlckluZm9SZXNwb25zZRITCgthcGlfdmVyc2lv",
+            "bhgBIAEoCRIWCg5zZXJ2ZXJfdmVyc2lvbhgCIAEoCRIjCgVtb2RlbBgDIAEo",
+            "CzIULmhlbGlvcy52MS5Nb2RlbEluZm8SFQoNZGVmYXVsdF93aWR0aBgEIAEo",
+            "DRIWCg5kZWZhdWx0X2hlaWdodBgFIAEoDRIVCg1zaXplX211bHRpcGxlGAYg",
+            "ASgNEhEKCW1heF93aWR0aBgHIAEoDRISCgptYXhfaGVpZ2h0GAggASgNEisK",
+            "CWVuY29kaW5ncxgJIAMoDjIYLmhlbGlvcy52MS5GcmFtZUVuY29kaW5nEhgK",
+            "EGZyYW1lc19wZXJfY2h1bmsYCiABKA0SCwoDZnBzGAsgASgNEhQKDG1heF9z",
+            "ZXNzaW9ucxgMIAEoDRIXCg9hY3RpdmVfc2Vzc2lvbnMYDSABKA0SGQoRbWF4",
+            "X21lc3NhZ2VfYnl0ZXMYDiABKAQSJAocc2Vzc2lvbl9pZGxlX3RpbWVvdXRf",
+            "c2Vjb25kcxgPIAEoDRIVCg1hdXRoX3JlcXVpcmVkGBAgASgIEiYKB3dvcmtl",
+            "cnMYESADKAsyFS5oZWxpb3MudjEuV29ya2VySW5mbyKMAQoKV29ya2VySW5m",
+            "bxINCgVpbmRleBgBIAEoDRIMCgRuYW1lGAIgASgJEg4KBmRldmljZRgDIAEo",
+            "CRIMCgRob3N0GAQgASgJEg0KBXJlYWR5GAUgASgIEhAKCHNlc3Npb25zGAYg",
+            "ASgNEhAKCGNhcGFjaXR5GAcgASgNEhAKCHJlc3RhcnRzGAggASgNIjUKFENy",
+            "ZWF0ZVNlc3Npb25SZXF1ZXN0Eg0KBXdpZHRoGAEgASgNEg4KBmhlaWdodBgC",
+            "IAEoDSJKChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgB",
+            "IAEoCRINCgV3aWR0aBgCIAEoDRIOCgZoZWlnaHQYAyABKA0iNAoFSW1hZ2US",
+            "DAoEZGF0YRgBIAEoDBINCgV3aWR0aBgCIAEoDRIOCgZoZWlnaHQYAyABKA0i",
+            "NwoFVmlkZW8SDAoEZGF0YRgBIAEoDBIgCgZmcmFtZXMYAiADKAsyEC5oZWxp",
+            "b3MudjEuSW1hZ2Ui0gEKDFJlc2V0UmVxdWVzdBISCgpzZXNzaW9uX2lkGAEg",
+            "ASgJEg4KBnByb21wdBgCIAEoCRIhCgVpbWFnZRgDIAEoCzIQLmhlbGlvcy52",
+            "MS5JbWFnZUgAEiEKBXZpZGVvGAQgASgLMhAuaGVsaW9zLnYxLlZpZGVvSAAS",
+            "DAoEc2VlZBgFIAEoBBIXCg9uZWdhdGl2ZV9wcm9tcHQYBiABKAkSJwoGZnJh",
+            "bWVzGAcgASgLMhcuaGVsaW9zLnYxLkZyYW1lT3B0aW9uc0IICgZzb3VyY2Ui",
+            "MAoNUmVzZXRSZXNwb25zZRIfCgVjaHVuaxgBIAEoCzIQLmhlbGlvcy52MS5D",
+            "aHVuayKBAQoLU3RlcFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIhCgZh",
+            "Y3Rpb24YAiABKAsyES5oZWxpb3MudjEuQWN0aW9uEicKBmZyYW1lcxgDIAEo",
+            "CzIXLmhlbGlvcy52MS5GcmFtZU9wdGlvbnMSEgoKYWN0aW9uX3NlcRgEIAEo",
+            "BCIvCgxTdGVwUmVzcG9uc2USHwoFY2h1bmsYASABKAsyEC5oZWxpb3MudjEu",
+            "Q2h1bmsiIQoLRm9ya1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIiCgxG",
+            "b3JrUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCSI7Cg9TbmFwc2hvdFJl",
+            "cXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxpbmNsdWRlX2RhdGEYAiAB",
+            "KAgiWQoQU25hcHNob3RSZXNwb25zZRITCgtzbmFwc2hvdF9pZBgBIAEoCRIS",
+            "CgpzaXplX2J5dGVzGAIgASgEEg4KBnNoYTI1NhgDIAEoCRIMCgRkYXRhGAQg",
+            "ASgMIkEKDlJlc3RvcmVSZXF1ZXN0EhUKC3NuYXBzaG90X2lkGAEgASgJSAAS",
+            "DgoEZGF0YRgCIAEoDEgAQggKBnNvdXJjZSI6Cg9SZXN0b3JlUmVzcG9uc2US",
+            "EgoKc2Vzc2lvbl9pZBgBIAEoCRITCgtjaHVua19pbmRleBgCIAEoBCIpChND",
+            "bG9zZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFgoUQ2xv",
+            "c2VTZXNzaW9uUmVzcG9uc2UibwoLU3RyZWFtU3RhcnQSEgoKc2Vzc2lvbl9p",
+            "ZBgBIAEoCRIjCgRtb2RlGAIgASgOMhUuaGVsaW9zLnYxLlN0cmVhbU1vZGUS",
+            "JwoGZnJhbWVzGAMgASgLMhcuaGVsaW9zLnYxLkZyYW1lT3B0aW9ucyI+CgxT",
+            "dHJlYW1BY3Rpb24SCwoDc2VxGAEgASgEEiEKBmFjdGlvbhgCIAEoCzIRLmhl",
+            "bGlvcy52MS5BY3Rpb24iawoNU3RyZWFtUmVxdWVzdBInCgVzdGFydBgBIAEo",
+            "CzIWLmhlbGlvcy52MS5TdHJlYW1TdGFydEgAEikKBmFjdGlvbhgCIAEoCzIX",
+            "LmhlbGlvcy52MS5TdHJlYW1BY3Rpb25IAEIGCgRraW5kIskBCgxTZXNzaW9u",
+            "RXZlbnQSKQoEdHlwZRgBIAEoDjIbLmhlbGlvcy52MS5TZXNzaW9uRXZlbnRU",
+            "eXBlEhIKCnNlc3Npb25faWQYAiABKAkSEwoLY2h1bmtfaW5kZXgYAyABKAQS",
+            "EgoKYWN0aW9uX3NlcRgEIAEoBBIWCg5kcm9wcGVkX2ZyYW1lcxgFIAEoBBIP",
+            "CgdtZXNzYWdlGAYgASgJEigKB3RpbWluZ3MYByABKAsyFy5oZWxpb3MudjEu",
+            "Q2h1bmtUaW1pbmdzImUKDlN0cmVhbVJlc3BvbnNlEiEKBWZyYW1lGAEgASgL",
+            "MhAuaGVsaW9zLnYxLkZyYW1lSAASKAoFZXZlbnQYAiABKAsyFy5oZWxpb3Mu",
+            "djEuU2Vzc2lvbkV2ZW50SABCBgoEa2luZCp7Cg1GcmFtZUVuY29kaW5nEh4K",
+            "GkZSQU1FX0VOQ09ESU5HX1VOU1BFQ0lGSUVEEAASGAoURlJBTUVfRU5DT0RJ",
+            "TkdfUkdCMjQQARIXChNGUkFNRV9FTkNPRElOR19KUEVHEAISFwoTRlJBTUVf",
+            "RU5DT0RJTkdfSDI2NBADKn4KDkZyYW1lU2VsZWN0aW9uEh8KG0ZSQU1FX1NF",
+            "TEVDVElPTl9VTlNQRUNJRklFRBAAEhcKE0ZSQU1FX1NFTEVDVElPTl9BTEwQ",
+            "ARIYChRGUkFNRV9TRUxFQ1RJT05fTEFTVBACEhgKFEZSQU1FX1NFTEVDVElP",
+            "Tl9OT05FEAMqXQoKU3RyZWFtTW9kZRIbChdTVFJFQU1fTU9ERV9VTlNQRUNJ",
+            "RklFRBAAEhgKFFNUUkVBTV9NT0RFX0xPQ0tTVEVQEAESGAoUU1RSRUFNX01P",
+            "REVfRlJFRV9SVU4QAirnAQoQU2Vzc2lvbkV2ZW50VHlwZRIiCh5TRVNTSU9O",
+            "X0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIeChpTRVNTSU9OX0VWRU5UX1RZ",
+            "UEVfU1RBUlRFRBABEiEKHVNFU1NJT05fRVZFTlRfVFlQRV9DSFVOS19ET05F",
+            "EAISJQohU0VTU0lPTl9FVkVOVF9UWVBFX0ZSQU1FU19EUk9QUEVEEAMSJgoi",
+            "U0VTU0lPTl9FVkVOVF9UWVBFX0FDVElPTl9SRUpFQ1RFRBAEEh0KGVNFU1NJ",
+            "T05fRVZFTlRfVFlQRV9DTE9TRUQQBTL/BAoMV29ybGRTZXJ2aWNlElIKDUdl",
+            "dFNlcnZlckluZm8SHy5oZWxpb3MudjEuR2V0U2VydmVySW5mb1JlcXVlc3Qa",
+            "IC5oZWxpb3MudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlElIKDUNyZWF0ZVNl",
+            "c3Npb24SHy5oZWxpb3MudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIC5oZWxp",
+            "b3MudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEjoKBVJlc2V0EhcuaGVsaW9z",
+            "LnYxLlJlc2V0UmVxdWVzdBoYLmhlbGlvcy52MS5SZXNldFJlc3BvbnNlEjcK",
+            "BFN0ZXASFi5oZWxpb3MudjEuU3RlcFJlcXVlc3QaFy5oZWxpb3MudjEuU3Rl",
+            "cFJlc3BvbnNlEjcKBEZvcmsSFi5oZWxpb3MudjEuRm9ya1JlcXVlc3QaFy5o",
+            "ZWxpb3MudjEuRm9ya1Jlc3BvbnNlEkMKCFNuYXBzaG90EhouaGVsaW9zLnYx",
+            "LlNuYXBzaG90UmVxdWVzdBobLmhlbGlvcy52MS5TbmFwc2hvdFJlc3BvbnNl",
+            "EkAKB1Jlc3RvcmUSGS5oZWxpb3MudjEuUmVzdG9yZVJlcXVlc3QaGi5oZWxp",
+            "b3MudjEuUmVzdG9yZVJlc3BvbnNlEk8KDENsb3NlU2Vzc2lvbhIeLmhlbGlv",
+            "cy52MS5DbG9zZVNlc3Npb25SZXF1ZXN0Gh8uaGVsaW9zLnYxLkNsb3NlU2Vz",
+            "c2lvblJlc3BvbnNlEkEKBlN0cmVhbRIYLmhlbGlvcy52MS5TdHJlYW1SZXF1",
+            "ZXN0GhkuaGVsaW9zLnYxLlN0cmVhbVJlc3BvbnNlKAEwAUJgCg93b3JsZC5o",
+            "ZWxpb3MudjFQAVo8Z2l0aHViLmNvbS9oZWxpb3Mtd29ybGQvaGVsaW9zLXNk",
+            "ay9nZW4vZ28vaGVsaW9zL3YxO2hlbGlvc3Yx+AEBqgIJSGVsaW9zLlYxYgZw",
+            "cm90bzM="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Helios.V1.FrameEncoding), typeof(global::Helios.V1.FrameSelection), typeof(global::Helios.V1.StreamMode), typeof(global::Helios.V1.SessionEventType), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -153,7 +154,7 @@ namespace Helios.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ControlAction), global::Helios.V1.ControlAction.Parser, new[]{ "Keys", "MouseDx", "MouseDy", "CameraYaw", "CameraPitch", "CameraZoom" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.MoveAction), global::Helios.V1.MoveAction.Parser, new[]{ "Move", "Pan" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.GetServerInfoRequest), global::Helios.V1.GetServerInfoRequest.Parser, null, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ModelInfo), global::Helios.V1.ModelInfo.Parser, new[]{ "Name", "Parameters", "Sampler", "StepsPerStage", "Actions" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ModelInfo), global::Helios.V1.ModelInfo.Parser, new[]{ "Name", "Parameters", "Sampler", "StepsPerStage", "Actions", "SeamBlendFrames" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.ActionSpace), global::Helios.V1.ActionSpace.Parser, new[]{ "Keys", "Axes", "Moves", "Pans", "Prompts" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.GetServerInfoResponse), global::Helios.V1.GetServerInfoResponse.Parser, new[]{ "ApiVersion", "ServerVersion", "Model", "DefaultWidth", "DefaultHeight", "SizeMultiple", "MaxWidth", "MaxHeight", "Encodings", "FramesPerChunk", "Fps", "MaxSessions", "ActiveSessions", "MaxMessageBytes", "SessionIdleTimeoutSeconds", "AuthRequired", "Workers" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Helios.V1.WorkerInfo), global::Helios.V1.WorkerInfo.Parser, new[]{ "Index", "Name", "Device", "Host", "Ready", "Sessions", "Capacity", "Restarts" }, null, null, null, null),
@@ -3751,6 +3752,7 @@ namespace Helios.V1 {
       sampler_ = other.sampler_;
       stepsPerStage_ = other.stepsPerStage_.Clone();
       actions_ = other.actions_ != null ? other.actions_.Clone() : null;
+      seamBlendFrames_ = other.seamBlendFrames_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -3828,6 +3830,25 @@ namespace Helios.V1 {
       }
     }
 
+    /// <summary>Field number for the "seam_blend_frames" field.</summary>
+    public const int SeamBlendFramesFieldNumber = 6;
+    private uint seamBlendFrames_;
+    /// <summary>
+    /// Frames at the start of each chunk after the first that the engine eases from the last frame
+    /// shown, spreading the step a decoder leaves at a chunk boundary (since API 1.2). 0: the frames
+    /// are the model's own, decoded as the reference pipeline decodes them (the released Helios
+    /// checkpoints); the toy world: 2. Set by the model (model_index.json "seam_blend_frames") or
+    /// `helios serve --seam-blend`.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint SeamBlendFrames {
+      get { return seamBlendFrames_; }
+      set {
+        seamBlendFrames_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -3848,6 +3869,7 @@ namespace Helios.V1 {
       if (Sampler != other.Sampler) return false;
       if(!stepsPerStage_.Equals(other.stepsPerStage_)) return false;
       if (!object.Equals(Actions, other.Actions)) return false;
+      if (SeamBlendFrames != other.SeamBlendFrames) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -3860,6 +3882,7 @@ namespace Helios.V1 {
       if (Sampler.Length != 0) hash ^= Sampler.GetHashCode();
       hash ^= stepsPerStage_.GetHashCode();
       if (actions_ != null) hash ^= Actions.GetHashCode();
+      if (SeamBlendFrames != 0) hash ^= SeamBlendFrames.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -3895,6 +3918,10 @@ namespace Helios.V1 {
         output.WriteRawTag(42);
         output.WriteMessage(Actions);
       }
+      if (SeamBlendFrames != 0) {
+        output.WriteRawTag(48);
+        output.WriteUInt32(SeamBlendFrames);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -3922,6 +3949,10 @@ namespace Helios.V1 {
         output.WriteRawTag(42);
         output.WriteMessage(Actions);
       }
+      if (SeamBlendFrames != 0) {
+        output.WriteRawTag(48);
+        output.WriteUInt32(SeamBlendFrames);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -3944,6 +3975,9 @@ namespace Helios.V1 {
       size += stepsPerStage_.CalculateSize(_repeated_stepsPerStage_codec);
       if (actions_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Actions);
+      }
+      if (SeamBlendFrames != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(SeamBlendFrames);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -3972,6 +4006,9 @@ namespace Helios.V1 {
           Actions = new global::Helios.V1.ActionSpace();
         }
         Actions.MergeFrom(other.Actions);
+      }
+      if (other.SeamBlendFrames != 0) {
+        SeamBlendFrames = other.SeamBlendFrames;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -4012,6 +4049,10 @@ namespace Helios.V1 {
             input.ReadMessage(Actions);
             break;
           }
+          case 48: {
+            SeamBlendFrames = input.ReadUInt32();
+            break;
+          }
         }
       }
     #endif
@@ -4049,6 +4090,10 @@ namespace Helios.V1 {
               Actions = new global::Helios.V1.ActionSpace();
             }
             input.ReadMessage(Actions);
+            break;
+          }
+          case 48: {
+            SeamBlendFrames = input.ReadUInt32();
             break;
           }
         }

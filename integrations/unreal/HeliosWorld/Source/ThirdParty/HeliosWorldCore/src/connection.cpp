@@ -472,6 +472,7 @@ Status Connection::GetServerInfo(ServerInfo* info, double timeout_seconds) {
   info->server_version = response.server_version();
   info->model_name = response.model().name();
   info->sampler = response.model().sampler();
+  info->seam_blend_frames = response.model().seam_blend_frames();
   info->default_width = response.default_width();
   info->default_height = response.default_height();
   info->size_multiple = response.size_multiple();

@@ -107,6 +107,9 @@ struct ServerInfo {
   std::string server_version;
   std::string model_name;
   std::string sampler;
+  // Frames at the start of each chunk the server eases from the last frame shown (API 1.2; 0: the
+  // model's own frames, as the reference pipeline decodes them).
+  uint32_t seam_blend_frames = 0;
   uint32_t default_width = 0;
   uint32_t default_height = 0;
   uint32_t size_multiple = 0;
