@@ -454,6 +454,12 @@ def _add_train_latents(sub: Any) -> argparse.ArgumentParser:
         help="start each episode's day up to this many frames (16 a second) before or after the "
         "prompt's time of day, so the light moves as the world runs (default 0)",
     )
+    t_lat.add_argument(
+        "--pan-probability",
+        type=float,
+        default=0.25,
+        help="the share of chunks with a camera pan (default 0.25, as in the drift benchmark)",
+    )
     _device_and_seed(t_lat)
     return t_lat
 

@@ -594,7 +594,13 @@ def train(args: argparse.Namespace) -> int:
         from .model.vae import WanVAE
 
         vae = WanVAE.from_pretrained(args.vae, device=device)
-        episodes = world.render_episodes(args.episodes, args.chunks, seed=args.seed, day_shift=args.day_shift)
+        episodes = world.render_episodes(
+            args.episodes,
+            args.chunks,
+            seed=args.seed,
+            day_shift=args.day_shift,
+            pan_probability=args.pan_probability,
+        )
         data = world.encode_episodes(vae, episodes, BuiltinTextEncoder.preset("toy", device="cpu"))
         data.save(args.out)
         print(f"wrote {args.out}: {tuple(data.latents.shape)} latents")

@@ -37,13 +37,15 @@ def sim_episode(
     width: int = 160,
     free: float = 0.0,
     day_shift: int = 0,
+    pan_probability: float = 0.25,
 ) -> tuple[str, np.ndarray, np.ndarray, list]:
     """Like `sim_clip`, with the world's first frame (H, W, 3) too (the image of image-to-video):
     (prompt, first, frames, actions). `free`: see `RandomPolicy` (0 = the benchmark's policy).
     `day_shift` > 0: the day's clock starts at a random offset in [-day_shift, day_shift] frames
     around the prompt's time, so a set of episodes shows the light at every stage the benchmark's
     minute passes through, moving (drawn from its own generator: the rest of the episode is as
-    with 0)."""
+    with 0). `pan_probability`: the share of chunks with a camera pan (`RandomPolicy`; the
+    benchmark's 0.25)."""
     world_seed = seed * 1_000_003 + index
     # Set 0's worlds are numbered from 0 and must stop short of the benchmark's seeds; other sets
     # start at 1_000_003, past the 20 test seeds the benchmark reports (100000-100019).
@@ -57,7 +59,7 @@ def sim_episode(
     prompt = PromptGrammar().sample(rng)
     offset = int(np.random.default_rng([seed, index, 0xDA1]).integers(-day_shift, day_shift + 1))
     world = ProceduralWorld(prompt, world_seed, height=height, width=width, day_offset=offset)
-    policy = RandomPolicy(world_seed, free=free)
+    policy = RandomPolicy(world_seed, pan_probability=pan_probability, free=free)
     first = world.reset()
     frames, actions = [], []
     for _ in range(chunks):

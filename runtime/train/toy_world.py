@@ -85,11 +85,18 @@ class Episodes:
 
 
 def _render(
-    args: tuple[int, int, int, int, int, float, int],
+    args: tuple[int, int, int, int, int, float, int, float],
 ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-    index, seed, chunks, height, width, free, day_shift = args
+    index, seed, chunks, height, width, free, day_shift, pans = args
     prompt, first, frames, actions = sim_episode(
-        index, seed=seed, chunks=chunks, height=height, width=width, free=free, day_shift=day_shift
+        index,
+        seed=seed,
+        chunks=chunks,
+        height=height,
+        width=width,
+        free=free,
+        day_shift=day_shift,
+        pan_probability=pans,
     )
     vocab = MovePanActions()
     ids = np.array([vocab.ids({"move": a.move, "pan": a.pan}) for a in actions], dtype=np.int64)
@@ -107,13 +114,16 @@ def render_episodes(
     free: float = 0.5,
     workers: int | None = None,
     day_shift: int = 0,
+    pan_probability: float = 0.25,
 ) -> Episodes:
     """Episodes start..start+count of training set `seed`, rendered in `workers` processes (default:
     the CPU count). `free`: the share of chunks whose move ignores the dead zone (view scrolls).
     `day_shift`: each episode's day starts up to that many frames before or after the prompt's time
-    (`sim_episode`)."""
+    (`sim_episode`). `pan_probability`: the share of chunks with a camera pan (the benchmark's 0.25)."""
+    if not 0.0 <= pan_probability <= 1.0:
+        raise ValueError(f"pan_probability must be in [0, 1], got {pan_probability}")
     workers = workers or max(1, min(os.cpu_count() or 1, 16))
-    jobs = [(start + i, seed, chunks, height, width, free, day_shift) for i in range(count)]
+    jobs = [(start + i, seed, chunks, height, width, free, day_shift, pan_probability) for i in range(count)]
     t0 = time.monotonic()
     if workers == 1 or count < 8:
         out = [_render(job) for job in jobs]

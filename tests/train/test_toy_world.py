@@ -77,6 +77,17 @@ def test_day_shift_moves_the_light_and_nothing_else():
     np.testing.assert_array_equal(agent_mask(plain.frames), agent_mask(shifted.frames))
 
 
+def test_pan_probability_sets_the_share_of_chunks_with_a_pan():
+    still = world.render_episodes(4, 3, workers=1, pan_probability=0.0)
+    panning = world.render_episodes(4, 3, workers=1, pan_probability=1.0)
+    assert (still.actions[..., 1] == 9).all(), "pan id 9 is 'stay'"
+    # Every chunk draws a pan; the policy falls back to none only where no move keeps the agent clear
+    # of the dead zone with it, which is rare.
+    assert (panning.actions[..., 1] != 9).mean() >= 0.75
+    with pytest.raises(ValueError, match="pan_probability"):
+        world.render_episodes(1, 1, workers=1, pan_probability=1.5)
+
+
 def test_vae_first_frame_weights(tmp_path):
     """A decoder-only fine-tune that weighs the first frames: the encoder stays frozen, the weights
     change what the decoder learns (against the same run without them), the report has the parts."""
