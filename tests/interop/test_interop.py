@@ -291,6 +291,12 @@ def test_stream(client: tuple[str, list[str]], server: Server, stream_runs: dict
     assert info["api_version"].split(".")[0] == "1", str(run)
     assert info["frames_per_chunk"] == str(FRAMES_PER_CHUNK), str(run)
     assert "RGB24" in info["encodings"].split(","), str(run)
+    if name == "cpp":  # the C++ core reads the model's action space (tiny: prompt phrases, no moves)
+        actions = run.fact("ACTIONS")
+        assert actions["described"] == "true" and actions["moves"] == "-", str(run)
+        assert set(actions["keys"].split(",")) == {"w", "a", "s", "d", "space", "shift"}, str(run)
+        assert "camera_zoom" in actions["axes"].split(",") and actions["seam_blend_frames"] == "0", str(run)
+        assert (actions["knows_W"], actions["knows_arrowup"]) == ("true", "false"), str(run)
     assert run.fact("SESSION")["width"] == "64" and run.fact("SESSION")["height"] == "64", str(run)
     assert run.fact("RESET")["bytes"] == str(64 * 64 * 3), str(run)
     assert run.fact("STEP")["action_seq"] == "1", str(run)
@@ -347,6 +353,7 @@ def test_errors(client: tuple[str, list[str]], server: Server):
         "reset_unknown_session": "NOT_FOUND",
         "create_bad_size": "INVALID_ARGUMENT",
         "step_bad_action": "INVALID_ARGUMENT",
+        "step_move_without_moves": "INVALID_ARGUMENT",
         "step_after_close": "FAILED_PRECONDITION",
         "close_twice": "OK",
     }, str(run)

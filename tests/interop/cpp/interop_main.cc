@@ -154,6 +154,16 @@ Geometry OpenWorld(hw::Connection* client, const Args& args, std::string* sessio
             << " frames_per_chunk=" << info.frames_per_chunk << " fps=" << info.fps
             << " size_multiple=" << info.size_multiple << " encodings=" << encodings
             << " auth_required=" << (info.auth_required ? "true" : "false") << std::endl;
+  auto join = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
+    return out.empty() ? std::string("-") : out;
+  };
+  std::cout << "ACTIONS described=" << (info.has_actions ? "true" : "false")
+            << " keys=" << join(info.actions.keys) << " axes=" << join(info.actions.axes)
+            << " moves=" << join(info.actions.moves) << " seam_blend_frames=" << info.seam_blend_frames
+            << " knows_W=" << (info.actions.HasKey("W") ? "true" : "false")
+            << " knows_arrowup=" << (info.actions.HasKey("ArrowUp") ? "true" : "false") << std::endl;
   Expect(has_rgb24, "GetServerInfo.encodings lacks RGB24");
   Expect(info.frames_per_chunk > 0, "GetServerInfo.frames_per_chunk is 0");
 
@@ -259,11 +269,14 @@ void ScenarioErrors(const Args& args) {
   // TransitionAction.chunks must be 1..64 (0: default).
   ExpectCode(client.Step(session, hw::Action::Transition("a desert", 1000), 0, none, &chunk),
              hw::StatusCode::kInvalidArgument, "step_bad_action");
+  // A MoveAction for a model without moves (tiny reads actions as prompt phrases).
+  ExpectCode(client.Step(session, hw::Action::Move("e"), 0, none, &chunk),
+             hw::StatusCode::kInvalidArgument, "step_move_without_moves");
   ExpectOk(client.CloseSession(session), "CloseSession");
   ExpectCode(client.Step(session, hw::Action::Continue(), 0, none, &chunk),
              hw::StatusCode::kFailedPrecondition, "step_after_close");
   ExpectCode(client.CloseSession(session), hw::StatusCode::kOk, "close_twice");
-  std::cout << "OK scenario=errors checks=6" << std::endl;
+  std::cout << "OK scenario=errors checks=7" << std::endl;
 }
 
 // Survives a server restart on the same port: a session is opened, then (after a line on stdin,

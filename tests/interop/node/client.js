@@ -349,12 +349,16 @@ async function scenarioErrors(Service, args) {
   await expectCode(world, 'Step',
     { session_id: session, action: { transition: { text: 'a desert', chunks: 1000 } }, frames: NONE },
     'INVALID_ARGUMENT', 'step_bad_action');
+  // A MoveAction for a model without moves (tiny reads actions as prompt phrases).
+  await expectCode(world, 'Step',
+    { session_id: session, action: { move: { move: 'e' } }, frames: NONE },
+    'INVALID_ARGUMENT', 'step_move_without_moves');
   await world.unary('CloseSession', { session_id: session });
   await expectCode(world, 'Step', { session_id: session, frames: NONE }, 'FAILED_PRECONDITION',
     'step_after_close');
   await expectCode(world, 'CloseSession', { session_id: session }, 'OK', 'close_twice');
   world.close();
-  console.log('OK scenario=errors checks=6');
+  console.log('OK scenario=errors checks=7');
 }
 
 const SCENARIOS = {

@@ -259,8 +259,21 @@ void UHeliosWorldComponent::SendPlayerInput(float DeltaTime)
 	if (Player->IsInputKeyDown(EKeys::A)) Keys.Add(TEXT("a"));
 	if (Player->IsInputKeyDown(EKeys::S)) Keys.Add(TEXT("s"));
 	if (Player->IsInputKeyDown(EKeys::D)) Keys.Add(TEXT("d"));
+	if (Player->IsInputKeyDown(EKeys::Up)) Keys.Add(TEXT("up"));
+	if (Player->IsInputKeyDown(EKeys::Down)) Keys.Add(TEXT("down"));
+	if (Player->IsInputKeyDown(EKeys::Left)) Keys.Add(TEXT("left"));
+	if (Player->IsInputKeyDown(EKeys::Right)) Keys.Add(TEXT("right"));
 	if (Player->IsInputKeyDown(EKeys::SpaceBar)) Keys.Add(TEXT("space"));
 	if (Player->IsInputKeyDown(EKeys::LeftShift) || Player->IsInputKeyDown(EKeys::RightShift)) Keys.Add(TEXT("shift"));
+	// Only what the model understands: the server refuses a key or axis outside its action space
+	// (the toy world has no Space or Shift), and a refused action would drop the rest of the input.
+	const helios_world::ServerInfo Info = Runnable->Client.server_info();
+	if (Info.has_actions)
+	{
+		Keys.RemoveAll([&Info](const FString& Key) { return !Info.actions.HasKey(ToStd(Key)); });
+		if (!Info.actions.HasAxis("mouse_dx")) MouseMotion.X = 0.f;
+		if (!Info.actions.HasAxis("mouse_dy")) MouseMotion.Y = 0.f;
+	}
 	if (Keys.Num() == 0 && MouseMotion.SizeSquared() < 1.0)
 	{
 		return;
@@ -294,4 +307,26 @@ int64 UHeliosWorldComponent::SendControl(const TArray<FString>& Keys, float Mous
 	Input.camera_pitch = CameraPitch;
 	Input.camera_zoom = CameraZoom;
 	return static_cast<int64>(Runnable->Client.SendControl(Input));
+}
+
+int64 UHeliosWorldComponent::SendMove(const FString& Move, const FString& Pan)
+{
+	if (Runnable == nullptr)
+	{
+		return 0;
+	}
+	return static_cast<int64>(Runnable->Client.SendMove(ToStd(Move.ToLower()), ToStd(Pan.ToLower())));
+}
+
+TArray<FString> UHeliosWorldComponent::GetMoves() const
+{
+	TArray<FString> Moves;
+	if (Runnable != nullptr)
+	{
+		for (const std::string& Name : Runnable->Client.server_info().actions.moves)
+		{
+			Moves.Add(ToFString(Name));
+		}
+	}
+	return Moves;
 }

@@ -96,7 +96,9 @@ public:
 	bool bFreeRun = true;
 
 	// --- Input ---------------------------------------------------------------------------------------
-	/** Send W A S D, Space, Shift and mouse motion of the first local player as control actions. */
+	/** Send W A S D, the arrows, Space, Shift and mouse motion of the first local player as control
+	 *  actions: those the server's model understands (GetServerInfo's action space; the toy world
+	 *  knows W A S D, the arrows and mouse motion, not Space or Shift), the rest left out. */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Helios|Input")
 	bool bSendPlayerInput = true;
 
@@ -145,6 +147,15 @@ public:
 	UFUNCTION(BlueprintCallable, Category = "Helios")
 	int64 SendControl(const TArray<FString>& Keys, float MouseDx, float MouseDy, float CameraYaw = 0.f,
 		float CameraPitch = 0.f, float CameraZoom = 0.f);
+
+	/** A learned move and camera pan, for models with moves (the toy world: stay n ne e se s sw w nw;
+	 *  GetMoves lists them); an empty name is "stay". A model without moves refuses it. */
+	UFUNCTION(BlueprintCallable, Category = "Helios")
+	int64 SendMove(const FString& Move, const FString& Pan = TEXT(""));
+
+	/** The move names the server's model understands (empty before the handshake, or without moves). */
+	UFUNCTION(BlueprintCallable, Category = "Helios")
+	TArray<FString> GetMoves() const;
 
 	virtual void BeginPlay() override;
 	virtual void EndPlay(const EEndPlayReason::Type EndPlayReason) override;

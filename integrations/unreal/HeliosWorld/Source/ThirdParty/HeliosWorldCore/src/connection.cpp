@@ -6,6 +6,7 @@
 #include "helios_world/connection.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -115,6 +116,31 @@ Action Action::Control(ControlInput control) {
   return a;
 }
 
+Action Action::Move(std::string move, std::string pan) {
+  Action a;
+  a.kind = Kind::kMove;
+  a.move = std::move(move);
+  a.pan = std::move(pan);
+  return a;
+}
+
+namespace {
+std::string KeyName(const std::string& key) {
+  std::string k;
+  for (char c : key) k += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return k.rfind("arrow", 0) == 0 ? k.substr(5) : k;  // "ArrowUp" is "up", as the server reads it
+}
+}  // namespace
+
+bool ActionSpace::HasKey(const std::string& key) const {
+  const std::string k = KeyName(key);
+  return std::find(keys.begin(), keys.end(), k) != keys.end();
+}
+
+bool ActionSpace::HasAxis(const std::string& field) const {
+  return std::find(axes.begin(), axes.end(), field) != axes.end();
+}
+
 Status WorldStream::ReadChunk(const EncodedFrameCallback& on_frame,
                               const StreamEventCallback& on_event, uint64_t* chunk_index) {
   StreamMessage message;
@@ -179,6 +205,12 @@ void ToProto(const Action& a, pb::Action* out) {
       c->set_camera_yaw(a.control.camera_yaw);
       c->set_camera_pitch(a.control.camera_pitch);
       c->set_camera_zoom(a.control.camera_zoom);
+      break;
+    }
+    case Action::Kind::kMove: {
+      auto* m = out->mutable_move();
+      m->set_move(a.move);
+      m->set_pan(a.pan);
       break;
     }
   }
@@ -473,6 +505,13 @@ Status Connection::GetServerInfo(ServerInfo* info, double timeout_seconds) {
   info->model_name = response.model().name();
   info->sampler = response.model().sampler();
   info->seam_blend_frames = response.model().seam_blend_frames();
+  info->has_actions = response.model().has_actions();
+  const auto& space = response.model().actions();
+  info->actions.keys.assign(space.keys().begin(), space.keys().end());
+  info->actions.axes.assign(space.axes().begin(), space.axes().end());
+  info->actions.moves.assign(space.moves().begin(), space.moves().end());
+  info->actions.pans.assign(space.pans().begin(), space.pans().end());
+  info->actions.prompts.assign(space.prompts().begin(), space.prompts().end());
   info->default_width = response.default_width();
   info->default_height = response.default_height();
   info->size_multiple = response.size_multiple();

@@ -146,6 +146,9 @@ class WorldClient {
   uint64_t Send(const Action& action);
   uint64_t SendPrompt(const std::string& text) { return Send(Action::Prompt(text)); }
   uint64_t SendControl(const ControlInput& input) { return Send(Action::Control(input)); }
+  uint64_t SendMove(const std::string& move, const std::string& pan = "") {
+    return Send(Action::Move(move, pan));
+  }
 
   std::string session_id() const;  // the current session ("" between sessions)
   bool streaming() const;

@@ -102,6 +102,22 @@ struct ConnectionOptions {
   int max_reconnect_backoff_ms = 2000;
 };
 
+// The structured actions the server's model understands (helios.v1.ActionSpace): a ControlInput
+// may press only `keys` and set only the fields named in `axes` ("mouse_dx", "camera_yaw", ...); a
+// Move action names entries of `moves` and `pans` (empty: the model has no moves). Anything else is
+// refused with INVALID_ARGUMENT, never ignored. `prompts`: when not empty, the only form of prompt
+// the model knows (the toy world's grammar), by example.
+struct ActionSpace {
+  std::vector<std::string> keys;
+  std::vector<std::string> axes;
+  std::vector<std::string> moves;
+  std::vector<std::string> pans;
+  std::vector<std::string> prompts;
+
+  bool HasKey(const std::string& key) const;  // case-insensitive, "arrowup" read as "up"
+  bool HasAxis(const std::string& field) const;
+};
+
 struct ServerInfo {
   std::string api_version;  // "MAJOR.MINOR"
   std::string server_version;
@@ -110,6 +126,9 @@ struct ServerInfo {
   // Frames at the start of each chunk the server eases from the last frame shown (API 1.2; 0: the
   // model's own frames, as the reference pipeline decodes them).
   uint32_t seam_blend_frames = 0;
+  // The model's actions (API 1.1); `has_actions` false from an older server, which does not say.
+  ActionSpace actions;
+  bool has_actions = false;
   uint32_t default_width = 0;
   uint32_t default_height = 0;
   uint32_t size_multiple = 0;
@@ -164,17 +183,19 @@ struct ControlInput {
 // What a step does to the world (helios.v1.Action). kContinue changes nothing; in lockstep it still
 // advances the world by one chunk.
 struct Action {
-  enum class Kind { kContinue, kPrompt, kBlend, kTransition, kControl };
+  enum class Kind { kContinue, kPrompt, kBlend, kTransition, kControl, kMove };
   Kind kind = Kind::kContinue;
   std::string text;                                  // kPrompt, kTransition
   uint32_t transition_chunks = 0;                    // kTransition: 1..64, 0 = the server's default
   std::vector<std::pair<std::string, float>> blend;  // kBlend: (prompt, weight >= 0)
   ControlInput control;                              // kControl
+  std::string move, pan;  // kMove (helios.v1.MoveAction): names from ActionSpace moves / pans; "": stay
 
   static Action Continue() { return Action{}; }
   static Action Prompt(std::string text);
   static Action Transition(std::string text, uint32_t chunks);
   static Action Control(ControlInput control);
+  static Action Move(std::string move, std::string pan = "");
 };
 
 // helios.v1.FrameOptions.
