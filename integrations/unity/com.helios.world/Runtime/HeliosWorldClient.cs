@@ -36,7 +36,8 @@ namespace Helios.World
         public bool freeRun = true;
 
         [Header("Input")]
-        [Tooltip("Send W A S D, Space, Shift and mouse motion as control actions (legacy Input Manager)")]
+        [Tooltip("Send W A S D, the arrows, Space, Shift and mouse motion as control actions (legacy Input " +
+                 "Manager): those the server's model understands, the rest left out")]
         public bool sendKeyboardAndMouse = true;
         [Tooltip("Seconds between control actions while input is active")]
         public float actionInterval = 0.25f;
@@ -168,11 +169,19 @@ namespace Helios.World
             if (session != null) session.SendPrompt(text);
         }
 
-        /// <summary>Send keys (w a s d space shift), mouse pixels and camera degrees yourself.</summary>
+        /// <summary>Send keys, mouse pixels and camera degrees yourself: keys and fields the server's
+        /// model understands (ServerInfo.Model.Actions; others are refused).</summary>
         public void SendControl(IEnumerable<string> keys, float mouseDx, float mouseDy,
                                 float cameraYaw = 0, float cameraPitch = 0, float cameraZoom = 0)
         {
             if (session != null) session.SendControl(keys, mouseDx, mouseDy, cameraYaw, cameraPitch, cameraZoom);
+        }
+
+        /// <summary>Move the agent of a model with learned moves (the toy world: stay n ne e se s sw w
+        /// nw) while the camera pans; an empty name is "stay".</summary>
+        public void SendMove(string move, string pan = "")
+        {
+            if (session != null) session.SendMove(move, pan);
         }
 
         void SendInput()
@@ -188,8 +197,22 @@ namespace Helios.World
             if (Input.GetKey(KeyCode.A)) keys.Add("a");
             if (Input.GetKey(KeyCode.S)) keys.Add("s");
             if (Input.GetKey(KeyCode.D)) keys.Add("d");
+            if (Input.GetKey(KeyCode.UpArrow)) keys.Add("up");
+            if (Input.GetKey(KeyCode.DownArrow)) keys.Add("down");
+            if (Input.GetKey(KeyCode.LeftArrow)) keys.Add("left");
+            if (Input.GetKey(KeyCode.RightArrow)) keys.Add("right");
             if (Input.GetKey(KeyCode.Space)) keys.Add("space");
             if (Input.GetKey(KeyCode.LeftShift) || Input.GetKey(KeyCode.RightShift)) keys.Add("shift");
+            // Only what the model understands: the server refuses a key or axis outside its action
+            // space (the default toy world has no Space or Shift). Servers before API 1.1 say nothing.
+            var info = session != null ? session.ServerInfo : null;
+            var space = info != null && info.Model != null ? info.Model.Actions : null;
+            if (space != null)
+            {
+                keys.RemoveAll(k => !space.Keys.Contains(k));
+                if (!space.Axes.Contains("mouse_dx")) mouseMotion.x = 0f;
+                if (!space.Axes.Contains("mouse_dy")) mouseMotion.y = 0f;
+            }
             if (keys.Count == 0 && mouseMotion.sqrMagnitude < 1f) return;
             SendControl(keys, mouseMotion.x, mouseMotion.y);
             mouseMotion = Vector2.zero;

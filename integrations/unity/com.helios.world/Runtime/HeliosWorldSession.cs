@@ -181,6 +181,14 @@ namespace Helios.World
             return Send(new V1.Action { Control = control });
         }
 
+        /// <summary>A learned move and camera pan (helios.v1.MoveAction), names from the server's
+        /// ServerInfo.Model.Actions.Moves / Pans (the toy world: stay n ne e se s sw w nw); an empty
+        /// name is "stay". A model without moves refuses it (INVALID_ARGUMENT).</summary>
+        public ulong SendMove(string move, string pan = "")
+        {
+            return Send(new V1.Action { Move = new V1.MoveAction { Move = move ?? "", Pan = pan ?? "" } });
+        }
+
         void Raise(HeliosEvent e)
         {
             var handler = EventRaised;

@@ -27,7 +27,7 @@ namespace Helios.World.Samples
             nextPrompt = GUILayout.TextField(nextPrompt, GUILayout.Width(Mathf.Min(600, Screen.width - 140)));
             if (GUILayout.Button("Switch prompt", GUILayout.Width(110))) client.SendPrompt(nextPrompt);
             GUILayout.EndHorizontal();
-            GUILayout.Label("W A S D, Space, Shift and the mouse steer the world");
+            GUILayout.Label("W A S D, the arrows, Space, Shift and the mouse steer the world (the keys its model knows)");
             GUILayout.EndArea();
         }
     }
