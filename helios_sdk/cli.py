@@ -14,6 +14,7 @@ from typing import Any
 from helios_runtime import DEFAULT_MODEL
 from helios_runtime.chunk import FPS
 from helios_runtime.server.front.settings import FLAGS, RAY_FLAGS, add_flags
+from helios_runtime.sim.procedural import PAN_PROBABILITY
 
 RUNTIME_HINT = (
     "this command needs the runtime: pip install 'helios-world-sdk[runtime]' "
@@ -457,8 +458,8 @@ def _add_train_latents(sub: Any) -> argparse.ArgumentParser:
     t_lat.add_argument(
         "--pan-probability",
         type=float,
-        default=0.25,
-        help="the share of chunks with a camera pan (default 0.25, as in the drift benchmark)",
+        default=PAN_PROBABILITY,
+        help="the share of chunks with a camera pan (default %(default)g, as in the drift benchmark)",
     )
     _device_and_seed(t_lat)
     return t_lat

@@ -258,10 +258,6 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     if not args.watchdog >= 0:
         raise ValueError(f"--watchdog must be 0 (off) or a number of seconds, got {args.watchdog}")
-    if args.seam_blend is not None:
-        from .engine.seam import check_frames
-
-        check_frames(args.seam_blend, "--seam-blend")
     _check_ray_flags(args)
     if args.token and args.token_file:
         raise ValueError("give --token or --token-file, not both")

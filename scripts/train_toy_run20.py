@@ -70,7 +70,8 @@ SHIFT, STEPS, DECAY = int(E.get("SHIFT", 1200)), int(E.get("STEPS", 1500)), int(
 SEEDS = [int(s) for s in E.get("SEEDS", "25,26").split(",")]
 EPISODES, CHUNKS = int(E.get("EPISODES", 200)), int(E.get("CHUNKS", 30))
 PANS = float(E.get("PANS", 0.25))
-print("day shift", SHIFT, "steps", STEPS, "decay", DECAY, "sets", SEEDS, EPISODES, "x", CHUNKS, "pans", PANS)
+print("day shift", SHIFT, "steps", STEPS, "decay", DECAY, flush=True)
+print("sets", SEEDS, EPISODES, "x", CHUNKS, "pans", PANS, flush=True)
 D = os.environ.get("DRY") == "1"; R = os.environ.get("RUNS", "/tmp/runs")
 dev = "cpu" if D else "cuda"
 t0 = time.time()

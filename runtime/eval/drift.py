@@ -191,16 +191,27 @@ def direction_agrees(
     the displacement must lie within 22.5° of the expected direction (the right one of 8 compass
     sectors) and cover at least a quarter of the expected length. An agent not found fails.
     """
+    return direction_failure(start, end, expected, still_px) is None
+
+
+def direction_failure(
+    start: tuple[float, float] | None,
+    end: tuple[float, float] | None,
+    expected: tuple[float, float],
+    still_px: float = 4.0,
+) -> str | None:
+    """Why `direction_agrees` says no: "agent not found", "moved while told to stay", "moved too
+    little" or "wrong direction"; None when it agrees."""
     if start is None or end is None:
-        return False
+        return "agent not found"
     d = np.subtract(end, start)
     e = np.asarray(expected, dtype=np.float64)
     n_e, n_d = float(np.hypot(*e)), float(np.hypot(*d))
     if n_e < still_px:
-        return n_d < still_px
+        return None if n_d < still_px else "moved while told to stay"
     if n_d < 0.25 * n_e:
-        return False
-    return float(d @ e) / (n_d * n_e) >= math.cos(math.radians(22.5))
+        return "moved too little"
+    return None if float(d @ e) / (n_d * n_e) >= math.cos(math.radians(22.5)) else "wrong direction"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -342,6 +342,9 @@ def _guard(img: np.ndarray) -> np.ndarray:
     return img
 
 
+PAN_PROBABILITY = 0.25  # the benchmark's share of chunks with a camera pan (`RandomPolicy`)
+
+
 class RandomPolicy:
     """The benchmark's seeded action source: each chunk a uniformly random move (and, one chunk in
     four, a random camera pan) among those that keep the agent clear of the dead zone's edges, so the
@@ -351,7 +354,7 @@ class RandomPolicy:
     data also shows the view scrolling with the agent, as it does when a player drives it.
     """
 
-    def __init__(self, seed: int, pan_probability: float = 0.25, free: float = 0.0):
+    def __init__(self, seed: int, pan_probability: float = PAN_PROBABILITY, free: float = 0.0):
         self.rng = np.random.default_rng([seed, 0x5EED])
         self.pan_probability = pan_probability
         self.free = free

@@ -11,6 +11,7 @@ import torch
 
 from ..chunk import FRAMES_PER_CHUNK
 from ..sim import ProceduralWorld, PromptGrammar, RandomPolicy
+from ..sim.procedural import PAN_PROBABILITY
 
 EVAL_SEEDS_FROM = 100_000  # `helios eval drift`'s first held-out test seed
 VALIDATION_SEEDS = range(90_000, 90_020)  # its validation seeds (choices are made on these)
@@ -37,7 +38,7 @@ def sim_episode(
     width: int = 160,
     free: float = 0.0,
     day_shift: int = 0,
-    pan_probability: float = 0.25,
+    pan_probability: float = PAN_PROBABILITY,
 ) -> tuple[str, np.ndarray, np.ndarray, list]:
     """Like `sim_clip`, with the world's first frame (H, W, 3) too (the image of image-to-video):
     (prompt, first, frames, actions). `free`: see `RandomPolicy` (0 = the benchmark's policy).
@@ -45,7 +46,7 @@ def sim_episode(
     around the prompt's time, so a set of episodes shows the light at every stage the benchmark's
     minute passes through, moving (drawn from its own generator: the rest of the episode is as
     with 0). `pan_probability`: the share of chunks with a camera pan (`RandomPolicy`; the
-    benchmark's 0.25)."""
+    benchmark's `PAN_PROBABILITY`)."""
     world_seed = seed * 1_000_003 + index
     # Set 0's worlds are numbered from 0 and must stop short of the benchmark's seeds; other sets
     # start at 1_000_003, past the 20 test seeds the benchmark reports (100000-100019).

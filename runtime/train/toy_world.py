@@ -45,6 +45,7 @@ from ..model.text_encoder import BuiltinTextEncoder, _zero_past_lengths
 from ..model.transformer import HeliosTransformer
 from ..model.vae import WanVAE
 from ..sim import agent_mask
+from ..sim.procedural import PAN_PROBABILITY
 from .data import sim_episode
 from .stage1 import WINDOW_LATENTS, Sample, Stage1Recipe, stage1_loss
 from .trainer import Trainer
@@ -114,12 +115,13 @@ def render_episodes(
     free: float = 0.5,
     workers: int | None = None,
     day_shift: int = 0,
-    pan_probability: float = 0.25,
+    pan_probability: float = PAN_PROBABILITY,
 ) -> Episodes:
     """Episodes start..start+count of training set `seed`, rendered in `workers` processes (default:
     the CPU count). `free`: the share of chunks whose move ignores the dead zone (view scrolls).
     `day_shift`: each episode's day starts up to that many frames before or after the prompt's time
-    (`sim_episode`). `pan_probability`: the share of chunks with a camera pan (the benchmark's 0.25)."""
+    (`sim_episode`). `pan_probability`: the share of chunks with a camera pan (the benchmark's
+    `PAN_PROBABILITY`)."""
     if not 0.0 <= pan_probability <= 1.0:
         raise ValueError(f"pan_probability must be in [0, 1], got {pan_probability}")
     workers = workers or max(1, min(os.cpu_count() or 1, 16))

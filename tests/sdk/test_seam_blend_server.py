@@ -56,3 +56,12 @@ def test_the_server_says_and_applies_its_seam_blend(toy_address, toy_without_ble
         assert np.array_equal(shipped[k][2:], plain[k][2:])
         assert not np.array_equal(shipped[k][0], plain[k][0])
         assert np.array_equal(shipped[k], blend_chunk(plain[k], plain[k - 1][-1], 2))
+
+
+@pytest.mark.parametrize("frames", [-1, 33, True])
+def test_settings_refuse_a_seam_blend_no_engine_would_take(frames):
+    """Checked where every front builds its settings, before any worker or replica starts."""
+    from helios_runtime.server.front.settings import ServerSettings
+
+    with pytest.raises(ValueError, match="--seam-blend must be an int in"):
+        ServerSettings(seam_blend=frames)

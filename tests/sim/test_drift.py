@@ -21,6 +21,7 @@ from helios_runtime.eval.drift import (
     box_blur,
     choose_blur_box,
     direction_agrees,
+    direction_failure,
     histogram_distance,
     merge_runs,
     psnr,
@@ -71,6 +72,14 @@ def test_agent_detection_and_direction():
     assert not direction_agrees((0, 0), (2, 0), (16.5, 0))  # too short
     assert direction_agrees((5, 5), (6, 5), (0, 0)) and not direction_agrees((5, 5), (15, 5), (0, 0))
     assert not direction_agrees(None, (1, 1), (16.5, 0))
+
+
+def test_direction_failure_says_why():
+    assert direction_failure((0, 0), (10, 1), (16.5, 0)) is None
+    assert direction_failure((0, 0), (10, 10), (16.5, 0)) == "wrong direction"
+    assert direction_failure((0, 0), (2, 0), (16.5, 0)) == "moved too little"
+    assert direction_failure((5, 5), (15, 5), (0, 0)) == "moved while told to stay"
+    assert direction_failure((0, 0), None, (16.5, 0)) == "agent not found"
 
 
 class Oracle:

@@ -71,6 +71,14 @@ class ServerSettings:
     ray_app: str = "helios"  # the Serve application's name: one per front sharing a cluster
     extra: dict = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        # Checked here, where every front (the CLI, `helios play`, Python callers) builds its
+        # settings, so no worker or replica is started with a value its engine would refuse.
+        if self.seam_blend is not None:
+            from ...engine.seam import check_frames  # torch: only once settings are built, not for --help
+
+            check_frames(self.seam_blend, "--seam-blend")
+
     def worker_threads(self) -> _threads.Threads:
         """The CPU threads each local engine worker runs with (a ValueError for a bad setting)."""
         return _threads.resolve(self.threads, workers=len(self.devices))
